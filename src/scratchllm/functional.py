@@ -1,0 +1,308 @@
+"""Neural-network ops: each forward, and beside it the backward that uses what
+the forward cached.
+
+Ops are coarse on purpose (linear = matmul + bias, layer_norm, softmax +
+cross-entropy, attention): one Python call and few temporaries per layer.
+Every op keeps the floating dtype it is given (float32 for training, float64
+for gradient checks). Shape comments use B batch, T time, C channels,
+H heads, D head size, V vocabulary, N = all leading axes flattened.
+"""
+from __future__ import annotations
+
+import math
+
+from .backend import xp
+from .tensor import (  # noqa: F401  (re-exported: the basic ops are functional too)
+    Tensor,
+    _op,
+    add,
+    concatenate,
+    div,
+    exp,
+    log,
+    matmul,
+    mean,
+    mul,
+    neg,
+    reshape,
+    split,
+    stack,
+    sub,
+    tensor,
+    transpose,
+    unbroadcast,
+    where,
+)
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_K = 0.044715
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else xp.asarray(x)
+
+
+# ---- linear ---------------------------------------------------------------
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias`` with ``weight`` stored (out, in) as in PyTorch."""
+    n_out, n_in = weight.shape
+    x2 = x.data.reshape(-1, n_in)  # (N, in)
+    out = x2 @ weight.data.T  # (N, out)
+    if bias is not None:
+        out += bias.data
+
+    def backward(g):
+        g2 = g.reshape(-1, n_out)  # (N, out)
+        gx = (g2 @ weight.data).reshape(x.shape) if x.requires_grad else None  # (..., in)
+        gw = g2.T @ x2 if weight.requires_grad else None  # (out, in)
+        gb = g2.sum(axis=0) if bias is not None and bias.requires_grad else None  # (out,)
+        return gx, gw, gb
+
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return _op(out.reshape(x.shape[:-1] + (n_out,)), parents, backward)
+
+
+# ---- activations ------------------------------------------------------------
+def relu(x: Tensor) -> Tensor:
+    out = xp.maximum(x.data, 0)
+    return _op(out, (x,), lambda g: (g * (x.data > 0),))
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU, tanh form as in GPT-2: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    a = x.data
+    t = a * a  # in-place chain: one temporary instead of five
+    t *= _GELU_K
+    t += 1
+    t *= a
+    t *= _GELU_C
+    xp.tanh(t, out=t)  # t = tanh(u)
+    out = t + 1
+    out *= a
+    out *= 0.5
+
+    def backward(g):
+        # d/dx = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)
+        du = a * a
+        du *= 3 * _GELU_K
+        du += 1
+        du *= _GELU_C * 0.5
+        du *= a
+        sech2 = t * t
+        xp.subtract(1, sech2, out=sech2)
+        du *= sech2
+        du += 0.5
+        sech2 = None
+        du += 0.5 * t
+        du *= g
+        return (du,)
+
+    return _op(out, (x,), backward)
+
+
+def tanh(x: Tensor) -> Tensor:
+    out = xp.tanh(x.data)
+    return _op(out, (x,), lambda g: (g * (1 - out * out),))
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    e = xp.exp(-xp.abs(x.data))  # never overflows
+    out = xp.where(x.data >= 0, 1 / (1 + e), e / (1 + e))
+    return _op(out, (x,), lambda g: (g * out * (1 - out),))
+
+
+# ---- softmax family -------------------------------------------------------
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    out = x.data - x.data.max(axis=axis, keepdims=True)
+    xp.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
+
+    def backward(g):
+        gx = g * out
+        gx -= out * gx.sum(axis=axis, keepdims=True)  # out·(g − Σ g·out)
+        return (gx,)
+
+    return _op(out, (x,), backward)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    shifted = x.data - x.data.max(axis=axis, keepdims=True)
+    out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+    def backward(g):
+        return (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),)
+
+    return _op(out, (x,), backward)
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy over the targets that are not ``ignore_index``.
+
+    logits (..., V) and integer targets (...). With label smoothing ε the target
+    distribution is (1 − ε)·one_hot + ε/V, as in PyTorch.
+    """
+    V = logits.shape[-1]
+    z = logits.data.reshape(-1, V)  # (N, V)
+    t = _data(targets).reshape(-1)  # (N,)
+    if t.shape[0] != z.shape[0]:
+        raise ValueError(f"cross_entropy: {z.shape[0]} rows of logits but {t.shape[0]} targets")
+    valid = t != ignore_index  # (N,)
+    safe_t = xp.where(valid, t, 0)
+    if ((safe_t < 0) | (safe_t >= V)).any():
+        raise ValueError(f"cross_entropy: target ids must lie in [0, {V}) or equal ignore_index")
+    rows = xp.arange(z.shape[0])
+    z = z - z.max(axis=1, keepdims=True)  # (N, V), stable for logits of any size
+    probs = xp.exp(z)
+    sum_e = probs.sum(axis=1, keepdims=True)  # (N, 1)
+    lse = xp.log(sum_e)[:, 0]  # (N,)
+    nll = lse - z[rows, safe_t]  # (N,) −log p[target]
+    if label_smoothing:
+        smooth = lse - z.mean(axis=1)  # (N,) −mean_j log p_j
+        nll = (1 - label_smoothing) * nll + label_smoothing * smooth
+    count = valid.sum()
+    dtype = logits.dtype
+    loss = xp.asarray((nll * valid).sum() / count if count else xp.nan, dtype=dtype)
+
+    def backward(g):
+        grad = probs
+        grad /= sum_e  # softmax, computed in the buffer the forward left
+        grad[rows, safe_t] -= 1 - label_smoothing
+        if label_smoothing:
+            grad -= dtype.type(label_smoothing / V)
+        grad *= (valid * (g / max(int(count), 1))).astype(dtype)[:, None]
+        return (grad.reshape(logits.shape),)
+
+    return _op(loss, (logits,), backward)
+
+
+def mse_loss(pred: Tensor, target) -> Tensor:
+    """Mean of squared differences."""
+    diff = pred.data - _data(target)
+    loss = xp.asarray((diff * diff).mean(), dtype=pred.dtype)
+    return _op(loss, (pred,), lambda g: (diff * (2 * g / diff.size),))
+
+
+# ---- normalisation and regularisation -------------------------------------
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Normalise the last axis to mean 0, variance 1, then scale and shift."""
+    a = x.data
+    xc = a - a.mean(axis=-1, keepdims=True)  # (..., C)
+    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)
+    rstd = 1 / xp.sqrt(var + eps)  # (..., 1)
+    xhat = xc
+    xhat *= rstd  # (..., C), reuses xc's buffer
+    out = xhat * weight.data if weight is not None else xhat.copy()
+    if bias is not None:
+        out += bias.data
+    C = a.shape[-1]
+
+    def backward(g):
+        g2, xh2 = g.reshape(-1, C), xhat.reshape(-1, C)  # (N, C)
+        gw = (g2 * xh2).sum(axis=0) if weight is not None and weight.requires_grad else None
+        gb = g2.sum(axis=0) if bias is not None and bias.requires_grad else None
+        gx = None
+        if x.requires_grad:
+            gxh = g * weight.data if weight is not None else g.copy()  # (..., C)
+            # dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), ĝ = g·weight
+            proj = (gxh * xhat).mean(axis=-1, keepdims=True)
+            gxh -= gxh.mean(axis=-1, keepdims=True)
+            gxh -= xhat * proj
+            gxh *= rstd
+            gx = gxh
+        return tuple(gr for gr, p in zip((gx, gw, gb), (x, weight, bias)) if p is not None)
+
+    parents = tuple(p for p in (x, weight, bias) if p is not None)
+    return _op(out, parents, backward)
+
+
+def dropout(x: Tensor, p: float, training: bool = True, rng=None) -> Tensor:
+    """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1−p)."""
+    if not training or p == 0:
+        return x
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if rng is None:
+        raise ValueError("dropout in training needs an explicit numpy.random.Generator (rng=...)")
+    keep = rng.random(x.shape, dtype=xp.float32) >= p
+    mask = keep.astype(x.dtype)
+    mask *= 1 / (1 - p)
+    return _op(x.data * mask, (x,), lambda g: (g * mask,))
+
+
+# ---- embedding ------------------------------------------------------------
+def embedding(ids, weight: Tensor) -> Tensor:
+    """Rows of ``weight`` (V, C) picked by integer ``ids`` (...) -> (..., C)."""
+    idx = _data(ids)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding ids must be integers, got {idx.dtype}")
+    V, C = weight.shape
+    if idx.size and (idx.min() < 0 or idx.max() >= V):
+        raise IndexError(f"embedding id out of range [0, {V}): min {idx.min()}, max {idx.max()}")
+
+    def backward(g):
+        gw = xp.zeros_like(weight.data)
+        xp.add.at(gw, idx.reshape(-1), g.reshape(-1, C))  # repeated ids accumulate
+        return (gw,)
+
+    return _op(weight.data[idx], (weight,), backward)
+
+
+# ---- attention ------------------------------------------------------------
+_causal_cache: dict = {}
+
+
+def _causal_bias(Tq: int, Tk: int, dtype):
+    """0 where query i may see key j, −inf where it may not. Queries are the
+    last Tq of Tk positions, so a KV cache (Tq < Tk) lines up at the bottom right."""
+    key = (Tq, Tk, xp.dtype(dtype).str)
+    if key not in _causal_cache:
+        blocked = xp.triu(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1)
+        _causal_cache[key] = xp.where(blocked, -xp.inf, 0).astype(dtype)
+    return _causal_cache[key]
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) -> Tensor:
+    """Scaled dot-product attention, forward and backward as one op.
+
+    q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D).
+    ``mask``: a boolean array broadcastable to (B, H, Tq, Tk), True where
+    attention is allowed (as PyTorch's ``scaled_dot_product_attention``), or a
+    float array added to the scores. A query that may see no key at all gets
+    zeros instead of NaN.
+    """
+    D = q.shape[-1]
+    scale = q.dtype.type(1.0 / math.sqrt(D))
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    s = q.data @ xp.swapaxes(k.data, -1, -2)  # (B, H, Tq, Tk)
+    s *= scale
+    bias = _causal_bias(Tq, Tk, s.dtype) if causal else None  # (Tq, Tk)
+    if mask is not None:
+        m = _data(mask)
+        m = xp.where(m, 0, -xp.inf).astype(s.dtype) if m.dtype == bool else m.astype(s.dtype)
+        bias = m if bias is None else bias + m
+    if bias is not None:
+        if xp.broadcast_shapes(s.shape, bias.shape) == s.shape:
+            s += bias  # in place: the usual case
+        else:
+            s = s + bias  # the mask widens the scores (e.g. k broadcast over batch)
+    a = s  # softmax in place over the last axis
+    row_max = a.max(axis=-1, keepdims=True)
+    row_max[~xp.isfinite(row_max)] = 0  # rows with every key blocked
+    a -= row_max
+    xp.exp(a, out=a)
+    denom = a.sum(axis=-1, keepdims=True)
+    denom[denom == 0] = 1
+    a /= denom  # (B, H, Tq, Tk)
+    out = a @ v.data  # (B, H, Tq, D)
+
+    def backward(g):
+        gv = unbroadcast(xp.swapaxes(a, -1, -2) @ g, v.shape) if v.requires_grad else None  # (B, H, Tk, D)
+        ga = g @ xp.swapaxes(v.data, -1, -2)  # (B, H, Tq, Tk)
+        ga -= (ga * a).sum(axis=-1, keepdims=True)
+        ga *= a  # softmax backward: a·(ga − Σ ga·a)
+        ga *= scale
+        gq = unbroadcast(ga @ k.data, q.shape) if q.requires_grad else None  # (B, H, Tq, D)
+        gk = unbroadcast(xp.swapaxes(ga, -1, -2) @ q.data, k.shape) if k.requires_grad else None  # (B, H, Tk, D)
+        return gq, gk, gv
+
+    return _op(out, (q, k, v), backward)
