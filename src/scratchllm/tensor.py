@@ -114,6 +114,8 @@ class Tensor:
         requires a gradient. ``grad`` defaults to 1 for a scalar."""
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad")
+        if self._backward is _freed:
+            _freed(grad)
         if grad is None:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() needs a gradient for a non-scalar tensor of shape {self.shape}")
@@ -137,7 +139,7 @@ class Tensor:
                 key = id(parent)
                 prev = grads.get(key)
                 grads[key] = pg if prev is None else prev + pg
-            node._backward = None  # free the cached forward arrays
+            node._backward = _freed  # free the cached forward arrays
             node._parents = ()
 
     def zero_grad(self):
@@ -222,6 +224,13 @@ class Tensor:
 
     def split(self, sections, axis=-1):
         return split(self, sections, axis)
+
+
+def _freed(g):
+    raise RuntimeError(
+        "backward() through a graph already used by an earlier backward(): "
+        "its cached arrays are freed; run the forward pass again"
+    )
 
 
 def _topological_order(root):
