@@ -261,19 +261,10 @@ def _causal_bias(Tq: int, Tk: int, dtype):
     return _causal_cache[key]
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) -> Tensor:
-    """Scaled dot-product attention, forward and backward as one op.
-
-    q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D).
-    ``mask``: a boolean array broadcastable to (B, H, Tq, Tk), True where
-    attention is allowed (as PyTorch's ``scaled_dot_product_attention``), or a
-    float array added to the scores. A query that may see no key at all gets
-    zeros instead of NaN.
-    """
-    D = q.shape[-1]
-    scale = q.dtype.type(1.0 / math.sqrt(D))
+def _attention_weights(q, k, scale, causal, mask):
+    """softmax(q kᵀ · scale + mask) for arrays q (…, Tq, D), k (…, Tk, D) -> (…, Tq, Tk)."""
     Tq, Tk = q.shape[-2], k.shape[-2]
-    s = q.data @ xp.swapaxes(k.data, -1, -2)  # (B, H, Tq, Tk)
+    s = q @ xp.swapaxes(k, -1, -2)  # (B, H, Tq, Tk)
     s *= scale
     bias = _causal_bias(Tq, Tk, s.dtype) if causal else None  # (Tq, Tk)
     if mask is not None:
@@ -292,17 +283,65 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) 
     xp.exp(a, out=a)
     denom = a.sum(axis=-1, keepdims=True)
     denom[denom == 0] = 1
-    a /= denom  # (B, H, Tq, Tk)
+    a /= denom
+    return a
+
+
+def _attention_grads(g, q, k, v, a, scale, gq=None, gk=None, gv=None):
+    """Gradients of out = a·v with a = softmax(q kᵀ · scale); ``gq/gk/gv`` may
+    be given as output buffers (views into a packed gradient)."""
+    gv = xp.matmul(xp.swapaxes(a, -1, -2), g, out=gv)  # (B, H, Tk, D)
+    ga = g @ xp.swapaxes(v, -1, -2)  # (B, H, Tq, Tk)
+    ga -= (ga * a).sum(axis=-1, keepdims=True)
+    ga *= a  # softmax backward: a·(ga − Σ ga·a)
+    ga *= scale
+    gq = xp.matmul(ga, k, out=gq)  # (B, H, Tq, D)
+    gk = xp.matmul(xp.swapaxes(ga, -1, -2), q, out=gk)  # (B, H, Tk, D)
+    return gq, gk, gv
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) -> Tensor:
+    """Scaled dot-product attention, forward and backward as one op.
+
+    q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D).
+    ``mask``: a boolean array broadcastable to (B, H, Tq, Tk), True where
+    attention is allowed (as PyTorch's ``scaled_dot_product_attention``), or a
+    float array added to the scores. A query that may see no key at all gets
+    zeros instead of NaN.
+    """
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    a = _attention_weights(q.data, k.data, scale, causal, mask)  # (B, H, Tq, Tk)
     out = a @ v.data  # (B, H, Tq, D)
 
     def backward(g):
-        gv = unbroadcast(xp.swapaxes(a, -1, -2) @ g, v.shape) if v.requires_grad else None  # (B, H, Tk, D)
-        ga = g @ xp.swapaxes(v.data, -1, -2)  # (B, H, Tq, Tk)
-        ga -= (ga * a).sum(axis=-1, keepdims=True)
-        ga *= a  # softmax backward: a·(ga − Σ ga·a)
-        ga *= scale
-        gq = unbroadcast(ga @ k.data, q.shape) if q.requires_grad else None  # (B, H, Tq, D)
-        gk = unbroadcast(xp.swapaxes(ga, -1, -2) @ q.data, k.shape) if k.requires_grad else None  # (B, H, Tk, D)
-        return gq, gk, gv
+        gq, gk, gv = _attention_grads(g, q.data, k.data, v.data, a, scale)
+        return unbroadcast(gq, q.shape), unbroadcast(gk, k.shape), unbroadcast(gv, v.shape)
 
     return _op(out, (q, k, v), backward)
+
+
+def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None) -> Tensor:
+    """Multi-head self-attention on packed projections, heads merged on output.
+
+    qkv (B, T, 3C) holds [queries | keys | values] as GPT-2's ``c_attn``
+    produces them -> (B, T, C), the heads side by side. The per-head views
+    need no copies: BLAS reads them with a row stride of 3C.
+    """
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    D = C // n_head
+    heads = qkv.data.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
+    q, k, v = heads[0], heads[1], heads[2]
+    scale = qkv.dtype.type(1.0 / math.sqrt(D))
+    a = _attention_weights(q, k, scale, causal, mask)  # (B, H, T, T)
+    out = xp.empty((B, T, n_head, D), dtype=qkv.dtype)
+    xp.matmul(a, v, out=out.transpose(0, 2, 1, 3))  # written straight into (B, T, H, D)
+
+    def backward(g):
+        g = xp.ascontiguousarray(g).reshape(B, T, n_head, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
+        gqkv = xp.empty((B, T, 3, n_head, D), dtype=qkv.dtype)
+        gheads = gqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
+        _attention_grads(g, q, k, v, a, scale, gheads[0], gheads[1], gheads[2])
+        return (gqkv.reshape(B, T, C3),)
+
+    return _op(out.reshape(B, T, C), (qkv,), backward)
