@@ -122,13 +122,14 @@ def _offline() -> bool:
     return os.environ.get("SCRATCHLLM_OFFLINE", "") not in ("", "0")
 
 
-def _missing_error(ds: Dataset, missing: list[RemoteFile], dirs: list[Path], why: str) -> ScratchError:
+def _missing_error(ds: Dataset, missing: list[RemoteFile], why: str | None) -> ScratchError:
     names = ", ".join(f.name for f in missing)
     urls = " ".join(f.url for f in missing)
+    failed = f" and could not be downloaded ({why})" if why else " and downloads are turned off"
     return ScratchError(
-        f"dataset {ds.name!r} is not available offline and could not be downloaded ({why}): "
-        f"put {names} in {cache_dir() / ds.name} (or in DIR/{ds.name}/ with --data-dir DIR or "
-        f"SCRATCHLLM_DATA_DIR=DIR); they are at {urls}")
+        f"dataset {ds.name!r} is not available locally{failed}: put {names} in {cache_dir() / ds.name} "
+        f"(or in DIR/{ds.name}/ with --data-dir DIR or SCRATCHLLM_DATA_DIR=DIR); "
+        f"they are at {urls}")
 
 
 def resolve(name: str, data_dir=None, *, files=None, download_ok: bool = True,
@@ -147,13 +148,13 @@ def resolve(name: str, data_dir=None, *, files=None, download_ok: bool = True,
             found[f.name] = verify(path, f)
     if missing:
         if not download_ok or _offline():
-            raise _missing_error(ds, missing, dirs, "downloads are turned off")
+            raise _missing_error(ds, missing, None)
         target = cache_dir() / ds.name
         for f in missing:
             try:
                 found[f.name] = download(f.url, target / f.name, f.sha256, progress=progress)
             except OSError as e:   # no network, DNS failure, HTTP error, unwritable cache
-                raise _missing_error(ds, missing, dirs, str(e) or type(e).__name__) from None
+                raise _missing_error(ds, missing, str(e) or type(e).__name__) from None
     return {f.name: found[f.name] for f in wanted}
 
 
