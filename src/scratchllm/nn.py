@@ -298,3 +298,14 @@ class MultiHeadAttention(Module):
 
     def extra_repr(self):
         return f"{self.embed_dim}, num_heads={self.num_heads}"
+
+
+def sinusoidal_encoding(n_positions: int, dim: int, dtype=DEFAULT_DTYPE):
+    """The fixed positional encoding of Vaswani et al. (2017), (n_positions, dim):
+    PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(p / 10000^(2i/dim))."""
+    pos = xp.arange(n_positions, dtype=xp.float64)[:, None]  # (P, 1)
+    freq = xp.exp(-math.log(10000.0) * xp.arange(0, dim, 2, dtype=xp.float64) / dim)  # (ceil(dim/2),)
+    pe = xp.zeros((n_positions, dim))
+    pe[:, 0::2] = xp.sin(pos * freq)
+    pe[:, 1::2] = xp.cos(pos * freq[: dim // 2])
+    return pe.astype(dtype)
