@@ -278,7 +278,8 @@ class MultiHeadAttention(Module):
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         rng = rng or _default_rng
         self.embed_dim, self.num_heads = embed_dim, num_heads
-        bound = math.sqrt(6 / (embed_dim + embed_dim))  # Xavier uniform, as PyTorch for in_proj
+        # Xavier uniform over the packed (3C, C) matrix, as PyTorch: fan_in C, fan_out 3C
+        bound = math.sqrt(6 / (embed_dim + 3 * embed_dim))
         self.in_proj_weight = Parameter(_uniform(rng, (3 * embed_dim, embed_dim), bound, dtype))
         self.in_proj_bias = Parameter(xp.zeros(3 * embed_dim, dtype=dtype)) if bias else None
         self.out_proj = Linear(embed_dim, embed_dim, bias=bias, rng=rng, dtype=dtype)
