@@ -1,0 +1,190 @@
+"""Checkpoints: a directory of JSON and safetensors files, never pickle.
+
+    config.json            {"model": kind, "format_version": 1, "config": {...}}
+    model.safetensors      the weights, named as ``model.state_dict()``
+    tokenizer.json         the tokenizer, if one was given
+    train_state.json       step, training settings, RNG states, optimizer settings
+    optimizer.safetensors  optimizer moments, named "<param index>.<name>"
+
+Every write goes to a temporary directory beside the target that replaces it
+only when complete, so a crash never leaves half a checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ScratchError
+
+FORMAT_VERSION = 1
+_KINDS: dict = {}  # kind name -> class with from_config(dict) and config_dict()
+
+
+def register(kind: str):
+    """Class decorator (or plain call) adding a model kind to the registry."""
+
+    def add(cls):
+        _KINDS[kind] = cls
+        return cls
+
+    return add
+
+
+def _kinds() -> dict:
+    if not _KINDS:  # register the built-in models on first use
+        from . import models
+
+        for cls in vars(models).values():
+            if isinstance(cls, type) and getattr(cls, "kind", None):
+                _KINDS.setdefault(cls.kind, cls)
+    return _KINDS
+
+
+def resolve_dir(path) -> Path:
+    """The checkpoint directory for ``path``: itself, or ``path/ckpt`` for a training run."""
+    path = Path(path)
+    for cand in (path, path / "ckpt", path.with_name(path.name + ".old"), path / "ckpt.old"):
+        if (cand / "config.json").is_file():
+            return cand
+    if not path.exists():
+        raise ScratchError(f"checkpoint {path} does not exist")
+    raise ScratchError(f"{path} is not a checkpoint: no config.json in it (nor in {path / 'ckpt'})")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScratchError(f"{path} is missing: the checkpoint is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ScratchError(f"{path} is corrupt ({e})") from None
+
+
+def _read_tensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        raise ScratchError(f"{path} is missing: the checkpoint is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ScratchError(f"{path} is corrupt ({e})") from None
+
+
+def _write_tensors(arrays: dict, path: Path):
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
+
+
+def replace_dir(staged: Path, target: Path):
+    """Put a complete ``staged`` directory at ``target``; the old one is
+    kept as ``target.old`` until the new one is in place."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _stage(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+
+
+def _write_model(model, tokenizer, d: Path, extra_config=None):
+    config = {"model": model.kind, "format_version": FORMAT_VERSION, "config": model.config_dict()}
+    if extra_config:
+        config.update(extra_config)
+    (d / "config.json").write_text(json.dumps(config, indent=2))
+    _write_tensors(model.state_dict(), d / "model.safetensors")
+    if tokenizer is not None:
+        tokenizer.save(d / "tokenizer.json")
+
+
+def save(model, path, tokenizer=None, extra_config=None) -> Path:
+    """Write ``model`` (and its tokenizer) as a checkpoint directory at ``path``."""
+    target = Path(path)
+    staged = _stage(target)
+    try:
+        _write_model(model, tokenizer, staged, extra_config)
+        replace_dir(staged, target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return target
+
+
+def load(path):
+    """A model from a checkpoint directory (ours, or a Hugging Face GPT-2 directory)."""
+    d = resolve_dir(path)
+    config = _read_json(d / "config.json")
+    if config.get("model_type") == "gpt2":
+        from .hf import load_hf_gpt2
+
+        return load_hf_gpt2(d)
+    kind = config.get("model")
+    if kind is None:
+        raise ScratchError(f"{d / 'config.json'} names no model kind: not a scratchllm checkpoint")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ScratchError(f"{d} has checkpoint format {config.get('format_version')}, this version reads {FORMAT_VERSION}")
+    cls = _kinds().get(kind)
+    if cls is None:
+        raise ScratchError(f"{d} holds a model of unknown kind {kind!r} (known: {', '.join(sorted(_kinds()))})")
+    try:
+        model = cls.from_config(config["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ScratchError(f"{d / 'config.json'} has a bad model config ({e})") from None
+    model.load_state_dict(_read_tensors(d / "model.safetensors"))
+    return model
+
+
+def load_tokenizer(path):
+    """The tokenizer saved beside a checkpoint's weights."""
+    from . import tokenizers
+
+    d = resolve_dir(path)
+    if not (d / "tokenizer.json").is_file():
+        raise ScratchError(f"{d} has no tokenizer.json")
+    return tokenizers.load(d / "tokenizer.json")
+
+
+# ---- training state ------------------------------------------------------------------
+def save_training(path, model, optimizer, state: dict, tokenizer=None) -> Path:
+    """A checkpoint that can resume training: the model plus optimizer moments and ``state``."""
+    target = Path(path)
+    staged = _stage(target)
+    try:
+        _write_model(model, tokenizer, staged)
+        opt = optimizer.state_dict()
+        _write_tensors(opt["state"], staged / "optimizer.safetensors")
+        full = dict(state, optimizer={"step": opt["step"], "groups": opt["groups"]})
+        (staged / "train_state.json").write_text(json.dumps(full, indent=1))
+        replace_dir(staged, target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return target
+
+
+def read_train_state(path) -> dict:
+    d = resolve_dir(path)
+    if not (d / "train_state.json").is_file():
+        raise ScratchError(f"{d} holds no training state (train_state.json): it cannot be resumed")
+    return _read_json(d / "train_state.json")
+
+
+def load_training(path, model, optimizer) -> dict:
+    """Restore weights and optimizer into ``model`` and ``optimizer``; return the saved state."""
+    d = resolve_dir(path)
+    state = read_train_state(d)
+    model.load_state_dict(_read_tensors(d / "model.safetensors"))
+    opt = state["optimizer"]
+    optimizer.load_state_dict({"step": opt["step"], "groups": opt["groups"],
+                               "state": _read_tensors(d / "optimizer.safetensors")})
+    return state
