@@ -36,12 +36,11 @@ def register(kind: str):
 
 
 def _kinds() -> dict:
-    if not _KINDS:  # register the built-in models on first use
-        from . import models
+    from . import models  # the built-in models name their kind in a class attribute
 
-        for cls in vars(models).values():
-            if isinstance(cls, type) and getattr(cls, "kind", None):
-                _KINDS.setdefault(cls.kind, cls)
+    for cls in vars(models).values():
+        if isinstance(cls, type) and getattr(cls, "kind", None):
+            _KINDS.setdefault(cls.kind, cls)
     return _KINDS
 
 
