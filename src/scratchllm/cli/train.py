@@ -1,0 +1,103 @@
+"""``scratchllm train``: a GPT on the built-in corpus, or on your text."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from ..errors import ScratchError
+
+_HELP = {
+    "data": "text to learn: 'builtin' (Python's documentation topics), 'tinyshakespeare', a file or a folder",
+    "tokenizer": "'char' (one token per character), 'bpe' (train a byte-level BPE), or a tokenizer.json",
+    "bpe_vocab_size": "vocabulary size when --tokenizer bpe",
+    "out": "run directory: token files, checkpoint (OUT/ckpt), log.jsonl, loss.png",
+    "block_size": "context length in tokens",
+    "grad_accum": "micro-batches per optimizer step (same gradient as a batch this many times bigger)",
+    "max_iters": "optimizer steps in total (a resumed run continues to this many)",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup_iters": "steps of linear learning-rate warmup",
+    "grad_clip": "clip the global gradient norm to this (0: no clipping)",
+    "eval_interval": "evaluate, log and save a checkpoint every this many steps",
+    "eval_iters": "batches per evaluation",
+    "sample_tokens": "tokens of text to sample at the end (0: none)",
+}
+_SKIP = {"progress", "bias", "val_frac"}
+
+
+def register(sub):
+    from ..train import PRESETS, TrainConfig
+
+    p = sub.add_parser("train", help="train a GPT (defaults: a small char-level GPT on the built-in corpus)",
+                       description="Train a GPT. With no arguments: 4 layers, width 128, char-level, on the "
+                                   "built-in corpus (Python's own documentation text), a few minutes on 2 cores.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(TrainConfig):
+        if f.name in _SKIP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        p.add_argument(flag, type=kind, default=None, metavar=f.name.upper() if kind is not str else None,
+                       help=_HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {f.default})")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="model size: " +
+                   ", ".join(f"{k} = {v[0]} layers, {v[1]} heads, width {v[2]}" for k, v in PRESETS.items()))
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+    pl = sub.add_parser("plot", help="plot the loss curves of a training run to a PNG")
+    pl.add_argument("run", nargs="?", default="out", help="run directory with log.jsonl (default: out)")
+    pl.add_argument("--output", help="PNG path (default: RUN/loss.png)")
+    pl.set_defaults(func=run_plot)
+
+
+def _config(args):
+    from ..train import PRESETS, TrainConfig
+
+    cfg = TrainConfig()
+    if args.preset:
+        cfg.n_layer, cfg.n_head, cfg.n_embd = PRESETS[args.preset]
+    for f in fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(cfg, f.name, value)
+    cfg.progress = not args.no_progress
+    for name in ("batch_size", "block_size", "max_iters", "n_layer", "n_head", "n_embd", "grad_accum", "eval_interval", "eval_iters"):
+        if getattr(cfg, name) < 1:
+            raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if not 0 <= cfg.dropout < 1:
+        raise ScratchError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    return cfg
+
+
+def run(args):
+    from ..generate import generate
+    from ..plot import plot_run
+    from ..train import Trainer
+
+    cfg = _config(args)
+    if not args.resume and (Path(cfg.out) / "ckpt").exists():
+        print(f"note: {cfg.out}/ckpt exists and will be replaced; use --resume to continue it", file=sys.stderr)
+    trainer = Trainer(cfg, resume=args.resume)
+    m = trainer.model
+    print(f"GPT: {m.num_parameters():,} parameters, vocab {trainer.tokenizer.vocab_size}, "
+          f"{len(trainer.train_ids):,} training tokens; run directory {cfg.out}")
+    trainer.fit()
+    print(f"checkpoint: {trainer.ckpt_dir}")
+    plot_run(cfg.out, quiet=True)
+    if trainer.cfg.sample_tokens and trainer.step >= trainer.cfg.max_iters:
+        print("--- sample ---")
+        tok = trainer.tokenizer
+        prompt = tok.encode("\n") if "\n" in tok.decode(list(range(tok.vocab_size))) else [0]
+        ids = generate(m, [prompt], trainer.cfg.sample_tokens, temperature=0.8, seed=trainer.cfg.seed)
+        print(tok.decode([int(i) for i in ids[0, len(prompt):]]))
+    return 0
+
+
+def run_plot(args):
+    from ..plot import plot_run
+
+    path = plot_run(args.run, args.output)
+    print(path)
+    return 0
