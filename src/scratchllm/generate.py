@@ -157,6 +157,14 @@ def _last_logits(model, ids, cache=None):
     return to_numpy(data[:, -1, :])  # (B, V)
 
 
+def _context_size(model) -> int:
+    """How many tokens the model can look at: its config's block_size."""
+    size = getattr(getattr(model, "config", None), "block_size", None) or getattr(model, "block_size", None)
+    if size is None:
+        raise ScratchError(f"a {type(model).__name__} has no block_size: it cannot generate text")
+    return int(size)
+
+
 def generate(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
              use_cache=True, on_token=None, rng=None):
     """Continue ``ids`` by ``max_new_tokens`` sampled tokens.
@@ -184,7 +192,7 @@ def generate(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     B, T = ids.shape
     if T == 0:
         raise ScratchError("the prompt is empty: give at least one token")
-    block = int(model.config.block_size)
+    block = _context_size(model)
     if T > block:
         warnings.warn(f"prompt of {T} tokens is longer than block_size {block}: "
                       f"the model sees only its last {block} tokens", stacklevel=2)
@@ -198,7 +206,8 @@ def generate(model, ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     model.eval()
     try:
         with no_grad():
-            cache = model.new_cache(B) if use_cache and max_new_tokens > 0 else None
+            can_cache = use_cache and max_new_tokens > 0 and hasattr(model, "new_cache")
+            cache = model.new_cache(B) if can_cache else None
             logits = None
             for step in range(max_new_tokens):
                 if logits is None:  # first step: prefill (with a cache) or a full pass
