@@ -2,3 +2,4 @@
 from .charmlp import CharMLP
 from .classifier import Classifier
 from .gpt import GPT, GPTConfig
+from .transformer import Transformer, TransformerConfig
