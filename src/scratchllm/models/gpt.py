@@ -15,7 +15,7 @@ from .. import functional as F
 from ..backend import DEFAULT_DTYPE, xp
 from ..errors import ScratchError
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, sinusoidal_encoding
-from ..tensor import Tensor, no_grad
+from ..tensor import Tensor
 
 
 @dataclass
@@ -170,16 +170,24 @@ class KVCache:
 class _LayerCache:
     def __init__(self, cache, i):
         self.cache, self.i = cache, i
+        self.k, self.v = cache.k[i], cache.v[i]  # (B, H, block, D) views of this layer's slots
 
     def attend(self, qkv: Tensor) -> Tensor:
-        """qkv (B, Tn, 3C) of the new tokens -> (B, Tn, C); appends their keys and values."""
+        """qkv (B, Tn, 3C) of the new tokens -> (B, Tn, C); appends their keys and values.
+
+        Inference only (no graph): plain arrays throughout, since with one new
+        token per step the matrices are tiny and Python overhead is the cost."""
         c, H = self.cache, self.cache.n_head
         B, Tn, C3 = qkv.shape
-        D = C3 // 3 // H
+        C = C3 // 3
+        D = C // H
         q, k, v = qkv.data.reshape(B, Tn, 3, H, D).transpose(2, 0, 3, 1, 4)  # each (B, H, Tn, D)
         lo, hi = c.length, c.length + Tn
-        c.k[self.i, :, :, lo:hi] = k
-        c.v[self.i, :, :, lo:hi] = v
-        with no_grad():
-            y = F.attention(Tensor(q), Tensor(c.k[self.i, :, :, :hi]), Tensor(c.v[self.i, :, :, :hi]), causal=True)
-        return Tensor(y.data.transpose(0, 2, 1, 3).reshape(B, Tn, C3 // 3))  # (B, Tn, C)
+        self.k[:, :, lo:hi] = k
+        self.v[:, :, lo:hi] = v
+        scale = qkv.dtype.type(1.0 / math.sqrt(D))
+        # a single new token is the last position: it may see every cached key, no mask
+        a = F._attention_weights(q, self.k[:, :, :hi], scale, Tn > 1, None)  # (B, H, Tn, hi)
+        y = xp.empty((B, Tn, H, D), dtype=qkv.dtype)
+        xp.matmul(a, self.v[:, :, :hi], out=y.transpose(0, 2, 1, 3))  # straight into (B, Tn, H, D)
+        return Tensor(y.reshape(B, Tn, C))  # (B, Tn, C)
