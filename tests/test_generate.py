@@ -282,3 +282,101 @@ def test_bad_settings_raise_clear_errors(kw):
 def test_empty_prompt_is_an_error():
     with pytest.raises(ScratchError, match="empty"):
         generate(tiny_gpt(), np.zeros((1, 0), dtype=np.int64), 3)
+
+
+# ---- the command line ------------------------------------------------------------------
+TEXT = "hello world, how are you?\n"
+
+
+@pytest.fixture
+def char_ckpt(tmp_path):
+    """A tiny GPT with a character tokenizer, saved as a checkpoint directory."""
+    import scratchllm as sl
+    from scratchllm.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_text(TEXT)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16), seed=0)
+    path = tmp_path / "ckpt"
+    sl.save(model, path, tokenizer=tok)
+    return path, model, tok
+
+
+def cli(*argv):
+    from scratchllm.cli import main
+
+    return main(["generate", *map(str, argv)])
+
+
+def test_cli_streams_the_same_text_as_the_library(char_ckpt, capsys):
+    path, model, tok = char_ckpt
+    streamed = []
+    for extra in ((), ("--no-cache",)):
+        assert cli("--ckpt", path, "--prompt", "how", "--max-new-tokens", 30, "--seed", 4,
+                   "--top-k", 6, "--temperature", 0.9, *extra) == 0
+        streamed.append(capsys.readouterr().out)
+    ids = generate(model, [tok.encode("how")], 30, seed=4, top_k=6, temperature=0.9)
+    expect = "how" + tok.decode(ids[0, 3:].tolist())
+    assert streamed[0] == streamed[1] == expect + ("" if expect.endswith("\n") else "\n")
+
+
+def test_cli_samples_are_separated_and_reproducible(char_ckpt, capsys):
+    path, model, tok = char_ckpt
+    assert cli("--ckpt", path, "--prompt", "a", "--max-new-tokens", 20, "--seed", 1, "--num-samples", 3) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "sample" in line] == [
+        f"───── sample {i}/3 ─────" for i in (1, 2, 3)]
+    rng = np.random.default_rng(1)  # samples come one after another from one generator
+    for i in range(3):
+        ids = generate(model, [tok.encode("a")], 20, rng=rng)
+        assert "a" + tok.decode(ids[0, 1:].tolist()) in out
+    assert cli("--ckpt", path, "--prompt", "a", "--max-new-tokens", 20, "--seed", 1, "--num-samples", 3) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_cli_bpe_multibyte_characters_stream_whole(tmp_path, capsys):
+    import scratchllm as sl
+    from scratchllm.tokenizers import BPETokenizer
+
+    tok = BPETokenizer().train("héllo wörld ünïcødé ☃ " * 5, vocab_size=262)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16), seed=1)
+    sl.save(model, tmp_path / "bpe", tokenizer=tok)
+    assert cli("--ckpt", tmp_path / "bpe", "--prompt", "hé", "--max-new-tokens", 40, "--seed", 0) == 0
+    out = capsys.readouterr().out
+    prompt_ids = tok.encode("hé")
+    ids = generate(model, [prompt_ids], 40, seed=0)
+    expect = "hé" + tok.decode(ids[0, len(prompt_ids):].tolist())
+    assert out == expect + ("" if expect.endswith("\n") else "\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--prompt", "héllo Zed"), "does not know: 'Z' 'é'"),
+    (("--temperature", "-1"), "--temperature"),
+    (("--temperature", "warm"), "--temperature must be a number"),
+    (("--top-p", "0"), "--top-p must be in (0, 1]"),
+    (("--top-p", "1.5"), "--top-p must be in (0, 1]"),
+    (("--top-k", "0"), "--top-k"),
+    (("--max-new-tokens", "-3"), "--max-new-tokens"),
+    (("--num-samples", "0"), "--num-samples"),
+])
+def test_cli_bad_input_is_one_clear_line(char_ckpt, capsys, args, message):
+    path = char_ckpt[0]
+    assert cli("--ckpt", path, *args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("scratchllm generate: error:") and message in err
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys):
+    assert cli("--ckpt", tmp_path / "nowhere") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err and "scratchllm train" in err
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli("--help")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--ckpt", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed",
+                "--num-samples", "--no-cache"):
+        assert opt in out
