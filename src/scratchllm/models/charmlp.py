@@ -6,18 +6,12 @@
 T is the fixed context length: the model sees exactly the last T characters
 and scores every character of the vocabulary as the next one; softmax turns
 the scores into probabilities. The model works on ids; turning text into ids
-is the tokenizer's job.
-
-``CharVocab`` below is a minimal character vocabulary with the tokenizer
-interface (``from_text``, ``encode``, ``decode``, ``vocab_size``, ``save``,
-``load``), used when no other character tokenizer is at hand.
+is the tokenizer's job (a ``CharTokenizer``).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -91,6 +85,16 @@ class CharMLP(nn.Module):
         return f"vocab_size={self.vocab_size}, context={self.context}, n_embd={self.n_embd}, n_hidden={self.n_hidden}"
 
 
+def pad_id_for(tokenizer) -> int:
+    """The id that fills a window before the text starts: a newline (where
+    paragraphs start) if the vocabulary has one, else id 0."""
+    try:
+        ids = tokenizer.encode("\n")
+    except ScratchError:
+        return 0
+    return ids[0] if len(ids) == 1 else 0
+
+
 def _sample(logits, temperature, rng) -> np.ndarray:
     """One id per row of logits (B, V)."""
     if temperature == 0:
@@ -162,42 +166,3 @@ def fit(model: CharMLP, train_ids, val_ids, steps=3000, batch_size=64, lr=0.5, m
             result.history.append(record)
             result.val_loss, recent = record["val_loss"], []
     return result
-
-
-# ---- a minimal character vocabulary ---------------------------------------------------
-class CharVocab:
-    """Every distinct character of a text, sorted; id = position in that list."""
-
-    kind = "charmlp_vocab"
-
-    def __init__(self, chars):
-        self.chars = list(chars)
-        self.index = {c: i for i, c in enumerate(self.chars)}
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharVocab":
-        return cls(sorted(set(text)))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        unknown = sorted(set(text) - self.index.keys())
-        if unknown:
-            raise ScratchError(f"characters not in the vocabulary: {''.join(unknown)!r}")
-        return [self.index[c] for c in text]
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
-    def save(self, path) -> None:
-        Path(path).write_text(json.dumps({"kind": self.kind, "chars": self.chars}, ensure_ascii=False), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path) -> "CharVocab":
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(d["chars"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ScratchError(f"{path} is not a character vocabulary ({e})") from None
