@@ -1,0 +1,55 @@
+"""``scratchllm export``: write a trained GPT as a Hugging Face GPT-2 directory."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ScratchError
+
+DESCRIPTION = """\
+Write a GPT checkpoint (e.g. the out/ of `scratchllm train`) as a Hugging Face
+GPT-2 directory: config.json + model.safetensors, which
+transformers.GPT2LMHeadModel.from_pretrained(OUTDIR) loads, plus the
+tokenizer files (tokenizer.json, vocab.json, merges.txt) when the checkpoint's
+tokenizer is a BPETokenizer. A character-level tokenizer has no GPT-2 form:
+then only the model is written. Only GPTs with learned positions can be
+exported (GPT-2 has no fixed sinusoidal encoding)."""
+
+
+def register(subparsers):
+    p = subparsers.add_parser("export", help="write a GPT checkpoint as a Hugging Face GPT-2 directory",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="out", metavar="DIR", help="checkpoint directory (default: out)")
+    p.add_argument("--hf", required=True, metavar="OUTDIR",
+                   help="folder to write (new, empty, or an earlier GPT-2 export, which is replaced)")
+    p.add_argument("--no-tokenizer", action="store_true", help="write only the model, not the tokenizer")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import checkpoint
+    from ..hf import save_hf_gpt2
+
+    model = checkpoint.load(args.ckpt)
+    if getattr(model, "kind", None) != "gpt":
+        raise ScratchError(f"{args.ckpt} holds a {type(model).__name__}; only a GPT can be exported as GPT-2")
+    tokenizer, note = None, "no tokenizer"
+    if not args.no_tokenizer:
+        try:
+            tokenizer = checkpoint.load_tokenizer(args.ckpt)
+        except ScratchError:
+            tokenizer = None  # a checkpoint without tokenizer.json: the model alone
+        if tokenizer is not None and not hasattr(tokenizer, "save_hf"):
+            print(f"note: the checkpoint's {type(tokenizer).__name__} has no Hugging Face form; "
+                  "writing the model only", file=sys.stderr)
+            tokenizer = None
+        if tokenizer is not None:
+            note = f"tokenizer: {type(tokenizer).__name__}, {tokenizer.vocab_size} tokens"
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise ScratchError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                           f"{model.config.vocab_size}; export with --no-tokenizer")
+    out = save_hf_gpt2(model, args.hf, tokenizer=tokenizer)
+    c = model.config
+    print(f"wrote {out}: GPT-2 with {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, "
+          f"vocab {c.vocab_size}, context {c.block_size} ({model.num_parameters():,} parameters; {note})")
+    return 0
