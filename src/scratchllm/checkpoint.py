@@ -124,7 +124,7 @@ def load(path):
     """A model from a checkpoint directory (ours, or a Hugging Face GPT-2 directory)."""
     d = resolve_dir(path)
     config = _read_json(d / "config.json")
-    if config.get("model_type") == "gpt2":
+    if "model_type" in config:  # a Hugging Face directory: GPT-2 is read, others are named in the error
         from .hf import load_hf_gpt2
 
         return load_hf_gpt2(d)
