@@ -14,6 +14,7 @@ TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
 
 
 def tiny_config(tmp_path, **kw):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     corpus = tmp_path / "corpus.txt"
     if not corpus.exists():
         corpus.write_text(TEXT)
@@ -96,18 +97,24 @@ def test_log_and_checkpoint_written(tmp_path):
 
 
 def test_nan_loss_stops_with_clear_error(tmp_path):
-    tr = T.Trainer(tiny_config(tmp_path, lr=1e30, grad_clip=0.0, max_iters=50, eval_interval=2))
-    with pytest.raises(sl.ScratchError, match=r"loss became (nan|inf).*last good checkpoint"):
+    tr = T.Trainer(tiny_config(tmp_path, max_iters=50, eval_interval=2))
+    real_step = tr.train_step
+
+    def poisoned_step():
+        if tr.step == 3:  # a weight turns NaN, as after a diverging update
+            tr.model.transformer.ln_f.weight.data[0] = np.nan
+        return real_step()
+
+    tr.train_step = poisoned_step
+    with pytest.raises(sl.ScratchError, match=r"loss became nan at step 3.*last good checkpoint \(step 2\)"):
         tr.fit(echo=lambda *a: None)
-    # the checkpoint on disk is the last good one and loads
-    state = json.loads((tmp_path / "run" / "ckpt" / "train_state.json").read_text())
-    assert state["step"] % 2 == 0 and state["step"] < tr.step + 1
-    saved = sl.load(tmp_path / "run")
+    saved = sl.load(tmp_path / "run")  # the checkpoint on disk is the last good one
+    assert json.loads((tmp_path / "run" / "ckpt" / "train_state.json").read_text())["step"] == 2
     assert all(np.isfinite(p.data).all() for p in saved.parameters())
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "/no/such/file.txt"], "does not exist"),
+    (["--data", "/no/such/file.txt"], "not found"),
     (["--data", "EMPTY"], "empty"),
     (["--data", "SHORT", "--block-size", "64"], "too few"),
     (["--batch-size", "0"], "at least 1"),
