@@ -305,10 +305,14 @@ class DecoderCache:
         """Row r takes the self-attention history of row rows[r] (a beam
         continuing another beam's prefix). Rows must stay within their sentence:
         its cross-attention keys and values are the same for all its beams."""
-        n = self.length
-        self.k[:, :, :, :n] = self.k[:, rows, :, :n]  # the right side is a copy: no aliasing
-        self.v[:, :, :, :n] = self.v[:, rows, :, :n]
-        self.keep[:, :n] = self.keep[rows, :n]
+        rows = xp.asarray(rows)
+        moved = xp.flatnonzero(rows != xp.arange(len(rows)))  # beams that continue their own prefix stay put
+        if len(moved) == 0:
+            return
+        n, src = self.length, rows[moved]
+        self.k[:, moved, :, :n] = self.k[:, src, :, :n]  # the right side is a copy: no aliasing
+        self.v[:, moved, :, :n] = self.v[:, src, :, :n]
+        self.keep[moved, :n] = self.keep[src, :n]
 
     def select(self, rows):
         """Keep only the given rows, in this order (e.g. drop finished sentences)."""
