@@ -94,13 +94,19 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
-        """Read a file written by save(). On a subclass, the file must be of that kind."""
-        data = read_json(path)
-        tok = from_file_dict(data, path)
+        """Read a tokenizer file or folder (see scratchllm.tokenizers.load).
+        On a subclass, it must hold that kind of tokenizer."""
+        from .formats import load
+
+        tok = load(path)
         if not isinstance(tok, cls):
             raise ScratchError(f"{path} holds a {tok.type_name} tokenizer, not a {cls.type_name} one; "
                                f"load it with scratchllm.tokenizers.load")
         return tok
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """Each token as text a person can read."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"

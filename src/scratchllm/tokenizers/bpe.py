@@ -288,7 +288,7 @@ class BPETokenizer(Tokenizer):
         return read_gpt2_files(encoder_json, vocab_bpe)
 
     def save_hf(self, directory) -> None:
-        """Write tokenizer.json, vocab.json and merges.txt for Hugging Face."""
+        """Write the files Hugging Face reads (tokenizer.json ...) into a folder."""
         from .formats import write_hf
         write_hf(self, directory)
 

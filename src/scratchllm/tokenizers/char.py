@@ -6,6 +6,7 @@ from typing import Iterable
 
 from ..errors import ScratchError
 from .base import Tokenizer
+from .byte_level import readable
 from .text_input import iter_text
 
 UNK = "<unk>"
@@ -92,6 +93,11 @@ class CharTokenizer(Tokenizer):
         if token not in self._stoi:
             raise ScratchError(f"{token!r} is not a token of this tokenizer")
         return self._stoi[token]
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """Each token as text a person can read: 'a', '\\n', <unk>."""
+        return [UNK if i == self.unk_id else readable(self.chars[i].encode("utf-8", "surrogatepass"))
+                for i in self._check_ids(ids)]
 
     def to_dict(self) -> dict:
         return {"unk_token": UNK if self.unk else None, "chars": self.chars}

@@ -97,15 +97,24 @@ def to_hf_dict(tok: BPETokenizer) -> dict:
 
 
 def write_hf(tok: BPETokenizer, directory) -> None:
-    """tokenizer.json, vocab.json, merges.txt and tokenizer_config.json in a folder."""
+    """tokenizer.json and tokenizer_config.json in a folder, for Hugging Face.
+
+    With the GPT-2 pattern also vocab.json + merges.txt, and the config names
+    GPT2Tokenizer, as in a GPT-2 model repository. Transformers' GPT-2 class
+    always splits with GPT-2's pattern, so other patterns name the generic
+    PreTrainedTokenizerFast, which follows tokenizer.json as written.
+    """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     hf = to_hf_dict(tok)
     (d / "tokenizer.json").write_text(json.dumps(hf, ensure_ascii=False, indent=1), encoding="utf-8")
-    (d / "vocab.json").write_text(json.dumps(hf["model"]["vocab"], ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2"] + [" ".join(m) for m in hf["model"]["merges"]]
-    (d / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "model_max_length": 1024}
+    gpt2_like = tok.pattern == GPT2_PATTERN
+    if gpt2_like:
+        (d / "vocab.json").write_text(json.dumps(hf["model"]["vocab"], ensure_ascii=False), encoding="utf-8")
+        lines = ["#version: 0.2"] + [" ".join(m) for m in hf["model"]["merges"]]
+        (d / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = {"tokenizer_class": "GPT2Tokenizer" if gpt2_like else "PreTrainedTokenizerFast",
+              "add_prefix_space": False, "model_max_length": 1024}
     if "<|endoftext|>" in tok.special_tokens:
         config.update(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>")
     (d / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")

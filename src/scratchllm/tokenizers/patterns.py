@@ -5,9 +5,9 @@ tokens but "t s" cannot. The two patterns below are the published ones:
 
 - ``gpt2``: GPT-2's pattern (contractions, optional space + letters, optional
   space + digits, optional space + other symbols, whitespace runs).
-- ``gpt4``: the cl100k pattern of GPT-3.5/4 as written in ``tiktoken``:
-  case-insensitive contractions, digits in groups of at most three, newlines
-  kept apart from other whitespace.
+- ``gpt4``: the cl100k pattern of GPT-3.5/4, as ``tiktoken`` has it (one
+  equivalent change, below): case-insensitive contractions, digits in groups
+  of at most three, newlines kept apart from other whitespace.
 
 Both need the ``regex`` module (``\\p{L}`` is "any letter", ``\\p{N}`` "any
 number"). Every character of the text falls in some pre-token, so nothing is
@@ -25,8 +25,11 @@ import regex
 from ..errors import ScratchError
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# tiktoken writes the digit group as \p{N}{1,3}+ (possessive); without the
+# "+" it means the same, and Oniguruma, the engine of Hugging Face's Split,
+# would read "{1,3}+" as "one or more groups" and keep long numbers whole.
 GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None}
@@ -108,12 +111,13 @@ class Splitter:
 # needs up to three, a lookahead one) and on the whole whitespace run it sits
 # in. So when text arrives in chunks, the pieces within this many characters
 # of the last non-space character of the buffer, and everything after it, are
-# held back and split again together with the next chunk.
+# held back and split again together with the next chunk. For the published
+# patterns 3 would do (the tests check it); 64 leaves room for custom ones.
 _HOLD_BACK = 64
 
 
 def count_pretokens(
-    chunks: Iterable[str], splitter: Splitter, specials: Iterable[str] = ()
+    chunks: Iterable[str], splitter: Splitter, specials: Iterable[str] = (), hold_back: int = _HOLD_BACK
 ) -> Counter:
     """How often each pre-token occurs in a text given as consecutive chunks.
 
@@ -123,7 +127,7 @@ def count_pretokens(
     """
     specials = sorted(set(specials), key=len, reverse=True)
     special_re = regex.compile("|".join(regex.escape(s) for s in specials)) if specials else None
-    hold = max([_HOLD_BACK] + [len(s) + 1 for s in specials])
+    hold = max([hold_back] + [len(s) + 1 for s in specials])
     counts: Counter = Counter()
     if splitter.pattern is None:
         # No pattern: each stretch between special tokens is one sequence.

@@ -1,0 +1,117 @@
+"""``scratchllm tokenize``: train a tokenizer, or show how one cuts text into tokens."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from ..errors import ScratchError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tokenize", help="train a tokenizer, encode text to tokens, decode ids to text",
+                              description="Sub-word tokenizers: byte-level BPE (as GPT-2's) and characters.")
+    sub = p.add_subparsers(dest="action", metavar="<action>", required=True)
+
+    t = sub.add_parser("train", help="learn a tokenizer from text and save it as JSON",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Learn a tokenizer from a text file or folder (streamed), 'builtin' "
+                                   "(Python's documentation topics) or a registered dataset name.")
+    t.add_argument("--data", default="builtin", help="text file, folder, 'builtin' or a dataset name")
+    t.add_argument("--vocab-size", type=int, default=None,
+                   help="tokens in all, special tokens included (bpe: required; char: default all characters)")
+    t.add_argument("--out", default="tokenizer.json", help="where to write the tokenizer")
+    t.add_argument("--kind", choices=("bpe", "char"), default="bpe", help="byte-level BPE or characters")
+    t.add_argument("--pattern", default="gpt2",
+                   help="bpe split pattern: 'gpt2', 'gpt4' (cl100k), 'none' (no split) or a regex")
+    t.add_argument("--special", action="append", default=[], metavar="TOKEN",
+                   help="a special token, e.g. '<|endoftext|>' (repeat for more)")
+    t.add_argument("--unk", action="store_true", help="char: map unknown characters to <unk> instead of failing")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser("encode", help="show the tokens (pieces and ids) of a text",
+                       description="Encode text and show each token as readable text and its id. "
+                                   "The text comes from the argument, or from standard input.")
+    e.add_argument("text", nargs="?", help="text to encode (default: standard input)")
+    _tokenizer_arg(e)
+    e.add_argument("--ids", action="store_true", help="print only the ids, space-separated")
+    e.add_argument("--allow-special", action="store_true",
+                   help="turn special tokens' text (e.g. <|endoftext|>) into their ids instead of plain text")
+    e.set_defaults(func=run_encode)
+
+    d = sub.add_parser("decode", help="turn token ids back into text",
+                       description="Decode token ids (arguments, or standard input; separated by spaces or "
+                                   "commas, brackets allowed) to text.")
+    d.add_argument("ids", nargs="*", help="token ids (default: read from standard input)")
+    _tokenizer_arg(d)
+    d.set_defaults(func=run_decode)
+
+
+def _tokenizer_arg(p) -> None:
+    p.add_argument("--tokenizer", required=True,
+                   help="a tokenizer file (ours or Hugging Face tokenizer.json) or a folder with tokenizer.json, "
+                        "vocab.json + merges.txt, or GPT-2's encoder.json + vocab.bpe")
+
+
+def run_train(args) -> int:
+    from .. import tokenizers
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    data = _training_data(args.data)
+    if args.kind == "char":
+        if args.special:
+            raise ScratchError("--special applies to --kind bpe only")
+        tok = tokenizers.CharTokenizer(unk=args.unk).train(data, args.vocab_size, progress=progress)
+    else:
+        if args.vocab_size is None:
+            raise ScratchError("--vocab-size is required for a BPE tokenizer (e.g. --vocab-size 4096)")
+        tok = tokenizers.BPETokenizer(pattern=args.pattern, special_tokens=args.special)
+        tok.train(data, args.vocab_size, progress=progress)
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True)
+    tok.save(out)
+    print(f"{tok!r} written to {out}")
+    return 0
+
+
+def _training_data(spec: str):
+    """A path is streamed; other specs ('builtin', dataset names) come from scratchllm.data."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    from ..data import load_text
+    return load_text(spec)
+
+
+def run_encode(args) -> int:
+    from .. import tokenizers
+
+    tok = tokenizers.load(args.tokenizer)
+    text = args.text if args.text is not None else sys.stdin.read()
+    if isinstance(tok, tokenizers.BPETokenizer):
+        ids = tok.encode(text, allowed_special="all") if args.allow_special else tok.encode(text, disallowed_special=())
+    else:
+        ids = tok.encode(text)
+    if args.ids:
+        print(" ".join(map(str, ids)))
+        return 0
+    print("pieces:", " ".join(tok.pieces(ids)))
+    print("ids:   ", " ".join(map(str, ids)))
+    print(f"{len(ids)} tokens for {len(text)} characters")
+    return 0
+
+
+def run_decode(args) -> int:
+    from .. import tokenizers
+
+    tok = tokenizers.load(args.tokenizer)
+    raw = " ".join(args.ids) if args.ids else sys.stdin.read()
+    words = [w for w in re.split(r"[\s,\[\]]+", raw) if w]
+    bad = next((w for w in words if not re.fullmatch(r"\d+", w)), None)
+    if bad is not None:
+        raise ScratchError(f"{bad!r} is not a token id: give non-negative whole numbers")
+    sys.stdout.write(tok.decode(int(w) for w in words) + "\n")
+    return 0
