@@ -129,6 +129,8 @@ def test_inputs_modes_and_limits():
     as_array = np.array([[3, 4, 5], [6, PAD, PAD]])
     assert greedy_decode(model, ragged, BOS, EOS, max_len=5) == greedy_decode(model, as_array, BOS, EOS, max_len=5)
     assert beam_search(model, ragged, BOS, EOS, max_len=5) == beam_search(model, as_array, BOS, EOS, max_len=5)
+    assert greedy_decode(model, [3, 4, 5], BOS, EOS, max_len=5) == greedy_decode(model, as_array[:1], BOS, EOS,
+                                                                                 max_len=5)
     assert model.training  # decoding ran in eval mode and restored the mode
     hyps = greedy_decode(model, as_array, BOS, EOS)  # default max_len: 2·3 + 10
     assert all(len(h) <= 16 for h in hyps)

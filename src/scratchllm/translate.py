@@ -39,9 +39,10 @@ def _source_batch(model, src_ids):
     if isinstance(src_ids, np.ndarray):
         src = src_ids
     else:
-        rows = [list(r) for r in src_ids]
-        if rows and not all(isinstance(r, (list, tuple)) for r in src_ids):
-            rows = [list(src_ids)]  # a single sentence
+        rows = list(src_ids)
+        if rows and all(isinstance(r, (int, np.integer)) for r in rows):
+            rows = [rows]  # a single sentence
+        rows = [list(r) for r in rows]
         width = max((len(r) for r in rows), default=0)
         src = np.full((len(rows), max(width, 1)), pad, dtype=np.int64)
         for i, r in enumerate(rows):
