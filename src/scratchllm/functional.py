@@ -251,52 +251,70 @@ def embedding(ids, weight: Tensor) -> Tensor:
 _causal_cache: dict = {}
 
 
-def _causal_bias(Tq: int, Tk: int, dtype):
-    """0 where query i may see key j, −inf where it may not. Queries are the
-    last Tq of Tk positions, so a KV cache (Tq < Tk) lines up at the bottom right."""
+def _causal_bias_t(Tq: int, Tk: int, dtype):
+    """(Tk, Tq): 0 where key j is visible to query i, −inf where it is not.
+    Queries are the last Tq of Tk positions, so a KV cache (Tq < Tk) lines up
+    at the bottom right of the (Tq, Tk) picture. Stored keys-first, as the scores are."""
     key = (Tq, Tk, xp.dtype(dtype).str)
     if key not in _causal_cache:
-        blocked = xp.triu(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1)
+        blocked = xp.triu(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1).T  # (Tk, Tq)
         _causal_cache[key] = xp.where(blocked, -xp.inf, 0).astype(dtype)
     return _causal_cache[key]
 
 
 def _attention_weights(q, k, scale, causal, mask):
-    """softmax(q kᵀ · scale + mask) for arrays q (…, Tq, D), k (…, Tk, D) -> (…, Tq, Tk)."""
-    Tq, Tk = q.shape[-2], k.shape[-2]
-    s = q @ xp.swapaxes(k, -1, -2)  # (B, H, Tq, Tk)
-    s *= scale
-    bias = _causal_bias(Tq, Tk, s.dtype) if causal else None  # (Tq, Tk)
+    """softmax(q kᵀ · scale + mask) for arrays q (…, Tq, D), k (…, Tk, D) -> (…, Tq, Tk).
+
+    The result is a transposed view of a contiguous (…, Tk, Tq) array: with keys
+    on axis −2 the softmax's max and shifts run across contiguous rows (NumPy's
+    reductions along a short last axis are several times slower), and both
+    products, k·(q·scale)ᵀ here and aᵀ·v after, have the layouts BLAS reads
+    without copies. Callers use it as (…, Tq, Tk) as usual.
+    """
+    Tq, Tk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    qt = xp.empty(q.shape[:-2] + (D, Tq), dtype=q.dtype)  # (…, D, Tq)
+    xp.multiply(xp.swapaxes(q, -1, -2), scale, out=qt)  # scaled and transposed in one pass
+    s = k @ qt  # (…, Tk, Tq) = scoresᵀ
+    bias = _causal_bias_t(Tq, Tk, s.dtype) if causal else None  # (Tk, Tq)
     if mask is not None:
         m = _data(mask)
         m = xp.where(m, 0, -xp.inf).astype(s.dtype) if m.dtype == bool else m.astype(s.dtype)
+        m = xp.swapaxes(m.reshape((1,) * (2 - m.ndim) + m.shape), -1, -2)  # (…, Tk, Tq) view
         bias = m if bias is None else bias + m
     if bias is not None:
         if xp.broadcast_shapes(s.shape, bias.shape) == s.shape:
             s += bias  # in place: the usual case
         else:
             s = s + bias  # the mask widens the scores (e.g. k broadcast over batch)
-    a = s  # softmax in place over the last axis
-    row_max = a.max(axis=-1, keepdims=True)
-    row_max[~xp.isfinite(row_max)] = 0  # rows with every key blocked
-    a -= row_max
+    a = s  # softmax in place over the keys (axis −2)
+    top = a.max(axis=-2, keepdims=True)  # (…, 1, Tq)
+    top[~xp.isfinite(top)] = 0  # queries with every key blocked
+    a -= top
     xp.exp(a, out=a)
-    denom = a.sum(axis=-1, keepdims=True)
-    denom[denom == 0] = 1
-    a /= denom
-    return a
+    denom = xp.matmul(xp.ones(Tk, dtype=a.dtype), a)  # (…, Tq) column sums by BLAS
+    denom[denom == 0] = 1  # those queries get zeros, not NaN
+    xp.reciprocal(denom, out=denom)
+    a *= denom[..., None, :]
+    return xp.swapaxes(a, -1, -2)  # (…, Tq, Tk) view
 
 
-def _attention_grads(g, q, k, v, a, scale, gq=None, gk=None, gv=None):
+def _attention_grads(g, q, k, v, a, scale, gq=None, gk=None, gv=None, out=None):
     """Gradients of out = a·v with a = softmax(q kᵀ · scale); ``gq/gk/gv`` may
-    be given as output buffers (views into a packed gradient)."""
-    gv = xp.matmul(xp.swapaxes(a, -1, -2), g, out=gv)  # (B, H, Tk, D)
-    ga = g @ xp.swapaxes(v, -1, -2)  # (B, H, Tq, Tk)
-    ga -= (ga * a).sum(axis=-1, keepdims=True)
-    ga *= a  # softmax backward: a·(ga − Σ ga·a)
-    ga *= scale
-    gq = xp.matmul(ga, k, out=gq)  # (B, H, Tq, D)
-    gk = xp.matmul(xp.swapaxes(ga, -1, -2), q, out=gk)  # (B, H, Tk, D)
+    be given as output buffers (views into a packed gradient). ``out`` (the
+    forward result) saves a product: Σⱼ ga·a over keys equals Σ_d g·out."""
+    at = xp.swapaxes(a, -1, -2)  # (…, Tk, Tq), contiguous when made by _attention_weights
+    gv = xp.matmul(at, g, out=gv)  # (B, H, Tk, D)
+    gt = xp.empty(g.shape[:-2] + (g.shape[-1], g.shape[-2]), dtype=g.dtype)
+    gt[...] = xp.swapaxes(g, -1, -2)  # (B, H, D, Tq) contiguous, so the next product needs no copy
+    ds = v @ gt  # (B, H, Tk, Tq) = (g vᵀ)ᵀ
+    if out is None:
+        out = a @ v
+    ds -= xp.vecdot(g, out)[..., None, :]  # softmax backward: a·(ga − Σ ga·a)
+    ds *= at
+    gq = xp.matmul(xp.swapaxes(ds, -1, -2), k, out=gq)  # (B, H, Tq, D)
+    gq *= scale
+    gk = xp.matmul(ds, q, out=gk)  # (B, H, Tk, D)
+    gk *= scale
     return gq, gk, gv
 
 
@@ -314,7 +332,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) 
     out = a @ v.data  # (B, H, Tq, D)
 
     def backward(g):
-        gq, gk, gv = _attention_grads(g, q.data, k.data, v.data, a, scale)
+        gq, gk, gv = _attention_grads(g, q.data, k.data, v.data, a, scale, out=out)
         return unbroadcast(gq, q.shape), unbroadcast(gk, k.shape), unbroadcast(gv, v.shape)
 
     return _op(out, (q, k, v), backward)
@@ -341,7 +359,7 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None) -> 
         g = xp.ascontiguousarray(g).reshape(B, T, n_head, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
         gqkv = xp.empty((B, T, 3, n_head, D), dtype=qkv.dtype)
         gheads = gqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
-        _attention_grads(g, q, k, v, a, scale, gheads[0], gheads[1], gheads[2])
+        _attention_grads(g, q, k, v, a, scale, gheads[0], gheads[1], gheads[2], out=out.transpose(0, 2, 1, 3))
         return (gqkv.reshape(B, T, C3),)
 
     return _op(out.reshape(B, T, C), (qkv,), backward)
