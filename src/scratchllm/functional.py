@@ -185,34 +185,50 @@ def mse_loss(pred: Tensor, target) -> Tensor:
 # ---- normalisation and regularisation -------------------------------------
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Normalise the last axis to mean 0, variance 1, then scale and shift."""
-    a = x.data
-    xc = a - a.mean(axis=-1, keepdims=True)  # (..., C)
-    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)
-    rstd = 1 / xp.sqrt(var + eps)  # (..., 1)
-    xhat = xc
-    xhat *= rstd  # (..., C), reuses xc's buffer
+    C = x.shape[-1]
+    a = x.data.reshape(-1, C)  # (N, C)
+    inv_c = a.dtype.type(1.0 / C)
+    ones_c = xp.ones(C, dtype=a.dtype)
+    mean = a @ ones_c  # (N,) row sums by BLAS: NumPy's reductions along a short last axis are slow
+    mean *= inv_c
+    xhat = a - mean[:, None]  # (N, C)
+    var = xp.vecdot(xhat, xhat)  # (N,)
+    var *= inv_c
+    var += eps
+    rstd = xp.sqrt(var, out=var)
+    xp.reciprocal(rstd, out=rstd)  # (N,)
+    xhat *= rstd[:, None]
     out = xhat * weight.data if weight is not None else xhat.copy()
     if bias is not None:
         out += bias.data
-    C = a.shape[-1]
 
     def backward(g):
-        g2, xh2 = g.reshape(-1, C), xhat.reshape(-1, C)  # (N, C)
-        gw = (g2 * xh2).sum(axis=0) if weight is not None and weight.requires_grad else None
-        gb = g2.sum(axis=0) if bias is not None and bias.requires_grad else None
-        gx = None
+        g2 = g.reshape(-1, C)  # (N, C)
+        ones_n = xp.ones(g2.shape[0], dtype=g2.dtype)
+        w = weight.data if weight is not None else ones_c
+        gw = gb = gx = None
+        gxh = g2 * xhat if weight is not None or x.requires_grad else None  # (N, C)
+        if weight is not None and weight.requires_grad:
+            gw = ones_n @ gxh  # (C,) column sums by BLAS
+        if bias is not None and bias.requires_grad:
+            gb = ones_n @ g2  # (C,)
         if x.requires_grad:
-            gxh = g * weight.data if weight is not None else g.copy()  # (..., C)
-            # dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), ĝ = g·weight
-            proj = (gxh * xhat).mean(axis=-1, keepdims=True)
-            gxh -= gxh.mean(axis=-1, keepdims=True)
-            gxh -= xhat * proj
-            gxh *= rstd
-            gx = gxh
+            # dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = g·weight; both means are
+            # products with the weight: mean(ĝ) = g·w / C, mean(ĝ·x̂) = (g·x̂)·w / C.
+            proj = gxh @ w  # (N,)
+            proj *= inv_c
+            shift = g2 @ w  # (N,)
+            shift *= inv_c
+            gx = g2 * weight.data if weight is not None else g2.copy()  # (N, C)
+            gx -= shift[:, None]
+            xp.multiply(xhat, proj[:, None], out=gxh)  # x̂·mean(ĝ·x̂), reusing the buffer
+            gx -= gxh
+            gx *= rstd[:, None]
+            gx = gx.reshape(x.shape)
         return tuple(gr for gr, p in zip((gx, gw, gb), (x, weight, bias)) if p is not None)
 
     parents = tuple(p for p in (x, weight, bias) if p is not None)
-    return _op(out, parents, backward)
+    return _op(out.reshape(x.shape), parents, backward)
 
 
 def dropout(x: Tensor, p: float, training: bool = True, rng=None) -> Tensor:
