@@ -43,6 +43,7 @@ PRESETS = {
 @dataclass
 class TrainConfig:
     data: str = "builtin"
+    data_dir: str = ""  # where registered datasets are looked for (else $SCRATCHLLM_DATA_DIR, the cache)
     tokenizer: str = "char"  # "char", "bpe", or a tokenizer.json path
     bpe_vocab_size: int = 512
     out: str = "out"
@@ -105,7 +106,7 @@ def prepare_data(cfg: TrainConfig, run: Path):
     if all(p.exists() for p in (tok_path, train_path, val_path, source_path)):
         if json.loads(source_path.read_text()) == _source_key(cfg):
             return tokenizers.load(tok_path), read_token_bin(train_path), read_token_bin(val_path)
-    text = load_text(cfg.data)
+    text = load_text(cfg.data, cfg.data_dir or None)
     tok = build_tokenizer(cfg, text)
     ids = np.asarray(tok.encode(text))
     train_ids, val_ids = train_val_split(ids, 1 - cfg.val_frac)

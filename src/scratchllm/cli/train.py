@@ -10,6 +10,7 @@ from ..errors import ScratchError
 
 _HELP = {
     "data": "text to learn: 'builtin' (Python's documentation topics), 'tinyshakespeare', a file or a folder",
+    "data_dir": "folder holding registered datasets (e.g. DIR/tinyshakespeare/input.txt); else $SCRATCHLLM_DATA_DIR or the cache",
     "tokenizer": "'char' (one token per character), 'bpe' (train a byte-level BPE), or a tokenizer.json",
     "bpe_vocab_size": "vocabulary size when --tokenizer bpe",
     "out": "run directory: token files, checkpoint (OUT/ckpt), log.jsonl, loss.png",
