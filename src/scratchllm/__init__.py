@@ -10,7 +10,8 @@ from .tensor import Tensor, is_grad_enabled, no_grad, tensor
 
 __version__ = "0.1.0"
 
-_LAZY = {"functional", "nn", "optim", "models", "tokenizers", "data", "metrics", "checkpoint", "generate", "explain", "train"}
+_LAZY = {"functional", "nn", "optim", "models", "tokenizers", "data", "metrics", "checkpoint", "generate",
+         "explain", "train", "translate", "hf", "plot"}
 
 
 def __getattr__(name):
