@@ -94,19 +94,21 @@ def number(text: str, name: str, kind=float, low=None):
 
 def parse_measurement(values) -> list[float]:
     """R G B VOLUME as four checked numbers."""
-    if len(values) != 4:
-        got = "nothing" if not values else f"{len(values)} ({' '.join(values)})"
-        raise ScratchError(f"give 4 numbers, R G B VOLUME (e.g. {EXAMPLE}); got {got}")
+    names = ("R", "G", "B", "VOLUME")
     out = []
-    for name, text in zip(("R", "G", "B", "VOLUME"), values):
+    for i, text in enumerate(values):
+        name = names[i] if i < 4 else f"value {i + 1}"
         try:
             v = float(text)
         except ValueError:
-            hint = " (did you mean `classify train`?)" if text.lower().startswith("tr") else ""
+            hint = " (did you mean `classify train`?)" if i == 0 and text.lower().startswith("tr") else ""
             raise ScratchError(f"{name} must be a number, got {text!r}{hint}") from None
         if not math.isfinite(v):
             raise ScratchError(f"{name} must be a finite number, got {text!r}")
         out.append(v)
+    if len(out) != 4:
+        got = "nothing" if not values else f"{len(values)} ({' '.join(values)})"
+        raise ScratchError(f"give 4 numbers, R G B VOLUME (e.g. {EXAMPLE}); got {got}")
     for name, v in zip("RGB", out[:3]):
         if not 0 <= v <= 255:
             raise ScratchError(f"{name} is a colour channel from 0 to 255, got {v:g}")
