@@ -95,32 +95,40 @@ def main() -> None:
     print(f"text: tinyshakespeare, {len(text.encode()):,} bytes; {args.rounds} rounds, medians\n")
 
     # -- training --------------------------------------------------------------
-    results = {}
     trained = {}
     t = medians({"ours": lambda: trained.__setitem__("ours", BPETokenizer("gpt2").train(text, args.vocab_size)),
                  "hf": lambda: trained.__setitem__("hf", hf_trainer(text, args.vocab_size))}, args.rounds)
-    hf_merges = [m if isinstance(m, str) else " ".join(m) for m in json.loads(trained["hf"].to_str())["model"]["merges"]]
+    hf_model = json.loads(trained["hf"].to_str())["model"]
+    hf_merges = [m if isinstance(m, str) else " ".join(m) for m in hf_model["merges"]]
     same = hf_merges == trained["ours"].to_dict()["merges"]
-    results["train"] = t
 
     # -- encoding -----------------------------------------------------------------
     ours = BPETokenizer.from_gpt2(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe")
     ref = tiktoken_gpt2(gpt2_dir)
     out = {}
+    # One non-ASCII character sends the whole text through the `regex` engine
+    # instead of the ASCII fast path (see tokenizers/patterns.py).
+    mixed = text + "\u00e9"
     e = medians({"cold": lambda: out.__setitem__("cold", ours.encode(text)),
                  "warm": lambda: out.__setitem__("warm", ours.encode(text)),
-                 "tiktoken": lambda: out.__setitem__("tiktoken", ref.encode_ordinary(text))},
+                 "tiktoken": lambda: out.__setitem__("tiktoken", ref.encode_ordinary(text)),
+                 "mixed": lambda: out.__setitem__("mixed", ours.encode(mixed)),
+                 "tiktoken mixed": lambda: out.__setitem__("tiktoken mixed", ref.encode_ordinary(mixed))},
                 args.rounds, before={"cold": ours.clear_cache})
     n = len(out["tiktoken"])
-    ids_same = out["cold"] == out["warm"] == out["tiktoken"]
+    ids_same = out["cold"] == out["warm"] == out["tiktoken"] and out["mixed"] == out["tiktoken mixed"]
 
+    tok_s = {k: n / v / 1e6 for k, v in e.items()}
     rows = [
-        ("train BPE, vocab %d, GPT-2 pattern" % args.vocab_size, f"{t['ours']:.2f} s", f"{t['hf']:.2f} s",
+        (f"train BPE, vocab {args.vocab_size}, GPT-2 pattern", f"{t['ours']:.2f} s", f"{t['hf']:.2f} s",
          f"{t['hf'] / t['ours']:.2f}x", f"same merges as HF: {'yes' if same else 'NO'}"),
-        ("encode, GPT-2 vocab, empty cache", f"{n / e['cold'] / 1e6:.2f} M tok/s", f"{n / e['tiktoken'] / 1e6:.2f} M tok/s",
+        ("encode, GPT-2 vocab, empty cache", f"{tok_s['cold']:.2f} M tok/s", f"{tok_s['tiktoken']:.2f} M tok/s",
          f"{e['tiktoken'] / e['cold']:.2f}x", f"{n:,} tokens; ids identical: {'yes' if ids_same else 'NO'}"),
-        ("encode, GPT-2 vocab, warm cache", f"{n / e['warm'] / 1e6:.2f} M tok/s", f"{n / e['tiktoken'] / 1e6:.2f} M tok/s",
+        ("encode, GPT-2 vocab, warm cache", f"{tok_s['warm']:.2f} M tok/s", f"{tok_s['tiktoken']:.2f} M tok/s",
          f"{e['tiktoken'] / e['warm']:.2f}x", ""),
+        ("encode, warm cache, + one non-ASCII char", f"{tok_s['mixed']:.2f} M tok/s",
+         f"{tok_s['tiktoken mixed']:.2f} M tok/s", f"{e['tiktoken mixed'] / e['mixed']:.2f}x",
+         "Unicode `regex` split, no ASCII fast path"),
     ]
     print("| task | ours | reference (HF tokenizers / tiktoken) | ours vs reference speed | note |")
     print("|---|---|---|---|---|")

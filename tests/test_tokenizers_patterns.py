@@ -18,7 +18,8 @@ def pieces_of(parts, max_size):
 
 # ASCII that tries every alternative: contractions in both cases, digit runs,
 # every kind of ASCII whitespace, and \x1c-\x1f (whitespace to `re`, not to \s).
-ASCII_HEAVY = pieces_of(list("aZ09 '\t\n\r\x0b\x0c\x1c\x1f!.,-sdtmlvrSDTLVRE_") + ["'s", "'LL", "'re", "  ", "\r\n", "123456"], 40)
+ASCII_HEAVY = pieces_of(list("aZ09 '\t\n\r\x0b\x0c\x1c\x1f!.,-sdtmlvrSDTLVRE_")
+                        + ["'s", "'LL", "'re", "  ", "\r\n", "123456"], 40)
 
 
 def tiktoken_split(pattern_name, text):

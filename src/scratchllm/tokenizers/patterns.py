@@ -62,7 +62,8 @@ def resolve_pattern(pattern: str | None) -> str | None:
     try:
         regex.compile(pattern)
     except regex.error as e:
-        raise ScratchError(f"split pattern {pattern!r} is not a valid regex ({e}); use 'gpt2', 'gpt4', 'none' or a valid regex") from None
+        raise ScratchError(f"split pattern {pattern!r} is not a valid regex ({e}); "
+                           "use 'gpt2', 'gpt4', 'none' or a valid regex") from None
     return pattern
 
 

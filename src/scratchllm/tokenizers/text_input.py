@@ -43,7 +43,8 @@ def text_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts))
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts))
         if not files:
             raise ScratchError(f"folder {path} has no files to read")
         return files
