@@ -169,25 +169,30 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, label_smoot
     if ((safe_t < 0) | (safe_t >= V)).any():
         raise ValueError(f"cross_entropy: target ids must lie in [0, {V}) or equal ignore_index")
     rows = xp.arange(z.shape[0])
-    z = z - z.max(axis=1, keepdims=True)  # (N, V), stable for logits of any size
-    probs = xp.exp(z)
-    sum_e = probs.sum(axis=1, keepdims=True)  # (N, 1)
-    lse = xp.log(sum_e)[:, 0]  # (N,)
-    nll = lse - z[rows, safe_t]  # (N,) −log p[target]
-    if label_smoothing:
-        smooth = lse - z.mean(axis=1)  # (N,) −mean_j log p_j
-        nll = (1 - label_smoothing) * nll + label_smoothing * smooth
-    count = valid.sum()
     dtype = logits.dtype
-    loss = xp.asarray((nll * valid).sum() / count if count else xp.nan, dtype=dtype)
+    ones_v = xp.ones(V, dtype=dtype)
+    probs = z - z.max(axis=1, keepdims=True)  # (N, V) shifted logits, stable for logits of any size
+    nll = -probs[rows, safe_t]  # (N,) −shifted logit of the target
+    if label_smoothing:
+        mean_z = probs @ ones_v  # (N,) row sums by BLAS
+        mean_z *= dtype.type(1.0 / V)
+    xp.exp(probs, out=probs)  # (N, V) unnormalised
+    sum_e = probs @ ones_v  # (N,)
+    lse = xp.log(sum_e)  # (N,)
+    nll += lse  # −log p[target]
+    if label_smoothing:  # (1 − ε)·(−log p[target]) + ε·(−mean_j log p_j)
+        nll *= 1 - label_smoothing
+        nll += label_smoothing * (lse - mean_z)
+    count = int(valid.sum())
+    loss = xp.asarray(nll[valid].sum() / count if count else xp.nan, dtype=dtype)
 
     def backward(g):
-        grad = probs
-        grad /= sum_e  # softmax, computed in the buffer the forward left
-        grad[rows, safe_t] -= 1 - label_smoothing
+        w = valid * (g / max(count, 1))  # (N,) each row's weight in the mean
+        grad = probs  # the forward's buffer
+        grad *= (w / sum_e)[:, None]  # softmax · weight, one pass
+        grad[rows, safe_t] -= (1 - label_smoothing) * w
         if label_smoothing:
-            grad -= dtype.type(label_smoothing / V)
-        grad *= (valid * (g / max(int(count), 1))).astype(dtype)[:, None]
+            grad -= (label_smoothing / V * w)[:, None]
         return (grad.reshape(logits.shape),)
 
     return _op(loss, (logits,), backward)
