@@ -10,7 +10,7 @@ import scratchllm as sl
 from scratchllm import functional as F
 from scratchllm.data import load_text
 from scratchllm.models import CharMLP
-from scratchllm.models.charmlp import _sample, fit, windows
+from scratchllm.models.charmlp import fit, windows
 from scratchllm.tokenizers import CharTokenizer
 
 from gradcheck import check_grads
@@ -83,14 +83,25 @@ def test_learns_well_below_the_unigram_entropy():
 
 
 def test_sampling_follows_the_softmax_at_a_temperature():
-    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
-    rng = np.random.default_rng(0)
-    for temperature in (1.0, 0.5, 2.0):
-        draws = _sample(np.repeat(logits, 40_000, axis=0), temperature, rng)
-        expected = np.array([0.5, 0.3, 0.15, 0.05]) ** (1 / temperature)
+    # Zero output weights: the logits are the output bias, whatever the context.
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    model = CharMLP(vocab_size=4, context=2, n_embd=2, n_hidden=3)
+    model.head.weight.data[:] = 0
+    model.head.bias.data[:] = np.log(probs)
+    n = 40_000
+    start = np.zeros((n, 1), dtype=np.int64)
+    for temperature, top_k, top_p in [(1.0, None, None), (0.5, None, None), (2.0, None, None),
+                                      (1.0, 2, None), (1.0, None, 0.7)]:
+        drawn = model.generate(start, 1, temperature=temperature, top_k=top_k, top_p=top_p, seed=0)[:, 1]
+        expected = probs ** (1 / temperature)
+        if top_k or top_p:  # both settings keep the two most likely here: 0.5 + 0.3 reaches 0.7
+            expected[2:] = 0
         expected /= expected.sum()
-        np.testing.assert_allclose(np.bincount(draws, minlength=4) / 40_000, expected, atol=0.01)
-    assert _sample(np.array([[0.1, 2.0, 1.0]]), 0, rng).tolist() == [1]   # temperature 0: the most likely
+        np.testing.assert_allclose(np.bincount(drawn, minlength=4) / n, expected, atol=0.01)
+    greedy = model.generate(start[:3], 2, temperature=0)[:, 1:]
+    assert (greedy == 0).all()                       # temperature 0: always the most likely
+    with pytest.raises(sl.ScratchError, match="temperature"):
+        model.generate(start, 1, temperature=-1)
 
 
 def test_generate_is_seeded_and_greedy_follows_the_scores():

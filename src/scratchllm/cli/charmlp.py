@@ -59,6 +59,9 @@ def register(subparsers) -> None:
     g.add_argument("--prompt", default="", help="text to continue (default: none, as at the start of a text)")
     g.add_argument("--length", default="300", metavar="N", help="characters to generate (default: 300)")
     g.add_argument("--temperature", default="0.8", metavar="T", help="≥ 0 (default: 0.8)")
+    g.add_argument("--top-k", default=None, metavar="K", help="sample only from the K most likely (default: all)")
+    g.add_argument("--top-p", default=None, metavar="P",
+                   help="sample only from the most likely characters that together reach P, 0 < P ≤ 1 (default: off)")
     g.add_argument("--seed", default=None, help="random seed (default: a fresh one each time)")
     g.set_defaults(func=run_generate)
 
@@ -171,8 +174,9 @@ def run_train(args) -> int:
                           "val_loss": res.val_loss}}
     path = checkpoint.save(model, args.out, tokenizer=tok, extra_config=extra)
     print(f"saved to {path}")
-    sample = model.generate([[pad_id_for(tok)]], 200, temperature=0.8, seed=seed, pad_id=pad_id_for(tok))
-    print("sample:\n" + tok.decode(sample[0, 1:].tolist()))
+    pad = pad_id_for(tok)
+    sample = model.generate([[pad]], 300, temperature=0.8, seed=seed, pad_id=pad)
+    print("sample (temperature 0.8):\n" + tok.decode(sample[0, 1:].tolist()))
     return 0
 
 
@@ -182,10 +186,15 @@ def run_generate(args) -> int:
     length = number(args.length, "--length", int, 0)
     temperature = number(args.temperature, "--temperature", float, 0)
     seed = None if args.seed is None else number(args.seed, "--seed", int, 0)
+    top_k = None if args.top_k is None else number(args.top_k, "--top-k", int, 1)
+    top_p = None if args.top_p is None else number(args.top_p, "--top-p", float)
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ScratchError(f"--top-p must be in (0, 1], got {args.top_p}")
     model, tok, _ = load_charmlp(args.weights)
     pad = pad_id_for(tok)
     prompt = tok.encode(args.prompt) if args.prompt else []
-    out = model.generate([prompt or [pad]], length, temperature=temperature, seed=seed, pad_id=pad)
+    out = model.generate([prompt or [pad]], length, temperature=temperature, top_k=top_k, top_p=top_p,
+                         seed=seed, pad_id=pad)
     start = len(prompt) if prompt else 1  # without a prompt, drop the padding character we started from
     print(args.prompt + tok.decode(out[0, start:].tolist()))
     return 0

@@ -58,18 +58,22 @@ class CharMLP(nn.Module):
         pad = np.full((ids.shape[0], self.context - ids.shape[1]), pad_id, dtype=np.int64)
         return np.concatenate([pad, ids], axis=1)
 
-    def generate(self, ids, max_new_tokens: int, temperature: float = 1.0, seed=None, pad_id: int = 0) -> np.ndarray:
+    def generate(self, ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None,
+                 seed=None, pad_id: int = 0) -> np.ndarray:
         """Continue each row of ``ids`` (B, T) by sampling one character at a
         time -> (B, T + max_new_tokens). A prompt shorter than the context is
-        padded with ``pad_id`` on the left; temperature 0 picks the most likely."""
-        if temperature < 0 or not math.isfinite(temperature):
-            raise ScratchError(f"temperature must be 0 or more, got {temperature}")
+        padded with ``pad_id`` on the left. Temperature 0 picks the most likely;
+        top_k / top_p keep only the k most likely / the nucleus of mass p."""
+        from ..generate import check_sampling_args, sample_next  # sampling lives in its own layer
+
+        check_sampling_args(max_new_tokens, temperature, top_k, top_p)
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         out = np.atleast_2d(np.asarray(ids, dtype=np.int64))
         with no_grad():
             for _ in range(max_new_tokens):
-                logits = self(self.window(out, pad_id)).data.astype(np.float64)   # (B, V)
-                out = np.concatenate([out, _sample(logits, temperature, rng)[:, None]], axis=1)
+                logits = self(self.window(out, pad_id)).data                          # (B, V)
+                nxt = sample_next(logits, temperature, top_k, top_p, rng)             # (B,)
+                out = np.concatenate([out, nxt[:, None]], axis=1)
         return out
 
     # ---- saving -----------------------------------------------------------------
@@ -93,17 +97,6 @@ def pad_id_for(tokenizer) -> int:
     except ScratchError:
         return 0
     return ids[0] if len(ids) == 1 else 0
-
-
-def _sample(logits, temperature, rng) -> np.ndarray:
-    """One id per row of logits (B, V)."""
-    if temperature == 0:
-        return logits.argmax(axis=1)
-    z = logits / temperature
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)                    # (B, V)
-    u = rng.random((len(p), 1))
-    return np.minimum((p.cumsum(axis=1) < u).sum(axis=1), p.shape[1] - 1)  # inverse-CDF draw
 
 
 # ---- data and training ----------------------------------------------------------
