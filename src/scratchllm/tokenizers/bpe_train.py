@@ -15,7 +15,10 @@ Ties: among equally frequent pairs the one with the smallest (left id, right
 id) wins. The first 256 ids are the bytes in GPT-2's order (see
 byte_level.BYTE_ORDER) and new tokens get the next free id, which is also how
 Hugging Face's BPE trainer numbers and orders them, so on the same pre-tokens
-both learn the same merges.
+both learn the same merges. One intended difference: HF's trainer gives
+special tokens the first ids, which shifts every byte id and so can change
+tie-breaks; here they take the last ids and leave the bytes where GPT-2 has
+them.
 
 When a merge forms a byte string that is already a token (two different
 splits, such as "ab"+"c" and "a"+"bc", of one string), the existing id is
