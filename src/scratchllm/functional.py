@@ -62,7 +62,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         g2 = g.reshape(-1, n_out)  # (N, out)
         gx = (g2 @ weight.data).reshape(x.shape) if x.requires_grad else None  # (..., in)
         gw = g2.T @ x2 if weight.requires_grad else None  # (out, in)
-        gb = g2.sum(axis=0) if bias is not None and bias.requires_grad else None  # (out,)
+        gb = xp.ones(g2.shape[0], dtype=g2.dtype) @ g2 if bias is not None and bias.requires_grad else None  # (out,) by BLAS
         return gx, gw, gb
 
     parents = (x, weight) if bias is None else (x, weight, bias)
