@@ -162,14 +162,19 @@ def run_train(args) -> int:
                 bar.set_postfix(loss=f"{loss:.3f}")
 
     start = time.perf_counter()
-    res = fit(model, train_ids, val_ids, steps=steps, batch_size=batch, lr=lr, min_lr=lr / 10,
-              eval_every=max(1, steps // 10), rng=rng, on_step=on_step)
-    if bar is not None:
-        bar.close()
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported as one clear error
+            res = fit(model, train_ids, val_ids, steps=steps, batch_size=batch, lr=lr, min_lr=lr / 10,
+                      eval_every=max(1, steps // 10), rng=rng, on_step=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
     for r in res.history:
         print(f"step {r['step']:6d}  train loss {r['train_loss']:.3f}  val loss {r['val_loss']:.3f}")
-    print(f"trained in {time.perf_counter() - start:.1f} s; val loss {res.val_loss:.3f} nats/char "
-          f"(perplexity {math.exp(res.val_loss):.2f})")
+    uniform = math.log(tok.vocab_size)  # the loss of guessing every character equally likely
+    verdict = f"perplexity {math.exp(res.val_loss):.2f}" if res.val_loss < uniform \
+        else f"no better than guessing uniformly, {uniform:.3f}: try a smaller --lr"
+    print(f"trained in {time.perf_counter() - start:.1f} s; val loss {res.val_loss:.3f} nats/char ({verdict})")
     extra = {"training": {"data": str(args.data), "chars": len(text), "steps": steps, "seed": seed,
                           "val_loss": res.val_loss}}
     path = checkpoint.save(model, args.out, tokenizer=tok, extra_config=extra)

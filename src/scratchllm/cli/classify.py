@@ -141,6 +141,8 @@ def load_classifier(weights, echo=None):
 
 # ---- the verbs ---------------------------------------------------------------------------------
 def run_train(args) -> int:
+    import numpy as np
+
     from .. import checkpoint
     from ..models.classifier import train_classifier
 
@@ -159,8 +161,9 @@ def run_train(args) -> int:
                   f"val accuracy {100 * r['val_accuracy']:5.1f}%{'  (best so far)' if r['best'] else ''}")
 
     start = time.perf_counter()
-    model, res = train_classifier(seed=seed, n_examples=examples, hidden=hidden, activation=args.activation,
-                                  epochs=epochs, lr=lr, patience=patience, on_epoch=on_epoch)
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported as one clear error
+        model, res = train_classifier(seed=seed, n_examples=examples, hidden=hidden, activation=args.activation,
+                                      epochs=epochs, lr=lr, patience=patience, on_epoch=on_epoch)
     last = res.history[-1]["epoch"]
     why = f"stopped at epoch {last}: no better validation loss for {patience} epochs" if res.stopped_early \
         else f"ran all {last} epochs"

@@ -152,6 +152,8 @@ def fit(model: CharMLP, train_ids, val_ids, steps=3000, batch_size=64, lr=0.5, m
         else:
             optimizer.step()
         recent.append(loss.item())
+        if not math.isfinite(recent[-1]):
+            raise ScratchError(f"training diverged at step {step} (loss {recent[-1]}); try a smaller learning rate than {lr}")
         if on_step:
             on_step(step, recent[-1])
         if step % eval_every == 0 or step == steps:

@@ -140,9 +140,11 @@ def fit(model: Classifier, train, val, epochs=300, batch_size=32, lr=0.1, patien
             best_state = {k: v.copy() for k, v in model.state_dict().items()}
         if on_epoch:
             on_epoch(record)
-        if epoch - result.best_epoch >= patience:
+        if epoch - result.best_epoch >= patience or not math.isfinite(val_loss):
             result.stopped_early = True
             break
+    if best_state is None:
+        raise ScratchError(f"training diverged (validation loss {val_loss}); try a smaller learning rate than {lr}")
     model.load_state_dict(best_state)
     return result
 
