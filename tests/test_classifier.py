@@ -9,7 +9,6 @@ from scratchllm import functional as F
 from scratchllm.models import Classifier
 from scratchllm.models.classifier import evaluate, fit, train_classifier
 from scratchllm.models.classifier_data import make_leaves_and_flowers, split
-from scratchllm.tensor import Tensor
 
 from gradcheck import check_grads
 

@@ -103,6 +103,20 @@ def quick_model(echo=None):
     return model, tok
 
 
+def check_text(tok, text: str, option: str) -> None:
+    """A clear error naming the characters of ``text`` that the vocabulary lacks."""
+    def known(ch):
+        try:
+            return len(tok.encode(ch)) == 1
+        except ScratchError:
+            return False
+
+    unknown = sorted(c for c in set(text) if not known(c))
+    if unknown:
+        raise ScratchError(f"{option} has characters the model never saw in training: "
+                           f"{', '.join(map(repr, unknown))}; use only characters of its training text")
+
+
 def load_charmlp(weights):
     """(model, tokenizer, where from). ``weights`` None: the saved default, else a quick model."""
     from .. import checkpoint
@@ -196,6 +210,7 @@ def run_generate(args) -> int:
     if top_p is not None and not 0 < top_p <= 1:
         raise ScratchError(f"--top-p must be in (0, 1], got {args.top_p}")
     model, tok, _ = load_charmlp(args.weights)
+    check_text(tok, args.prompt, "--prompt")
     pad = pad_id_for(tok)
     prompt = tok.encode(args.prompt) if args.prompt else []
     out = model.generate([prompt or [pad]], length, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -64,16 +64,7 @@ def run_charmlp(args) -> int:
     if not args.text:
         raise ScratchError("--text is empty: give some text, e.g. --text \"The \"")
     model, tok, source = charmlp_cli.load_charmlp(args.weights)
-    unknown = sorted(c for c in set(args.text) if not _known(tok, c))
-    if unknown:
-        raise ScratchError(f"--text has characters the model never saw in training: "
-                           f"{', '.join(map(repr, unknown))}; use only characters of its training text")
+    charmlp_cli.check_text(tok, args.text, "--text")
     print(explain_charmlp(model, tok, args.text, top=min(top, model.vocab_size), source=source))
     return 0
 
-
-def _known(tok, ch: str) -> bool:
-    try:
-        return len(tok.encode(ch)) == 1
-    except ScratchError:
-        return False
