@@ -155,6 +155,50 @@ def estimate_loss(model: GPT, splits: dict, cfg: TrainConfig, step: int) -> dict
     return out
 
 
+# ---- pieces any training loop needs ----------------------------------------------------
+class StopOnInterrupt:
+    """``with StopOnInterrupt() as stop:`` Ctrl-C sets ``stop.requested``
+    instead of raising, so the loop can finish its step, save and leave."""
+
+    requested = False
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def trim_log(path: Path, step: int):
+    """Drop JSONL log lines past ``step`` (the steps a crash threw away before a resume)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def append_log(path: Path, record: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def dropout_rng(model):
+    """The generator the model's Dropout modules draw from (built models share one), or None."""
+    from .nn import Dropout
+
+    for _, m in model.named_modules():
+        if isinstance(m, Dropout) and m.rng is not None:
+            return m.rng
+    return None
+
+
 # ---- the run -------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
@@ -168,22 +212,13 @@ class Trainer:
         self.opt = build_optimizer(self.model, cfg)
         self.schedule = CosineWithWarmup(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         self.batch_rng = np.random.default_rng([cfg.seed, 1])
-        self.dropout_rng = self.model_dropout_rng()
+        self.dropout_rng = dropout_rng(self.model)
         self.step = 0
         self.last_saved = None
         if resume:
             self._restore()
         self.log_path = self.run / "log.jsonl"
-        self._trim_log()
-
-    def model_dropout_rng(self):
-        # Every Dropout module of the GPT shares the generator it was built with.
-        from .nn import Dropout
-
-        for _, m in self.model.named_modules():
-            if isinstance(m, Dropout) and m.rng is not None:
-                return m.rng
-        return None
+        trim_log(self.log_path, self.step)
 
     # ---- checkpoints --------------------------------------------------------------
     def _load_config_for_resume(self, cfg: TrainConfig) -> TrainConfig:
@@ -212,18 +247,6 @@ class Trainer:
         }
         checkpoint.save_training(self.ckpt_dir, self.model, self.opt, state, tokenizer=self.tokenizer)
         self.last_saved = self.step
-
-    # ---- logs ----------------------------------------------------------------------
-    def _trim_log(self):
-        """Drop log lines past the checkpoint (steps a crash threw away)."""
-        if not self.log_path.exists():
-            return
-        keep = [ln for ln in self.log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
-        self.log_path.write_text("".join(ln + "\n" for ln in keep))
-
-    def _log(self, record: dict):
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
     # ---- one step ------------------------------------------------------------------
     def train_step(self) -> float:
@@ -264,36 +287,29 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        stop = {"now": False}
-        previous = signal.getsignal(signal.SIGINT)
-
-        def on_interrupt(signum, frame):  # finish the step, then save and leave
-            stop["now"] = True
-
-        signal.signal(signal.SIGINT, on_interrupt)
         tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
         bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not cfg.progress, unit="it", dynamic_ncols=True)
         record, tps, last_loss = {}, 0.0, float("nan")
-        try:
-            while True:
-                at_end = self.step >= cfg.max_iters
-                if self.step % cfg.eval_interval == 0 or at_end:
-                    record = self.evaluate() | {"tokens_per_s": round(tps, 1)}
-                    self._log(record)
-                    bar.write(f"step {self.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
-                    if self.step > 0 and self.last_saved != self.step:
-                        self.save()
-                if at_end or stop["now"]:
-                    break
-                t0 = time.perf_counter()
-                last_loss = self.train_step()
-                tps = tokens_per_step / (time.perf_counter() - t0)
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
-        finally:
-            bar.close()
-            signal.signal(signal.SIGINT, previous)
-        if stop["now"]:
+        with StopOnInterrupt() as stop:  # Ctrl-C: finish the step, then save and leave
+            try:
+                while True:
+                    at_end = self.step >= cfg.max_iters
+                    if self.step % cfg.eval_interval == 0 or at_end:
+                        record = self.evaluate() | {"tokens_per_s": round(tps, 1)}
+                        append_log(self.log_path, record)
+                        bar.write(f"step {self.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+                        if self.step > 0 and self.last_saved != self.step:
+                            self.save()
+                    if at_end or stop.requested:
+                        break
+                    t0 = time.perf_counter()
+                    last_loss = self.train_step()
+                    tps = tokens_per_step / (time.perf_counter() - t0)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+            finally:
+                bar.close()
+        if stop.requested:
             if self.last_saved != self.step:
                 self.save()
             echo(f"interrupted at step {self.step}; saved to {self.ckpt_dir}. Resume with --resume --out {self.run}")
