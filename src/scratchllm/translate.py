@@ -19,6 +19,9 @@ it ends there (beam search then scores its EOS at step max_len + 1). By
 default max_len = 2·(longest source) + 10, within the model's max_len.
 
 Results are lists of token ids per sentence, without BOS and EOS.
+:func:`translate_texts` wraps both for sentences as text: it encodes them
+with the model's tokenizer, decodes batches of similar length and returns
+detokenised text in the input order.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 from .errors import ScratchError
 from .tensor import no_grad
 
-__all__ = ["greedy_decode", "beam_search"]
+__all__ = ["greedy_decode", "beam_search", "translate_texts", "special_ids", "SPECIAL_TOKENS"]
 
 
 # ---- shared pieces -------------------------------------------------------------
@@ -208,3 +211,56 @@ def _top_k(x, k):
     if k >= M:
         return np.broadcast_to(np.arange(M), x.shape).copy()
     return np.argpartition(x, M - k, axis=1)[:, M - k:]
+
+
+# ---- sentences in, sentences out ---------------------------------------------------
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # a translation tokenizer's special tokens
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(pad, bos, eos) ids of a translation tokenizer."""
+    specials = getattr(tokenizer, "special_tokens", {})
+    missing = [s for s in SPECIAL_TOKENS if s not in specials]
+    if missing:
+        raise ScratchError(f"the tokenizer has no {missing[0]} token, so it is not a translation tokenizer "
+                           "(train a model with 'scratchllm translate-train')")
+    return tuple(specials[s] for s in SPECIAL_TOKENS)
+
+
+def encode_source(tokenizer, text: str) -> list[int]:
+    """A source sentence's ids: its tokens as they are (no BOS or EOS). Text that
+    looks like a special token ("<eos>") is ordinary text here."""
+    return tokenizer.encode(text, disallowed_special=())
+
+
+def translate_texts(model, tokenizer, sentences, beam_size: int = 4, length_penalty: float | None = 0.6,
+                    batch_size: int = 32, max_len: int | None = None, progress: bool = False) -> list[str]:
+    """Translations of ``sentences`` (strings), in their order.
+
+    Sentences are sorted by length and decoded ``batch_size`` at a time, so a
+    batch holds little padding; beam_size 1 is greedy decoding.
+    """
+    from tqdm.auto import tqdm
+
+    _, bos, eos = special_ids(tokenizer)
+    sentences = list(sentences)
+    ids = [encode_source(tokenizer, s) for s in sentences]
+    limit = model.config.max_len
+    for i, row in enumerate(ids):
+        if len(row) > limit:
+            raise ScratchError(f"sentence {i + 1} has {len(row)} tokens; the model reads at most {limit}")
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = [""] * len(ids)
+    with tqdm(total=len(ids), disable=not progress, unit="sent", dynamic_ncols=True) as bar:
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo:lo + batch_size]
+            src = [ids[i] or [eos] for i in chunk]  # an empty sentence still needs one key to attend to
+            if beam_size == 1:
+                hyps = greedy_decode(model, src, bos, eos, max_len=max_len)
+            else:
+                hyps = beam_search(model, src, bos, eos, beam_size=beam_size, length_penalty=length_penalty,
+                                   max_len=max_len)
+            for i, h in zip(chunk, hyps):
+                out[i] = tokenizer.decode(h).strip()
+            bar.update(len(chunk))
+    return out
