@@ -1,0 +1,385 @@
+"""Training the encoder–decoder Transformer to translate (Vaswani et al. 2017).
+
+A run directory (``--out``, default ``out-translate/``) holds::
+
+    tokenizer.json   the joint BPE tokenizer, learned once from the training pairs
+    ckpt/            the checkpoint: config, weights, tokenizer, optimizer moments,
+                     dropout generator, epoch and batch position
+    log.jsonl        a "train" line every ``log_interval`` steps, an "epoch" line
+                     (val loss, val BLEU) after each epoch
+
+**Data.** Sentence pairs from Multi30k (German → English) or from two
+line-aligned files. One byte-level BPE tokenizer is learned on the source and
+target training sentences together, so one embedding table serves the
+encoder, the decoder and the output layer. Special tokens: ``<pad>``,
+``<bos>``, ``<eos>``; no ``<unk>`` is needed, as every byte is a token. A
+source is its tokens; the decoder reads BOS + tokens and predicts
+tokens + EOS. 8000 tokens by default: Multi30k's 29k training pairs hold about
+10k German and 6k English word forms, and 8000 joint tokens keep the frequent
+words whole (≈15 tokens per sentence, ≈12 words) while the output layer, the
+largest single matrix, stays a quarter of the model.
+
+**Batches.** Pairs of similar length go together, each batch at most
+``max_tokens`` padded tokens on either side. The batches of epoch e come from
+a generator seeded by (seed, e), so the data position is just (epoch, batch).
+
+**Schedule.** The paper's: Adam (β₂ 0.98, ε 1e-9), a linear warmup to ``lr``
+over ``warmup_steps``, then lr·√(warmup/step). It needs no total length, so
+a run stopped by the clock or lengthened on resume follows the same schedule
+up to where it stops. Label smoothing 0.1, gradient clipping at norm 1.
+
+**Resume.** Weights, Adam moments, step, position and the dropout generator
+come back from the checkpoint, so a resumed run is bit-identical to one that
+was never stopped. Ctrl-C (or ``minutes``, or ``max_steps``) finishes the
+step, saves and leaves.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint
+from .data import length_grouped_batches, load_parallel, multi30k, pad_batch
+from .errors import ScratchError
+from .models.transformer import Transformer, TransformerConfig
+from .optim import AdamW, clip_grad_norm
+from .tensor import no_grad
+from .train import StopOnInterrupt, append_log, dropout_rng, trim_log
+from .translate import SPECIAL_TOKENS, encode_source, special_ids, translate_texts
+
+PARALLEL_DATASETS = ("multi30k",)
+
+
+@dataclass
+class TranslationConfig:
+    # data: a registered parallel dataset, or line-aligned files (src/tgt set)
+    data: str = "multi30k"
+    data_dir: str = ""
+    src: str = ""
+    tgt: str = ""
+    val_src: str = ""
+    val_tgt: str = ""
+    out: str = "out-translate"
+    vocab_size: int = 8000
+    # model: pre-norm, sinusoidal positions, shared embeddings tied to the output
+    d_model: int = 256
+    n_head: int = 4
+    n_layers: int = 3  # encoder layers, and as many decoder layers
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_len: int = 128
+    # optimisation
+    epochs: int = 30
+    max_tokens: int = 4096
+    lr: float = 1e-3
+    warmup_steps: int = 800
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    # bookkeeping
+    bleu_sentences: int = 500  # validation sentences translated (greedy) for BLEU after each epoch; 0: none
+    log_interval: int = 50
+    max_steps: int = 0  # stop (and save) at this step; 0: no limit
+    minutes: float = 0.0  # stop (and save) after this much wall-clock time; 0: no limit
+    save_minutes: float = 10.0  # also save mid-epoch this often
+    seed: int = 0
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TranslationConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# What a resumed run may change: its length and bookkeeping, never the model or the data.
+RESUMABLE = ("epochs", "bleu_sentences", "log_interval", "max_steps", "minutes", "save_minutes", "progress",
+             "data_dir", "out")
+
+
+def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
+    """The paper's schedule scaled to peak ``lr``: lr·min(s/w, √(w/s)) at s = step + 1."""
+    s, w = step + 1, max(1, warmup)
+    return lr * min(s / w, math.sqrt(w / s))
+
+
+# ---- data -----------------------------------------------------------------------------
+def load_pairs(cfg: TranslationConfig):
+    """(train_src, train_tgt, val_src, val_tgt) lines. Files without validation
+    files: the last 5 % of the pairs (at most 1000) are held out."""
+    if cfg.src or cfg.tgt:
+        if not (cfg.src and cfg.tgt):
+            raise ScratchError("give both --src and --tgt (line-aligned files)")
+        src, tgt = load_parallel(cfg.src, cfg.tgt)
+        if cfg.val_src or cfg.val_tgt:
+            if not (cfg.val_src and cfg.val_tgt):
+                raise ScratchError("give both --val-src and --val-tgt, or neither")
+            return (src, tgt) + load_parallel(cfg.val_src, cfg.val_tgt)
+        if len(src) < 2:
+            raise ScratchError(f"{cfg.src} holds one pair: too few to hold some out for validation "
+                               "(give --val-src/--val-tgt)")
+        n_val = min(1000, max(1, len(src) // 20))
+        return src[:-n_val], tgt[:-n_val], src[-n_val:], tgt[-n_val:]
+    if cfg.data not in PARALLEL_DATASETS:
+        raise ScratchError(f"unknown parallel dataset {cfg.data!r}: use {', '.join(PARALLEL_DATASETS)} "
+                           "or --src FILE --tgt FILE")
+    data_dir = cfg.data_dir or None
+    return multi30k("train", data_dir) + multi30k("val", data_dir)
+
+
+def train_tokenizer(src_lines, tgt_lines, vocab_size: int):
+    """A joint byte-level BPE over source and target sentences, with the translation specials."""
+    from .tokenizers import BPETokenizer
+
+    tok = BPETokenizer(special_tokens=SPECIAL_TOKENS)
+    return tok.train("\n".join(list(src_lines) + list(tgt_lines)), vocab_size)
+
+
+class PairData:
+    """Sentence pairs as ids: sources, and targets framed as BOS + tokens + EOS."""
+
+    def __init__(self, tokenizer, src_lines, tgt_lines, limit: int):
+        self.pad, bos, eos = special_ids(tokenizer)
+        src = [encode_source(tokenizer, s) for s in src_lines]
+        tgt = [[bos] + tokenizer.encode(t, disallowed_special=()) + [eos] for t in tgt_lines]
+        # The decoder reads all but the last target token: len(t) − 1 positions.
+        keep = [i for i in range(len(src)) if len(src[i]) <= limit and len(tgt[i]) - 1 <= limit]
+        self.dropped = len(src) - len(keep)
+        self.src = [src[i] for i in keep]
+        self.tgt = [tgt[i] for i in keep]
+        self.src_lens = np.array([len(s) for s in self.src])
+        self.tgt_lens = np.array([len(t) - 1 for t in self.tgt])
+        if not self.src:
+            raise ScratchError(f"no sentence pair fits in {limit} tokens: raise --max-len or --max-tokens")
+
+    def __len__(self):
+        return len(self.src)
+
+    def batch(self, rows):
+        """Rows -> (src (B, S), tgt_in (B, T), tgt_out (B, T)) padded with pad_id."""
+        src, _ = pad_batch([self.src[i] for i in rows], self.pad)
+        tgt, _ = pad_batch([self.tgt[i] for i in rows], self.pad)  # (B, T + 1)
+        return src, tgt[:, :-1], tgt[:, 1:]
+
+    def batches(self, max_tokens: int, rng=None):
+        return length_grouped_batches(self.src_lens, self.tgt_lens, max_tokens, rng, shuffle=rng is not None)
+
+
+# ---- model and optimizer ---------------------------------------------------------------
+def build_model(cfg: TranslationConfig, tokenizer) -> Transformer:
+    pad, _, _ = special_ids(tokenizer)
+    V = tokenizer.vocab_size
+    tcfg = TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=cfg.d_model, n_head=cfg.n_head,
+                             n_encoder_layers=cfg.n_layers, n_decoder_layers=cfg.n_layers, d_ff=cfg.d_ff,
+                             dropout=cfg.dropout, max_len=cfg.max_len, shared_embeddings=True, tie_output=True,
+                             norm_first=True, pad_id=pad)
+    return Transformer(tcfg, seed=cfg.seed)
+
+
+def build_optimizer(model: Transformer, cfg: TranslationConfig) -> AdamW:
+    """Weight decay (if any) on matrices only; biases and LayerNorm gains are not decayed."""
+    params = model.parameters()
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def validation_loss(model: Transformer, data: PairData, max_tokens: int) -> float:
+    """Cross-entropy per target token over all pairs (no label smoothing, no dropout)."""
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with no_grad():
+        for rows in data.batches(max_tokens):
+            src, tgt_in, tgt_out = data.batch(rows)
+            n = int((tgt_out != data.pad).sum())
+            total += model.loss(src, tgt_in, tgt_out).item() * n
+            count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+# ---- the run ----------------------------------------------------------------------------
+class TranslationTrainer:
+    def __init__(self, cfg: TranslationConfig, resume: bool = False, echo=print):
+        self.run = Path(cfg.out)
+        self.ckpt_dir = self.run / "ckpt"
+        self.echo = echo
+        state = checkpoint.read_train_state(self.ckpt_dir) if resume else None
+        if state is not None:
+            saved = TranslationConfig.from_dict(state["train_config"])
+            for name in RESUMABLE:
+                setattr(saved, name, getattr(cfg, name))
+            cfg = saved
+        self.cfg = cfg
+        for name in ("epochs", "max_tokens", "d_model", "n_head", "n_layers", "d_ff", "max_len", "log_interval"):
+            if getattr(cfg, name) < 1:
+                raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+        if not 0 <= cfg.dropout < 1:
+            raise ScratchError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+        train_src, train_tgt, self.val_src, self.val_tgt = load_pairs(cfg)
+        self.tokenizer = checkpoint.load_tokenizer(self.ckpt_dir) if state is not None \
+            else train_tokenizer(train_src, train_tgt, cfg.vocab_size)
+        limit = min(cfg.max_len, cfg.max_tokens)
+        self.train_data = PairData(self.tokenizer, train_src, train_tgt, limit)
+        self.val_data = PairData(self.tokenizer, self.val_src, self.val_tgt, limit)
+        self.model = build_model(cfg, self.tokenizer)
+        self.opt = build_optimizer(self.model, cfg)
+        self.dropout_rng = dropout_rng(self.model)
+        # position and running totals; all saved in the checkpoint
+        self.step = self.epoch = self.batch = 0
+        self.epoch_loss = [0.0, 0]  # Σ loss·tokens, target tokens this epoch
+        self.train_tokens, self.train_seconds = 0, 0.0  # source + target tokens, time in steps
+        self.last_saved = None
+        if state is not None:
+            self._restore()
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.run / "log.jsonl"
+        trim_log(self.log_path, self.step)
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def _restore(self):
+        state = checkpoint.load_training(self.ckpt_dir, self.model, self.opt)
+        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self.epoch_loss = list(state["epoch_loss"])
+        self.train_tokens, self.train_seconds = state["train_tokens"], state["train_seconds"]
+        if self.dropout_rng is not None and state["rng"].get("dropout"):
+            self.dropout_rng.bit_generator.state = state["rng"]["dropout"]
+        self.last_saved = self.step
+
+    def save(self):
+        state = {"step": self.step, "epoch": self.epoch, "batch": self.batch, "epoch_loss": self.epoch_loss,
+                 "train_tokens": self.train_tokens, "train_seconds": self.train_seconds,
+                 "train_config": asdict(self.cfg),
+                 "rng": {"dropout": self.dropout_rng.bit_generator.state if self.dropout_rng is not None else None}}
+        checkpoint.save_training(self.ckpt_dir, self.model, self.opt, state, tokenizer=self.tokenizer)
+        self.last_saved = self.step
+
+    # ---- one step ------------------------------------------------------------------------
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        return self.train_data.batches(self.cfg.max_tokens, np.random.default_rng([self.cfg.seed, epoch]))
+
+    def lr_at(self, step: int) -> float:
+        return inverse_sqrt_lr(step, self.cfg.lr, self.cfg.warmup_steps)
+
+    def train_step(self, rows) -> tuple[float, int]:
+        """One Adam step on the pairs ``rows``; returns (loss, source + target tokens)."""
+        cfg = self.cfg
+        src, tgt_in, tgt_out = self.train_data.batch(rows)
+        self.opt.lr = self.lr_at(self.step)
+        self.model.zero_grad()
+        loss = self.model.loss(src, tgt_in, tgt_out, label_smoothing=cfg.label_smoothing)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise ScratchError(self._nan_message(value))
+        loss.backward()
+        if cfg.grad_clip:
+            clip_grad_norm(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        n_tgt = int((tgt_out != self.train_data.pad).sum())
+        self.epoch_loss[0] += value * n_tgt
+        self.epoch_loss[1] += n_tgt
+        return value, int((src != self.train_data.pad).sum()) + n_tgt
+
+    def _nan_message(self, loss) -> str:
+        where = f"the last good checkpoint (step {self.last_saved}) is in {self.ckpt_dir}" \
+            if self.last_saved is not None else "no checkpoint was saved yet"
+        return f"loss became {loss} at step {self.step}; stopped, {where}. Try a lower --lr or --grad-clip."
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Val loss over all validation pairs; val BLEU of greedy translations of the first ``bleu_sentences``."""
+        from .metrics import bleu
+
+        record = {"val_loss": validation_loss(self.model, self.val_data, self.cfg.max_tokens)}
+        n = min(self.cfg.bleu_sentences, len(self.val_src))
+        if n > 0:
+            hyps = translate_texts(self.model, self.tokenizer, self.val_src[:n], beam_size=1, batch_size=100)
+            record["val_bleu"] = bleu(hyps, self.val_tgt[:n])
+        return record
+
+    def end_epoch(self, elapsed: float) -> dict:
+        total, count = self.epoch_loss
+        record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "train_loss": total / max(count, 1)}
+        record |= self.evaluate()
+        record |= {"lr": self.lr_at(self.step), "tokens_per_s": self.train_tokens / max(self.train_seconds, 1e-9),
+                   "elapsed_s": round(elapsed, 1)}
+        self.epoch, self.batch, self.epoch_loss = self.epoch + 1, 0, [0.0, 0]
+        return record
+
+    # ---- the loop ------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to ``epochs`` (or until a stop); return the last epoch's record."""
+        from tqdm.auto import tqdm
+
+        cfg, start = self.cfg, time.perf_counter()
+        last_save, record, reason = start, {}, None
+        window = [0.0, 0, 0, 0.0]  # Σ loss, steps, tokens, seconds since the last "train" log line
+        with StopOnInterrupt() as stop:
+            while self.epoch < cfg.epochs and reason is None:
+                batches = self.epoch_batches(self.epoch)
+                bar = tqdm(total=len(batches), initial=self.batch, disable=not cfg.progress, unit="batch",
+                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}", dynamic_ncols=True, leave=False)
+                with bar:
+                    while self.batch < len(batches):
+                        reason = self._stop_reason(stop, start)
+                        if reason:
+                            break
+                        t0 = time.perf_counter()
+                        loss, n_tok = self.train_step(batches[self.batch])
+                        dt = time.perf_counter() - t0
+                        self.batch += 1
+                        self.train_tokens += n_tok
+                        self.train_seconds += dt
+                        window = [window[0] + loss, window[1] + 1, window[2] + n_tok, window[3] + dt]
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{n_tok / dt:,.0f}", refresh=False)
+                        if self.step % cfg.log_interval == 0:
+                            append_log(self.log_path, {"kind": "train", "epoch": self.epoch + 1, "step": self.step,
+                                                       "loss": window[0] / window[1], "lr": self.lr_at(self.step - 1),
+                                                       "tokens_per_s": window[2] / window[3]})
+                            window = [0.0, 0, 0, 0.0]
+                        if cfg.save_minutes and time.perf_counter() - last_save > 60 * cfg.save_minutes:
+                            self.save()
+                            last_save = time.perf_counter()
+                if reason is None:
+                    record = self.end_epoch(time.perf_counter() - start)
+                    append_log(self.log_path, record)
+                    self.echo(self._epoch_line(record))
+                    self.save()
+                    last_save = time.perf_counter()
+        if reason is not None:
+            if self.last_saved != self.step:
+                self.save()
+            self.echo(f"{reason} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step}); saved to "
+                      f"{self.ckpt_dir}. Resume with --resume --out {self.run}")
+        return record
+
+    def _stop_reason(self, stop, start) -> str | None:
+        cfg = self.cfg
+        if stop.requested:
+            return "interrupted"
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return f"stopped at --max-steps {cfg.max_steps}"
+        if cfg.minutes and time.perf_counter() - start > 60 * cfg.minutes:
+            return f"stopped after --minutes {cfg.minutes:g}"
+        return None
+
+    @staticmethod
+    def _epoch_line(r: dict) -> str:
+        bleu = f", val BLEU {r['val_bleu']:.2f}" if "val_bleu" in r else ""
+        return (f"epoch {r['epoch']} (step {r['step']}): train loss {r['train_loss']:.3f}, "
+                f"val loss {r['val_loss']:.3f}{bleu}, {r['tokens_per_s']:,.0f} tokens/s")
+
+
+def train_translation(cfg: TranslationConfig, resume: bool = False, echo=print) -> TranslationTrainer:
+    trainer = TranslationTrainer(cfg, resume=resume, echo=echo)
+    trainer.fit()
+    return trainer
