@@ -86,6 +86,7 @@ def top_k_filter(logits, k):
     V = logits.shape[-1]
     if k is None or k >= V:
         return logits.copy()
+    k = int(k)
     kth = np.partition(logits, V - k, axis=-1)[..., V - k: V - k + 1]  # (..., 1) the k-th largest
     return np.where(logits < kth, -np.inf, logits)
 
