@@ -380,3 +380,15 @@ def test_cli_help(capsys):
     for opt in ("--ckpt", "--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed",
                 "--num-samples", "--no-cache"):
         assert opt in out
+
+
+def test_cli_points_other_models_to_their_verb(tmp_path, capsys):
+    import scratchllm as sl
+    from scratchllm.models import CharMLP
+    from scratchllm.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_text(TEXT)
+    sl.save(CharMLP(tok.vocab_size, context=3), tmp_path / "mlp", tokenizer=tok)
+    assert cli("--ckpt", tmp_path / "mlp") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a GPT" in err and "scratchllm charmlp generate" in err

@@ -100,6 +100,12 @@ def _char_vocabulary(tokenizer):
     return set(tokenizer.chars)
 
 
+_OTHER_VERBS = {
+    "charmlp": "sample from it with `scratchllm charmlp generate`",
+    "transformer": "it translates: use `scratchllm translate`",
+}
+
+
 def _load(ckpt: str):
     from .. import checkpoint, tokenizers
 
@@ -108,8 +114,10 @@ def _load(ckpt: str):
         raise ScratchError(f"checkpoint directory {ckpt!r} does not exist; train one with "
                            "`scratchllm train` or point --ckpt at a checkpoint directory")
     model = checkpoint.load(path)
-    if not hasattr(model, "config") or not hasattr(getattr(model, "config"), "block_size"):
-        raise ScratchError(f"{ckpt} holds a {type(model).__name__}, which does not generate text")
+    if not hasattr(getattr(model, "config", None), "block_size") or not hasattr(model, "new_cache"):
+        kind = getattr(model, "kind", type(model).__name__)
+        hint = _OTHER_VERBS.get(kind, "this verb samples from GPT checkpoints only")
+        raise ScratchError(f"{ckpt} holds a {kind} model, not a GPT: {hint}")
     tokenizer = tokenizers.load(checkpoint.resolve_dir(path))  # tokenizer.json, or GPT-2's files
     return model, tokenizer
 
