@@ -78,38 +78,42 @@ def relu(x: Tensor) -> Tensor:
 def gelu(x: Tensor) -> Tensor:
     """GELU, tanh form as in GPT-2: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 
-    Computed as x·σ(2u), u = √(2/π)·(x + 0.044715·x³): the same function, since
-    0.5·(1 + tanh u) = σ(2u) = 1 / (1 + e^(−2u)), but without the cancellation
+    Computed as x·σ(2u) = x / (1 + e^(−2u)), u = √(2/π)·(x + 0.044715·x³): the
+    same function, since 0.5·(1 + tanh u) = σ(2u), but without the cancellation
     in 1 + tanh u for negative x, and with 1 − σ = e^(−2u)·σ exact for the
     backward. The chain of in-place ufuncs runs block by block, so each block
-    stays in cache across its eight passes.
+    stays in cache across its passes.
     """
     a = x.data.reshape(-1)  # (N,) flat
-    out, s, e = xp.empty_like(a), xp.empty_like(a), xp.empty_like(a)
+    out, e = xp.empty_like(a), xp.empty_like(a)
+    tmp = xp.empty(min(a.size, _BLOCK), dtype=a.dtype)
     for b in _blocks(a.size):
-        ab, eb, sb = a[b], e[b], s[b]
+        ab, eb = a[b], e[b]
         xp.multiply(ab, ab, out=eb)
         eb *= -2 * _GELU_C * _GELU_K
         eb -= 2 * _GELU_C
         eb *= ab  # −2u
         xp.minimum(eb, 80.0, out=eb)  # e^80 is finite in float32; σ(2u) < 2e-35 there anyway
-        xp.exp(eb, out=eb)  # e = e^(−2u)
-        xp.add(eb, 1, out=sb)
-        xp.reciprocal(sb, out=sb)  # s = σ(2u)
-        xp.multiply(ab, sb, out=out[b])
+        xp.exp(eb, out=eb)  # e = e^(−2u), kept for the backward
+        tb = tmp[: ab.size]
+        xp.add(eb, 1, out=tb)
+        xp.divide(ab, tb, out=out[b])  # x·σ(2u)
 
     def backward(g):
-        # d/dx x·σ(2u) = s·(1 + (1 − s)·2x·u'),  2x·u' = x·(2c + 6c·k·x²),  1 − s = e·s
+        # d/dx x·σ(2u) = σ·(1 + (1 − σ)·2x·u'),  2x·u' = x·(2c + 6c·k·x²),  1 − σ = e·σ
         g = g.reshape(-1)
         d = xp.empty_like(a)
         for b in _blocks(a.size):
-            ab, db, sb = a[b], d[b], s[b]
+            ab, db, eb = a[b], d[b], e[b]
+            sb = tmp[: ab.size]
+            xp.add(eb, 1, out=sb)
+            xp.reciprocal(sb, out=sb)  # σ(2u)
             xp.multiply(ab, ab, out=db)
             db *= 6 * _GELU_C * _GELU_K
             db += 2 * _GELU_C
             db *= ab
             db *= sb
-            db *= e[b]
+            db *= eb
             db += 1
             db *= sb
             db *= g[b]
