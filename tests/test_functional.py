@@ -216,6 +216,15 @@ def test_gelu_vs_torch_random_upstream():
     compare(F.gelu, lambda t: TF.gelu(t, approximate="tanh"), [x], atol=1.5e-6)  # bound: see above
 
 
+@pytest.mark.parametrize("ours, ref, sa, sb", [
+    (F.matmul, torch.matmul, (2, 1, 5, 8), (3, 8, 4)),
+    (F.add, torch.add, (4, 1, 6), (5, 1)),
+    (F.mul, torch.mul, (4, 5, 6), (6,)),
+], ids=["matmul", "add", "mul"])
+def test_basic_ops_vs_torch(ours, ref, sa, sb):
+    compare(ours, ref, [arr(sa, 0), arr(sb, 1)])
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("ignore_index", [-100, 2])
 def test_cross_entropy_vs_torch(smoothing, ignore_index):
