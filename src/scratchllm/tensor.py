@@ -336,6 +336,8 @@ def pow(a, exponent) -> Tensor:
         raise TypeError("only a scalar exponent is supported: a ** 2.0, not a ** tensor")
     e = float(exponent)
     out = a.data ** a.dtype.type(e)
+    if e == 0:  # constant 1: zero gradient, also at a = 0 (where 0·a⁻¹ would give NaN)
+        return _op(out, (a,), lambda g: (xp.zeros_like(a.data),))
     return _op(out, (a,), lambda g: (g * a.dtype.type(e) * a.data ** a.dtype.type(e - 1),))
 
 
