@@ -55,6 +55,21 @@ def test_pow_grad(e):
     check_grads(lambda a: a ** e, [leaf((3, 4), 0, 0.5, 2.0)])
 
 
+def test_pow_zero_exponent_at_zero():
+    a = Tensor(np.array([0.0, 2.0]), requires_grad=True)
+    (a ** 0).sum().backward()
+    np.testing.assert_array_equal(a.grad, [0.0, 0.0])  # as torch: no NaN at 0
+
+
+def test_astype_grad_keeps_source_dtype():
+    a = Tensor(np.array([1.0, 2.0]), requires_grad=True)  # float64
+    b = a.astype(np.float32)
+    assert b.dtype == np.float32
+    (b * b).sum().backward()
+    assert a.grad.dtype == np.float64
+    np.testing.assert_array_equal(a.grad, [2.0, 4.0])
+
+
 def test_exp_log_sqrt_grad():
     check_grads(T.exp, [leaf((3, 4))])
     check_grads(T.log, [leaf((3, 4), 0, 0.1, 3.0)])
