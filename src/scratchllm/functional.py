@@ -36,6 +36,7 @@ from .tensor import (  # noqa: F401  (re-exported: the basic ops are functional 
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_K = 0.044715
+_LOG2_E = 1 / math.log(2)
 _BLOCK = 1 << 16  # elements per block of a fused elementwise chain (256 KB of float32)
 
 
@@ -81,8 +82,10 @@ def gelu(x: Tensor) -> Tensor:
     Computed as x·σ(2u) = x / (1 + e^(−2u)), u = √(2/π)·(x + 0.044715·x³): the
     same function, since 0.5·(1 + tanh u) = σ(2u), but without the cancellation
     in 1 + tanh u for negative x, and with 1 − σ = e^(−2u)·σ exact for the
-    backward. The chain of in-place ufuncs runs block by block, so each block
-    stays in cache across its passes.
+    backward. e^(−2u) is taken as 2^(−2u·log₂e), the log₂e folded into the
+    polynomial (NumPy's float32 exp2 is twice as fast as its exp, as accurate).
+    The chain of in-place ufuncs runs block by block, so each block stays in
+    cache across its passes.
     """
     a = x.data.reshape(-1)  # (N,) flat
     out, e = xp.empty_like(a), xp.empty_like(a)
@@ -90,11 +93,11 @@ def gelu(x: Tensor) -> Tensor:
     for b in _blocks(a.size):
         ab, eb = a[b], e[b]
         xp.multiply(ab, ab, out=eb)
-        eb *= -2 * _GELU_C * _GELU_K
-        eb -= 2 * _GELU_C
-        eb *= ab  # −2u
-        xp.minimum(eb, 80.0, out=eb)  # e^80 is finite in float32; σ(2u) < 2e-35 there anyway
-        xp.exp(eb, out=eb)  # e = e^(−2u), kept for the backward
+        eb *= -2 * _GELU_C * _GELU_K * _LOG2_E
+        eb -= 2 * _GELU_C * _LOG2_E
+        eb *= ab  # −2u·log₂e
+        xp.minimum(eb, 115.0, out=eb)  # 2^115 is finite in float32; σ(2u) < 3e-35 there anyway
+        xp.exp2(eb, out=eb)  # e = e^(−2u), kept for the backward
         tb = tmp[: ab.size]
         xp.add(eb, 1, out=tb)
         xp.divide(ab, tb, out=out[b])  # x·σ(2u)
@@ -107,7 +110,7 @@ def gelu(x: Tensor) -> Tensor:
             ab, db, eb = a[b], d[b], e[b]
             sb = tmp[: ab.size]
             xp.add(eb, 1, out=sb)
-            xp.reciprocal(sb, out=sb)  # σ(2u)
+            xp.divide(1, sb, out=sb)  # σ(2u)
             xp.multiply(ab, ab, out=db)
             db *= 6 * _GELU_C * _GELU_K
             db += 2 * _GELU_C
