@@ -196,7 +196,7 @@ def _gelu64(x):
 
 
 def test_gelu_vs_float64_and_torch():
-    x = np.linspace(-30, 30, 60001, dtype=np.float32)
+    x = np.concatenate([np.linspace(-30, 30, 60001), np.linspace(-3e3, 3e3, 601)]).astype(np.float32)
     ours, ref = pair(x)
     y, yt = F.gelu(ours), TF.gelu(ref, approximate="tanh")
     y.backward(np.ones_like(x))
@@ -312,6 +312,14 @@ def test_attention_fully_masked_row_is_zero_not_nan():
     out.sum().backward()
     assert all(np.isfinite(t.grad).all() for t in (q, k, v))
     np.testing.assert_array_equal(q.grad[:, :, 1], 0.0)
+
+
+def test_attention_causal_more_queries_than_keys():
+    # queries are the last Tq of Tk positions; with Tq > Tk the first ones see no key
+    q, k, v = leaf((1, 1, 4, 2), 0), leaf((1, 1, 2, 2), 1), leaf((1, 1, 2, 2), 2)
+    out = F.attention(q, k, v, causal=True).data
+    np.testing.assert_array_equal(out[0, 0, :2], 0.0)
+    np.testing.assert_allclose(out[0, 0, 2], v.data[0, 0, 0], rtol=1e-12)
 
 
 def test_attention_kv_cache_equals_last_rows_of_full():

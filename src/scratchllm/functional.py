@@ -96,7 +96,9 @@ def gelu(x: Tensor) -> Tensor:
         eb *= -2 * _GELU_C * _GELU_K * _LOG2_E
         eb -= 2 * _GELU_C * _LOG2_E
         eb *= ab  # −2u·log₂e
-        xp.minimum(eb, 115.0, out=eb)  # 2^115 is finite in float32; σ(2u) < 3e-35 there anyway
+        # 2^115 is finite in float32 (σ(2u) < 3e-35 above it anyway), and below 2^-125 σ(2u)
+        # is 1 to float32 precision; clipping also keeps exp2 off its slow path for huge |u|
+        xp.clip(eb, -125.0, 115.0, out=eb)
         xp.exp2(eb, out=eb)  # e = e^(−2u), kept for the backward
         tb = tmp[: ab.size]
         xp.add(eb, 1, out=tb)
@@ -342,12 +344,15 @@ def _attention_weights(q, k, scale, causal, mask):
             s = s + bias  # the mask widens the scores (e.g. k broadcast over batch)
     a = s  # softmax in place over the keys (axis −2)
     top = a.max(axis=-2, keepdims=True)  # (…, 1, Tq)
-    top[~xp.isfinite(top)] = 0  # queries with every key blocked
+    may_block_all = mask is not None or (causal and Tq > Tk)
+    if may_block_all:
+        top[~xp.isfinite(top)] = 0  # queries with every key blocked
     a -= top
-    xp.exp(a, out=a)
+    xp.exp(a, out=a)  # (not exp2: NumPy's exp2 is slow on the −inf of blocked keys)
     denom = xp.matmul(xp.ones(Tk, dtype=a.dtype), a)  # (…, Tq) column sums by BLAS
-    denom[denom == 0] = 1  # those queries get zeros, not NaN
-    xp.reciprocal(denom, out=denom)
+    if may_block_all:
+        denom[denom == 0] = 1  # those queries get zeros, not NaN
+    xp.divide(1, denom, out=denom)
     a *= denom[..., None, :]
     return xp.swapaxes(a, -1, -2)  # (…, Tq, Tk) view
 
