@@ -27,6 +27,23 @@ def distinct(shape, seed=0):
     return Tensor(rng.permutation(n).reshape(shape) * 0.1 + 0.01, requires_grad=True, dtype=np.float64)
 
 
+# ---- the checker itself ---------------------------------------------------------
+def test_check_grads_catches_a_wrong_backward():
+    def wrong_square(a):  # forward a², backward claims a instead of 2a
+        return T._op(a.data * a.data, (a,), lambda g: (g * a.data,))
+
+    check_grads(lambda a: a * a, [leaf((3,))])
+    with pytest.raises(AssertionError):
+        check_grads(wrong_square, [leaf((3,))])
+
+
+def test_check_grads_restores_inputs():
+    a = Tensor(np.arange(3, dtype=np.float32), requires_grad=True)
+    before = a.data
+    check_grads(lambda t: t * 2.0, [a])
+    assert a.data is before and a.dtype == np.float32 and a.grad is None
+
+
 # ---- elementwise arithmetic with broadcasting ------------------------------
 BINARY = {"add": T.add, "sub": T.sub, "mul": T.mul, "div": T.div}
 BROADCAST = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 4), (1, 4)), ((3, 4), (3, 1)), ((2, 3, 4), (3, 1)),
