@@ -105,13 +105,16 @@ class OtherLoad:
 
 
 def interleaved(fns: dict, rounds: int = 30, number: int | None = None, warmup: int = 3,
-                target_s: float = 0.01) -> dict:
+                target_s: float = 0.01, settle_s: float = 0.0) -> dict:
     """Median seconds per call of each function in ``fns`` ({name: callable}).
 
     Each round calls every function ``number`` times in turn (chosen so one
     function's batch takes about ``target_s`` when not given); the time of a
     call is its batch's time divided by ``number``; the result is the median
-    over ``rounds`` rounds.
+    over ``rounds`` rounds. Before each timed batch the function runs untimed
+    for ``settle_s`` seconds: when two libraries with their own thread pools
+    share 2 cores, the previous one's BLAS workers keep spinning for a while
+    after its last call and would be charged to the next one.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -126,6 +129,10 @@ def interleaved(fns: dict, rounds: int = 30, number: int | None = None, warmup: 
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            if settle_s:
+                t_end = time.perf_counter() + settle_s
+                while time.perf_counter() < t_end:
+                    fn()
             t0 = time.perf_counter()
             for _ in range(number):
                 fn()

@@ -9,8 +9,8 @@ Every op runs with the same inputs and the same upstream gradient in both
 libraries; they are timed interleaved in one process (median of rounds),
 torch with 2 threads. ``ours/torch`` is the time ratio (below 1 = we are
 faster); ``speed`` is torch time / our time. ``--baseline REV`` also times
-``src/scratchllm/functional.py`` as it was at git revision REV, in the same
-rounds, to measure a change before/after.
+``src/scratchllm/functional.py`` as it was at git revision REV (or a copy of
+it at path REV), in the same rounds, to measure a change before/after.
 """
 from __future__ import annotations
 
@@ -35,13 +35,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def functional_at(rev: str):
-    """``scratchllm/functional.py`` as of git revision ``rev``, loaded as a module
-    of the installed package (it shares today's Tensor)."""
-    src = subprocess.run(["git", "show", f"{rev}:src/scratchllm/functional.py"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
-    path = os.path.join(tempfile.mkdtemp(), "functional_baseline.py")
-    with open(path, "w") as f:
-        f.write(src)
+    """``scratchllm/functional.py`` as of git revision ``rev`` (or the file at
+    path ``rev``), loaded as a module of the installed package (it shares
+    today's Tensor)."""
+    if os.path.isfile(rev):
+        path = rev
+    else:
+        src = subprocess.run(["git", "show", f"{rev}:src/scratchllm/functional.py"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout
+        path = os.path.join(tempfile.mkdtemp(), "functional_baseline.py")
+        with open(path, "w") as f:
+            f.write(src)
     spec = importlib.util.spec_from_file_location("scratchllm._functional_baseline", path)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "scratchllm"  # its relative imports resolve to the installed package
@@ -95,9 +99,11 @@ def cases(torch, ours_modules: dict):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds per op (median is reported)")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds per op (median is reported)")
+    ap.add_argument("--settle", type=float, default=0.15,
+                    help="seconds each contender runs untimed before its timed batch in a round (default 0.15)")
     ap.add_argument("--ops", default="", help="comma-separated subset of ops to run")
-    ap.add_argument("--baseline", metavar="REV", help="also time functional.py as of this git revision")
+    ap.add_argument("--baseline", metavar="REV", help="also time functional.py as of this git revision (or file)")
     args = ap.parse_args(argv)
     torch = use_torch_threads(2)
     modules = {"ours": F}
@@ -105,14 +111,16 @@ def main(argv=None):
         modules["before"] = functional_at(args.baseline)
     print(header(torch))
     print(f"Config: B={B} T={T} C={C} H={H} D={D} V={V}, float32; median of {args.rounds} interleaved rounds"
+          f" ({args.settle:g} s untimed settling before each timed batch)"
           + (f"; 'before' = functional.py at {args.baseline}" if args.baseline else "") + "\n")
     rows = []
     with OtherLoad() as load:
         for op, (shape, runs) in cases(torch, modules).items():
             if args.ops and op not in args.ops.split(","):
                 continue
-            fwd = interleaved({name: (lambda r=r: r(False)) for name, r in runs.items()}, rounds=args.rounds)
-            both = interleaved({name: (lambda r=r: r(True)) for name, r in runs.items()}, rounds=args.rounds)
+            kw = dict(rounds=args.rounds, settle_s=args.settle)
+            fwd = interleaved({name: (lambda r=r: r(False)) for name, r in runs.items()}, **kw)
+            both = interleaved({name: (lambda r=r: r(True)) for name, r in runs.items()}, **kw)
             row = [op, shape, f"{fwd['ours'] * 1e3:.3f}", f"{fwd['torch'] * 1e3:.3f}"]
             if args.baseline:
                 row.append(f"{both['before'] * 1e3:.3f}")
