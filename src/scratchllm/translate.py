@@ -234,11 +234,14 @@ def encode_source(tokenizer, text: str) -> list[int]:
 
 
 def translate_texts(model, tokenizer, sentences, beam_size: int = 4, length_penalty: float | None = 0.6,
-                    batch_size: int = 32, max_len: int | None = None, progress: bool = False) -> list[str]:
+                    batch_size: int = 32, max_len: int | None = None, progress: bool = False,
+                    truncate: bool = False) -> list[str]:
     """Translations of ``sentences`` (strings), in their order.
 
     Sentences are sorted by length and decoded ``batch_size`` at a time, so a
-    batch holds little padding; beam_size 1 is greedy decoding.
+    batch holds little padding; beam_size 1 is greedy decoding. A sentence
+    longer than the model's max_len tokens is an error, or with ``truncate``
+    is cut to its first max_len tokens (see :func:`too_long`).
     """
     from tqdm.auto import tqdm
 
@@ -248,7 +251,9 @@ def translate_texts(model, tokenizer, sentences, beam_size: int = 4, length_pena
     limit = model.config.max_len
     for i, row in enumerate(ids):
         if len(row) > limit:
-            raise ScratchError(f"sentence {i + 1} has {len(row)} tokens; the model reads at most {limit}")
+            if not truncate:
+                raise ScratchError(f"sentence {i + 1} has {len(row)} tokens; the model reads at most {limit}")
+            ids[i] = row[:limit]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = [""] * len(ids)
     with tqdm(total=len(ids), disable=not progress, unit="sent", dynamic_ncols=True) as bar:
@@ -264,3 +269,9 @@ def translate_texts(model, tokenizer, sentences, beam_size: int = 4, length_pena
                 out[i] = tokenizer.decode(h).strip()
             bar.update(len(chunk))
     return out
+
+
+def too_long(model, tokenizer, sentences) -> list[int]:
+    """Indices of the sentences longer than the model's max_len tokens."""
+    limit = model.config.max_len
+    return [i for i, s in enumerate(sentences) if len(encode_source(tokenizer, s)) > limit]
