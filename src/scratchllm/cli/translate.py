@@ -1,0 +1,236 @@
+"""``scratchllm translate-train``, ``translate``, ``translate-eval``: the
+encoder–decoder Transformer, trained on sentence pairs and used to translate.
+
+A sentence is always the value of ``--text``, never a bare word after the verb,
+so no sentence can be taken for a sub-command.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from ..errors import ScratchError
+
+DEFAULT_OUT = "out-translate"
+
+_HELP = {
+    "data": "parallel dataset: 'multi30k' (German -> English); ignored when --src/--tgt are given",
+    "data_dir": "folder holding the dataset files (DIR/multi30k/train.de.gz ...); else $SCRATCHLLM_DATA_DIR or the cache",
+    "src": "training source sentences, one per line (instead of --data)",
+    "tgt": "training target sentences, line-aligned with --src",
+    "val_src": "validation source file (default: the last 5%% of the pairs, at most 1000)",
+    "val_tgt": "validation target file, line-aligned with --val-src",
+    "out": "run directory: tokenizer, checkpoint (OUT/ckpt), log.jsonl",
+    "vocab_size": "joint BPE vocabulary size (source and target together)",
+    "d_model": "model width",
+    "n_head": "attention heads",
+    "n_layers": "encoder layers, and as many decoder layers",
+    "d_ff": "feed-forward hidden width",
+    "max_len": "longest sentence in tokens (longer training pairs are dropped)",
+    "epochs": "passes over the training pairs (a resumed run continues to this many)",
+    "max_tokens": "batch size: padded tokens per batch on either side",
+    "lr": "peak learning rate, reached after the warmup, then decaying as 1/sqrt(step)",
+    "warmup_steps": "steps of linear learning-rate warmup",
+    "eps": "Adam epsilon",
+    "grad_clip": "clip the global gradient norm to this (0: no clipping)",
+    "bleu_sentences": "validation sentences translated (greedy) for BLEU after each epoch (0: none)",
+    "log_interval": "write a training line to log.jsonl every this many steps",
+    "max_steps": "stop, saving a checkpoint, at this step (0: no limit)",
+    "minutes": "stop, saving a checkpoint, after this many minutes (0: no limit)",
+    "save_minutes": "also save a checkpoint this often within an epoch (0: only after epochs)",
+}
+_SKIP = {"progress"}
+
+
+def register(sub):
+    _register_train(sub)
+    _register_translate(sub)
+    _register_eval(sub)
+
+
+# ---- translate-train ------------------------------------------------------------------
+def _register_train(sub):
+    from ..translation_train import TranslationConfig
+
+    p = sub.add_parser("translate-train", help="train a Transformer to translate (default: Multi30k German -> English)",
+                       description="Train the encoder-decoder Transformer of 'Attention is all you need' on sentence "
+                                   "pairs: Multi30k German -> English by default, or --src/--tgt files. A joint BPE "
+                                   "tokenizer is learned first; val loss and val BLEU are printed after each epoch; "
+                                   "Ctrl-C saves a checkpoint that --resume continues exactly.")
+    for f in fields(TranslationConfig):
+        if f.name in _SKIP:
+            continue
+        kind = type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                       metavar=f.name.upper() if kind is not str else None,
+                       help=_HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {f.default if f.default != '' else 'none'})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def _train_config(args):
+    from ..translation_train import TranslationConfig
+
+    cfg = TranslationConfig()
+    for f in fields(TranslationConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            setattr(cfg, f.name, value)
+    if cfg.src or cfg.tgt:
+        cfg.data = ""  # files given: no dataset
+    cfg.progress = not args.no_progress
+    return cfg
+
+
+def run_train(args):
+    from ..translate import translate_texts
+    from ..translation_train import TranslationTrainer
+
+    cfg = _train_config(args)
+    if not args.resume and (Path(cfg.out) / "ckpt").exists():
+        print(f"note: {cfg.out}/ckpt exists and will be replaced; use --resume to continue it", file=sys.stderr)
+    trainer = TranslationTrainer(cfg, resume=args.resume)
+    data = trainer.train_data
+    dropped = f" ({data.dropped} longer than {min(cfg.max_len, cfg.max_tokens)} tokens dropped)" if data.dropped else ""
+    print(f"Transformer: {trainer.model.num_parameters():,} parameters, joint vocabulary "
+          f"{trainer.tokenizer.vocab_size}, {len(data):,} training pairs{dropped}, "
+          f"{len(trainer.val_src):,} validation pairs; run directory {cfg.out}")
+    trainer.fit()
+    print(f"checkpoint: {trainer.ckpt_dir}")
+    examples = trainer.val_src[:3]
+    for src, ref, hyp in zip(examples, trainer.val_tgt, translate_texts(trainer.model, trainer.tokenizer, examples)):
+        print(f"  source:    {src}\n  reference: {ref}\n  model:     {hyp}")
+    return 0
+
+
+# ---- decoding options shared by translate and translate-eval --------------------------
+def _add_decoding(p):
+    p.add_argument("--ckpt", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"checkpoint directory, or a run directory holding ckpt/ (default: {DEFAULT_OUT})")
+    p.add_argument("--beam", type=int, default=4, metavar="N", help="beam size; 1 = greedy (default: 4)")
+    p.add_argument("--length-penalty", type=float, default=0.6, metavar="A",
+                   help="GNMT length penalty alpha for beam search; 0 = raw log-probabilities (default: 0.6)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="sentences decoded together (default: 32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _load(args):
+    """(model, tokenizer) of --ckpt, checked to be a translation model."""
+    from .. import checkpoint
+    from ..models.transformer import Transformer
+    from ..translate import special_ids
+
+    if args.beam < 1:
+        raise ScratchError(f"--beam must be at least 1, got {args.beam}")
+    if args.length_penalty < 0:
+        raise ScratchError(f"--length-penalty must be ≥ 0, got {args.length_penalty}")
+    if args.batch_size < 1:
+        raise ScratchError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model = checkpoint.load(args.ckpt)
+    if not isinstance(model, Transformer):
+        raise ScratchError(f"{args.ckpt} holds a {getattr(model, 'kind', type(model).__name__)} model, not a "
+                           "translation model: train one with 'scratchllm translate-train'")
+    tokenizer = checkpoint.load_tokenizer(args.ckpt)
+    special_ids(tokenizer)
+    return model, tokenizer
+
+
+def _translate(model, tokenizer, lines, args, progress, line_numbers=None):
+    """Translations of lines; sentences too long for the model are cut, with a note saying which."""
+    from ..translate import too_long, translate_texts
+
+    long = too_long(model, tokenizer, lines)
+    if long:
+        numbers = [line_numbers[i] if line_numbers else i + 1 for i in long]
+        shown = ", ".join(map(str, numbers[:5])) + (" …" if len(long) > 5 else "")
+        print(f"note: {len(long)} sentence(s) longer than {model.config.max_len} tokens were cut to fit "
+              f"(line {shown})", file=sys.stderr)
+    return translate_texts(model, tokenizer, lines, beam_size=args.beam, length_penalty=args.length_penalty or None,
+                           batch_size=args.batch_size, progress=progress, truncate=True)
+
+
+# ---- translate ------------------------------------------------------------------------------
+def _register_translate(sub):
+    p = sub.add_parser("translate", help="translate a sentence (--text) or a file (--input) with a trained model",
+                       description="Translate with a model trained by 'scratchllm translate-train'. "
+                                   "A sentence: --text \"Ein Hund rennt über die Wiese.\" (repeat --text for "
+                                   "several). A file: --input FILE, one sentence per line, translated in batches "
+                                   "to --output (default: standard output); empty lines stay empty.")
+    p.add_argument("--text", action="append", metavar="TEXT", help="a sentence to translate (may be repeated)")
+    p.add_argument("--input", metavar="FILE", help="translate this file line by line (plain or .gz)")
+    p.add_argument("--output", metavar="FILE", help="write the translations here (default: standard output)")
+    _add_decoding(p)
+    p.add_argument("stray", nargs="*", help=argparse.SUPPRESS)  # a sentence typed without --text
+    p.set_defaults(func=run_translate)
+
+
+def run_translate(args):
+    from ..data import read_lines
+
+    if args.stray:
+        raise ScratchError(f"give the sentence with --text, e.g. scratchllm translate --text {' '.join(args.stray)!r}")
+    if bool(args.text) == bool(args.input):
+        raise ScratchError("give either --text SENTENCE or --input FILE")
+    if args.output and not args.input:
+        raise ScratchError("--output goes with --input FILE")
+    model, tokenizer = _load(args)
+    if args.text:
+        for line in _translate(model, tokenizer, args.text, args, progress=False):
+            print(line)
+        return 0
+    lines = read_lines(args.input)
+    filled = [i for i, line in enumerate(lines) if line]
+    out = [""] * len(lines)
+    hyps = _translate(model, tokenizer, [lines[i] for i in filled], args, progress=not args.no_progress,
+                      line_numbers=[i + 1 for i in filled])
+    for i, hyp in zip(filled, hyps):
+        out[i] = hyp
+    text = "".join(line + "\n" for line in out)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"{len(lines)} lines translated to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ---- translate-eval -------------------------------------------------------------------------
+def _register_eval(sub):
+    p = sub.add_parser("translate-eval", help="corpus BLEU of a translation model on a test set",
+                       description="Translate a test set and print its corpus BLEU (sacreBLEU's default: 13a "
+                                   "tokens, cased, on the detokenised output) with the 1- to 4-gram precisions "
+                                   "and the brevity penalty. The test set is a Multi30k split (--split, German -> "
+                                   "English) or two line-aligned files (--src, --ref).")
+    p.add_argument("--split", default=None, help="Multi30k split: test2016 (default), val or train")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the Multi30k files; else $SCRATCHLLM_DATA_DIR or the cache")
+    p.add_argument("--src", metavar="FILE", help="source sentences, one per line (instead of --split)")
+    p.add_argument("--ref", metavar="FILE", help="reference translations, line-aligned with --src")
+    p.add_argument("--output", metavar="FILE", help="also write the translations here")
+    _add_decoding(p)
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args):
+    from ..data import load_parallel, multi30k
+    from ..metrics import bleu_details
+
+    if (args.src is None) != (args.ref is None):
+        raise ScratchError("give both --src and --ref (line-aligned files)")
+    if args.src and args.split:
+        raise ScratchError("give either --split or --src/--ref, not both")
+    model, tokenizer = _load(args)
+    if args.src:
+        src, refs = load_parallel(args.src, args.ref)
+        name = args.src
+    else:
+        name = args.split or "test2016"
+        src, refs = multi30k(name, args.data_dir)
+    hyps = _translate(model, tokenizer, src, args, progress=not args.no_progress)
+    if args.output:
+        Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    print(f"{name}: {len(src)} sentences, beam {args.beam}")
+    print(bleu_details(hyps, refs))
+    return 0
