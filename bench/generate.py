@@ -35,6 +35,7 @@ _spec = importlib.util.spec_from_file_location("bench_common", HERE / "common.py
 _common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_common)
 header, interleaved, table, use_torch_threads = _common.header, _common.interleaved, _common.table, _common.use_torch_threads
+OtherLoad = _common.OtherLoad
 
 from scratchllm.generate import generate  # noqa: E402
 from scratchllm.models.gpt import GPT, GPTConfig  # noqa: E402
@@ -131,7 +132,8 @@ def main(argv=None):
             "HF GPT-2, no cache": lambda: torch_generate(torch, hf_forward, prompt, n, block, False, 0),
             "TorchGPT, no cache": lambda: torch_generate(torch, ref_forward, prompt, n, block, False, 0),
         }
-        t = interleaved(fns, rounds=args.rounds, number=1, warmup=1)
+        with OtherLoad() as load:
+            t = interleaved(fns, rounds=args.rounds, number=1, warmup=1)
         base = {"ours": t["ours, no cache"], "HF": t["HF GPT-2, no cache"], "TorchGPT": t["TorchGPT, no cache"]}
         rows = []
         for name, s in t.items():
@@ -141,6 +143,10 @@ def main(argv=None):
         print(f"### {title}, {n} new tokens: vocab {cfg.vocab_size}, n_layer {cfg.n_layer}, n_head {cfg.n_head}, "
               f"n_embd {cfg.n_embd}  (greedy tokens identical across all five: {'yes' if same else 'NO'})")
         print(table(rows, ["run", "tokens/s", "ms/token", "speed-up vs no cache", "time / ours cached"]))
+        if load.fraction is not None:
+            print(f"other processes used {load.fraction:.1%} of the CPUs during this table"
+                  + ("  (BUSY: 2-thread BLAS stalls when a core is taken; rerun on a quiet machine)"
+                     if load.fraction > 0.05 else ""))
         print()
     return 0
 
