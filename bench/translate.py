@@ -27,7 +27,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -182,6 +181,8 @@ def main():
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads, user_api="blas")  # NumPy's BLAS; PyTorch's threads are set in speed()
+    for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):  # libraries loaded later (optional kernels)
+        os.environ[var] = str(args.threads)
 
     # the default configuration; the clock, not the epoch count, ends the run
     cfg = TranslationConfig(data_dir=args.data_dir, out=args.out, epochs=10_000, minutes=args.minutes,

@@ -44,7 +44,7 @@ def test_a_sentence_that_looks_like_a_verb_is_translated(ckpt, capsys, verb_like
 
 def test_a_sentence_without_text_flag_is_an_error(ckpt, capsys):
     code, _, err = run(capsys, "translate", "--ckpt", ckpt, "train", "ka")
-    one_line_error(code, err, "give the sentence with --text")
+    one_line_error(code, err, "unexpected words 'train ka': give the sentence with --text")
 
 
 def test_translate_a_file(ckpt, tmp_path, capsys):

@@ -159,7 +159,8 @@ def _register_translate(sub):
                                    "A sentence: --text \"Ein Hund rennt über die Wiese.\" (repeat --text for "
                                    "several). A file: --input FILE, one sentence per line, translated in batches "
                                    "to --output (default: standard output); empty lines stay empty.")
-    p.add_argument("--text", action="append", metavar="TEXT", help="a sentence to translate (may be repeated)")
+    p.add_argument("--text", action="append", metavar="TEXT",
+                   help="a sentence to translate, in quotes (may be repeated; one that starts with '-': --text='-…')")
     p.add_argument("--input", metavar="FILE", help="translate this file line by line (plain or .gz)")
     p.add_argument("--output", metavar="FILE", help="write the translations here (default: standard output)")
     _add_decoding(p)
@@ -171,7 +172,8 @@ def run_translate(args):
     from ..data import read_lines
 
     if args.stray:
-        raise ScratchError(f"give the sentence with --text, e.g. scratchllm translate --text {' '.join(args.stray)!r}")
+        raise ScratchError(f"unexpected words {' '.join(args.stray)!r}: give the sentence with --text, in quotes, "
+                           f"e.g. scratchllm translate --text \"Ein Hund rennt über die Wiese.\"")
     if bool(args.text) == bool(args.input):
         raise ScratchError("give either --text SENTENCE or --input FILE")
     if args.output and not args.input:
