@@ -8,7 +8,7 @@ from scratchllm import functional as F
 from scratchllm import kernels
 from scratchllm import optim
 
-pytestmark = pytest.mark.skipif(not kernels.ENABLED, reason="numba not installed: the NumPy paths serve")
+pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba not installed: the NumPy paths serve")
 
 
 def run_both(monkeypatch, fn, arrays):

@@ -233,7 +233,7 @@ def mse_loss(pred: Tensor, target) -> Tensor:
 # ---- normalisation and regularisation -------------------------------------
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Normalise the last axis to mean 0, variance 1, then scale and shift."""
-    if _compiled(x.data):
+    if _compiled(x.data) and x.data.size >= _k.MIN_SIZE:
         return _layer_norm_compiled(x, weight, bias, eps)
     C = x.shape[-1]
     a = x.data.reshape(-1, C)  # (N, C)

@@ -3,7 +3,7 @@
 Each kernel does in one pass over memory what the NumPy expression in
 :mod:`scratchllm.functional` does in several (one temporary array per
 operator). The NumPy code stays the reference: tests compare every kernel
-with it, and ``SCRATCHLLM_KERNELS=numpy`` turns the kernels off.
+with it, and ``SCRATCHLLM_KERNELS=numba`` turns them on (they are off by default: see ENABLED).
 
 numba's ``workqueue`` threading layer is used: its default OpenMP layer and
 OpenBLAS's threads fight over the two cores of a laptop (a GPT step went
@@ -16,18 +16,22 @@ import os
 
 import numpy as np
 
-ENABLED = False
+try:
+    import numba
+
+    numba.config.THREADING_LAYER = "workqueue"
+    AVAILABLE = True
+except ImportError:  # the NumPy paths serve
+    AVAILABLE = False
+
+# Off unless asked for (SCRATCHLLM_KERNELS=numba): measured on a 2-core Xeon, the
+# GPT benchmark step took 51 ms with these kernels and 41 ms with NumPy alone
+# (bench/RESULTS.md), the kernels' threads and OpenBLAS's contending for the cores.
+ENABLED = AVAILABLE and os.environ.get("SCRATCHLLM_KERNELS", "numpy") == "numba"
+MIN_SIZE = 1 << 14  # below this many elements starting the threads costs more than the kernel saves
 PARTS = 8  # blocks of rows whose partial column sums a backward kernel keeps apart
-if os.environ.get("SCRATCHLLM_KERNELS", "numba") != "numpy":
-    try:
-        import numba
 
-        numba.config.THREADING_LAYER = "workqueue"
-        ENABLED = True
-    except ImportError:  # the NumPy paths serve
-        pass
-
-if ENABLED:
+if AVAILABLE:
     from numba import njit, prange
 
     _jit = dict(cache=True, fastmath=False, error_model="numpy")
