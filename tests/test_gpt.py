@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import scratchllm as sl
+from scramble import scramble  # tests/ is on sys.path
 from scratchllm.models.gpt import GPT, GPTConfig
 
 torch = pytest.importorskip("torch")
@@ -17,21 +18,6 @@ VARIANTS = {
     "sinusoidal-untied": dict(positional="sinusoidal", tie_weights=False),
     "no-bias": dict(bias=False),
 }
-
-
-def scramble(model, seed=0):
-    """Give every parameter random values of a working scale (GPT-2's init leaves
-    biases at 0 and norms at 1, which would hide mistakes in their gradients)."""
-    rng = np.random.default_rng(seed)
-    for name, p in model.named_parameters():
-        if p.ndim == 2:
-            values = rng.standard_normal(p.shape) / np.sqrt(p.shape[1])
-        elif name.endswith("weight"):  # layer norm scale
-            values = 1 + 0.2 * rng.standard_normal(p.shape)
-        else:
-            values = 0.2 * rng.standard_normal(p.shape)
-        p.data[...] = values.astype(p.dtype)
-    return model
 
 
 def batch(cfg, B, T, seed, ignore_fraction=0.25):

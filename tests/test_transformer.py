@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import scratchllm as sl
+from scramble import scramble  # tests/ is on sys.path
 from scratchllm.models import Transformer, TransformerConfig
 
 torch = pytest.importorskip("torch")
@@ -23,21 +24,6 @@ VARIANTS = {
     "pre-norm-learned-untied-gelu": dict(norm_first=True, positional="learned", tie_output=False, activation="gelu"),
     "pre-norm-shared": dict(norm_first=True, shared_embeddings=True, src_vocab_size=19),
 }
-
-
-def scramble(model, seed=0):
-    """Random values of a working scale for every parameter (init leaves biases
-    at 0 and norms at 1, which would hide mistakes in their gradients)."""
-    rng = np.random.default_rng(seed)
-    for name, p in model.named_parameters():
-        if p.ndim == 2:
-            values = rng.standard_normal(p.shape) / np.sqrt(p.shape[1])
-        elif name.endswith("weight"):  # layer norm scale
-            values = 1 + 0.2 * rng.standard_normal(p.shape)
-        else:
-            values = 0.2 * rng.standard_normal(p.shape)
-        p.data[...] = values.astype(p.dtype)
-    return model
 
 
 def padded_batch(vocab, lengths, T, seed, bos=False):
