@@ -31,6 +31,7 @@ from common import header, table, use_torch_threads  # noqa: E402
 import scratchllm as sl  # noqa: E402
 from scratchllm.data import dataset_file, get_batch  # noqa: E402
 from scratchllm.optim import CosineWithWarmup, clip_grad_norm  # noqa: E402
+from scratchllm.sharded import ShardedBackward  # noqa: E402
 from scratchllm.tokenizers import CharTokenizer  # noqa: E402
 from scratchllm.train import TrainConfig, build_model, build_optimizer, estimate_loss  # noqa: E402
 
@@ -54,9 +55,10 @@ def load_data():
 
 
 class Ours:
-    def __init__(self, vocab, train_ids):
+    def __init__(self, vocab, train_ids, threads=CFG.threads):
         self.model = build_model(CFG, vocab)
         self.opt = build_optimizer(self.model, CFG)
+        self.backward = ShardedBackward(self.model, threads)
         self.sched = CosineWithWarmup(CFG.lr, CFG.min_lr, CFG.warmup_iters, CFG.max_iters)
         self.rng = np.random.default_rng(0)
         self.train_ids, self.it = train_ids, 0
@@ -65,12 +67,11 @@ class Ours:
         x, y = get_batch(self.train_ids, CFG.batch_size, CFG.block_size, self.rng)
         self.opt.lr = self.sched(self.it)
         self.model.zero_grad()
-        _, loss = self.model(x, y)
-        loss.backward()
+        loss = self.backward.step(x, y)
         clip_grad_norm(self.model.parameters(), CFG.grad_clip)
         self.opt.step()
         self.it += 1
-        return loss.item()
+        return loss
 
 
 class Reference:

@@ -33,11 +33,12 @@ def moments(trainer):
     return {k: v.copy() for k, v in trainer.opt.state_dict()["state"].items()}
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_resume_is_bit_identical(tmp_path, dropout):
-    full = T.train(tiny_config(tmp_path / "a", dropout=dropout), echo=lambda *a: None)
-    T.train(tiny_config(tmp_path / "b", dropout=dropout, max_iters=3), echo=lambda *a: None)
-    resumed = T.train(tiny_config(tmp_path / "b", dropout=dropout, max_iters=6), resume=True, echo=lambda *a: None)
+@pytest.mark.parametrize("dropout,threads", [(0.0, 1), (0.2, 1), (0.0, 2), (0.2, 2)])
+def test_resume_is_bit_identical(tmp_path, dropout, threads):
+    kw = dict(dropout=dropout, threads=threads)
+    full = T.train(tiny_config(tmp_path / "a", **kw), echo=lambda *a: None)
+    T.train(tiny_config(tmp_path / "b", max_iters=3, **kw), echo=lambda *a: None)
+    resumed = T.train(tiny_config(tmp_path / "b", max_iters=6, **kw), resume=True, echo=lambda *a: None)
     assert resumed.step == full.step == 6
     for k, v in weights(full).items():
         np.testing.assert_array_equal(weights(resumed)[k], v, err_msg=k)

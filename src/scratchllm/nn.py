@@ -7,6 +7,8 @@ the order they were set, so parameter names are dotted attribute paths
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 
 from . import functional as F
 from .backend import DEFAULT_DTYPE, xp
@@ -27,6 +29,22 @@ def manual_seed(seed: int):
 
 def default_rng():
     return _default_rng
+
+
+_thread = threading.local()
+
+
+@contextmanager
+def dropout_generator(rng):
+    """Within the block, every Dropout run by this thread draws from ``rng``
+    instead of its own generator: threads that share a model each get a
+    stream of their own, so their masks do not depend on thread timing."""
+    before = getattr(_thread, "dropout_rng", None)
+    _thread.dropout_rng = rng
+    try:
+        yield rng
+    finally:
+        _thread.dropout_rng = before
 
 
 class Parameter(Tensor):
@@ -181,7 +199,8 @@ class Dropout(Module):
         self.rng = rng
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training, self.rng or _default_rng)
+        rng = getattr(_thread, "dropout_rng", None) or self.rng or _default_rng
+        return F.dropout(x, self.p, self.training, rng)
 
     def extra_repr(self):
         return f"p={self.p}"

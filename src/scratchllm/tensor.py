@@ -109,9 +109,12 @@ class Tensor:
         return f"Tensor({self.data!r}{grad})"
 
     # ---- autograd ---------------------------------------------------------
-    def backward(self, grad=None):
+    def backward(self, grad=None, leaf_grads: dict | None = None):
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that
-        requires a gradient. ``grad`` defaults to 1 for a scalar."""
+        requires a gradient. ``grad`` defaults to 1 for a scalar. With
+        ``leaf_grads`` (a dict) the leaves' gradients go there instead, keyed
+        by ``id(leaf)``, and no ``.grad`` is touched: graphs of one model
+        built by several threads then never write the same array."""
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad")
         if self._backward is _freed:
@@ -130,7 +133,10 @@ class Tensor:
             if g is None:
                 continue
             if node._backward is None:  # a leaf
-                _accumulate_leaf(node, g)
+                if leaf_grads is None:
+                    _accumulate_leaf(node, g)
+                else:
+                    _accumulate_into(leaf_grads, node, g)
                 continue
             parent_grads = node._backward(g)
             for parent, pg in zip(node._parents, parent_grads):
@@ -250,13 +256,22 @@ def _topological_order(root):
     return order
 
 
-def _accumulate_leaf(leaf, g):
+def _added(prev, leaf, g):
+    """``prev + g`` for a leaf's gradient, in place when ``prev`` exists."""
     g = g if g.shape == leaf.shape else xp.broadcast_to(g, leaf.shape)
-    if leaf.grad is None:
+    if prev is None:
         # A copy: ``g`` may be a view of, or the same array as, another grad.
-        leaf.grad = xp.array(g, dtype=leaf.dtype, copy=True)
-    else:
-        leaf.grad += g
+        return xp.array(g, dtype=leaf.dtype, copy=True)
+    prev += g
+    return prev
+
+
+def _accumulate_leaf(leaf, g):
+    leaf.grad = _added(leaf.grad, leaf, g)
+
+
+def _accumulate_into(store: dict, leaf, g):
+    store[id(leaf)] = _added(store.get(id(leaf)), leaf, g)
 
 
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:

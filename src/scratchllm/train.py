@@ -30,6 +30,7 @@ from .data import get_batch, load_text, read_token_bin, train_val_split, write_t
 from .errors import ScratchError
 from .models.gpt import GPT, GPTConfig
 from .optim import AdamW, CosineWithWarmup, clip_grad_norm
+from .sharded import ShardedBackward
 from .tensor import no_grad
 
 PRESETS = {
@@ -66,6 +67,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
+    threads: int = 2  # each batch split over this many threads (scratchllm.sharded); 1: BLAS's threads only
     # bookkeeping
     eval_interval: int = 250
     eval_iters: int = 20
@@ -213,6 +215,7 @@ class Trainer:
         self.schedule = CosineWithWarmup(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         self.batch_rng = np.random.default_rng([cfg.seed, 1])
         self.dropout_rng = dropout_rng(self.model)
+        self.sharded = ShardedBackward(self.model, cfg.threads)
         self.step = 0
         self.last_saved = None
         if resume:
@@ -223,7 +226,7 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------
     def _load_config_for_resume(self, cfg: TrainConfig) -> TrainConfig:
         state = checkpoint.read_train_state(self.ckpt_dir)
-        saved = TrainConfig.from_dict(state["train_config"])
+        saved = TrainConfig.from_dict({"threads": 1} | state["train_config"])  # runs from before threads: 1
         # Only the length of the run, its bookkeeping and the output may change on resume.
         for name in ("max_iters", "eval_interval", "eval_iters", "sample_tokens", "progress"):
             setattr(saved, name, getattr(cfg, name))
@@ -257,11 +260,9 @@ class Trainer:
         total = 0.0
         for _ in range(cfg.grad_accum):
             x, y = get_batch(self.train_ids, cfg.batch_size, cfg.block_size, self.batch_rng)
-            _, loss = self.model(x, y)
             # Each micro-batch's mean loss divided by their number: the summed
             # gradient equals that of one batch grad_accum times bigger.
-            (loss * (1.0 / cfg.grad_accum)).backward()
-            total += loss.item()
+            total += self.sharded.step(x, y, scale=1.0 / cfg.grad_accum)
         loss = total / cfg.grad_accum
         if not math.isfinite(loss):
             raise ScratchError(self._nan_message(loss))

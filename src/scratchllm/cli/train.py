@@ -19,6 +19,7 @@ _HELP = {
     "max_iters": "optimizer steps in total (a resumed run continues to this many)",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_iters": "steps of linear learning-rate warmup",
+    "threads": "threads that share each batch, each taking a slice of its rows (1: one thread, BLAS uses all cores)",
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
     "eval_interval": "evaluate, log and save a checkpoint every this many steps",
     "eval_iters": "batches per evaluation",
