@@ -8,7 +8,7 @@ gradient clipping 1.0.
 
     python bench/train_gpt.py                 # speed: interleaved steps, ms/step and ratio
     python bench/train_gpt.py --quality       # + 2000 steps of ours, val loss curve
-    python bench/train_gpt.py --memory        # + peak memory of each, in fresh processes
+    python bench/train_gpt.py --alone 3       # + each alone in 3 fresh processes: ms/step, peak memory
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from common import header, table, use_torch_threads  # noqa: E402
 
-import scratchllm as sl  # noqa: E402
+from scratchllm.backend import MALLOC_TUNED  # noqa: E402
 from scratchllm.data import dataset_file, get_batch  # noqa: E402
 from scratchllm.optim import CosineWithWarmup, clip_grad_norm  # noqa: E402
 from scratchllm.sharded import ShardedBackward  # noqa: E402
@@ -105,21 +105,24 @@ class Reference:
 
 
 def speed(rounds: int, steps_per_round: int):
+    """Interleaved rounds of ours (batch split over 2 threads, the default; and
+    1 thread with BLAS on both cores) and PyTorch's, all from the same weights."""
     torch = use_torch_threads(2)
     tok, train_ids, _ = load_data()
-    ours = Ours(tok.vocab_size, train_ids)
-    ref = Reference(ours.model, train_ids)
-    t0 = time.perf_counter()
-    ours.step()
-    first_ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref.step()
-    first_ref = time.perf_counter() - t0
+    runners = {"scratchllm (--threads 2, the default)": Ours(tok.vocab_size, train_ids, threads=2),
+               "scratchllm (--threads 1, BLAS on 2 threads)": Ours(tok.vocab_size, train_ids, threads=1)}
+    runners["pytorch"] = Reference(next(iter(runners.values())).model, train_ids)
+    first = {}
+    for name, runner in runners.items():
+        t0 = time.perf_counter()
+        runner.step()
+        first[name] = time.perf_counter() - t0
     for _ in range(5):
-        ours.step(), ref.step()
-    times = {"scratchllm": [], "pytorch": []}
-    for _ in range(rounds):  # interleaved: a noisy neighbour hits both alike
-        for name, runner in (("scratchllm", ours), ("pytorch", ref)):
+        for runner in runners.values():
+            runner.step()
+    times = {name: [] for name in runners}
+    for _ in range(rounds):  # interleaved: a noisy neighbour hits all alike
+        for name, runner in runners.items():
             t0 = time.perf_counter()
             for _ in range(steps_per_round):
                 runner.step()
@@ -127,12 +130,14 @@ def speed(rounds: int, steps_per_round: int):
     med = {k: float(np.median(v)) for k, v in times.items()}
     tokens = CFG.batch_size * CFG.block_size
     print(header(torch))
-    print(f"\nGPT training step, {sl.models.GPT.__name__} {ours.model.num_parameters():,} parameters, "
+    print(f"malloc: {'glibc thresholds raised at import (scratchllm.backend), for the whole process' if MALLOC_TUNED else 'default'}")
+    print(f"\nGPT training step, {next(iter(runners.values())).model.num_parameters():,} parameters, "
           f"batch {CFG.batch_size} × block {CFG.block_size}; median of {rounds} interleaved rounds of {steps_per_round} steps\n")
-    rows = [(name, f"{med[name] * 1e3:.1f}", f"{tokens / med[name]:,.0f}", f"{first:.2f}")
-            for name, first in (("scratchllm", first_ours), ("pytorch", first_ref))]
-    print(table(rows, ["", "ms/step", "tokens/s", "first step (s)"]))
-    print(f"\nspeed ratio scratchllm / pytorch (tokens/s): {med['pytorch'] / med['scratchllm']:.2f}")
+    rows = [(name, f"{med[name] * 1e3:.1f}", f"{tokens / med[name]:,.0f}", f"{med['pytorch'] / med[name]:.2f}",
+             f"{first[name]:.2f}") for name in runners]
+    print(table(rows, ["", "ms/step", "tokens/s", "speed vs pytorch", "first step (s)"]))
+    default = next(iter(runners))
+    print(f"\nspeed ratio scratchllm / pytorch (tokens/s): {med['pytorch'] / med[default]:.2f}")
     return med
 
 
@@ -160,34 +165,56 @@ def _vm(field: str) -> float:
     return float("nan")
 
 
-def memory_child(which: str):
-    """Peak resident memory of 20 training steps of one implementation alone:
-    the high-water mark is reset after set-up, so the growth is the steps' own."""
+ALONE = {  # name: (runner, environment); PyTorch's child keeps glibc's default malloc, as a PyTorch user has it
+    "scratchllm (--threads 2)": ("ours2", {}),
+    "scratchllm (--threads 1)": ("ours1", {}),
+    "pytorch": ("pytorch", {"SCRATCHLLM_MALLOC": "default"}),
+}
+
+
+def alone_child(which: str, steps: int = 60):
+    """One implementation alone in this process: peak resident memory over 20
+    steps (the high-water mark reset after set-up, so the growth is the steps'
+    own), then the median ms/step of rounds of 10 steps."""
     tok, train_ids, _ = load_data()
     if which == "pytorch":
         use_torch_threads(2)
         runner = Reference(build_model(CFG, tok.vocab_size), train_ids)
     else:
-        runner = Ours(tok.vocab_size, train_ids)
+        runner = Ours(tok.vocab_size, train_ids, threads=int(which[-1]))
     runner.step()
     before = _vm("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     for _ in range(20):
         runner.step()
     peak = _vm("VmHWM")
-    print(json.dumps({"peak_mib": peak, "step_mib": peak - before}))
+    rounds = []
+    for _ in range(steps // 10):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            runner.step()
+        rounds.append((time.perf_counter() - t0) / 10)
+    print(json.dumps({"peak_mib": peak, "step_mib": peak - before, "ms": 1e3 * float(np.median(rounds))}))
 
 
-def memory():
+def alone(repeats: int):
+    """Each implementation in fresh processes, one after another, ``repeats`` times."""
+    results = {name: [] for name in ALONE}
+    for _ in range(repeats):
+        for name, (which, env) in ALONE.items():
+            out = subprocess.run([sys.executable, __file__, "--alone-child", which], capture_output=True, text=True,
+                                 env=dict(os.environ, **env), check=True).stdout
+            results[name].append(json.loads(out.strip().splitlines()[-1]))
+    torch_ms = float(np.median([r["ms"] for r in results["pytorch"]]))
     rows = []
-    for which in ("scratchllm", "pytorch"):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", which], capture_output=True, text=True,
-                             env=dict(os.environ), check=True).stdout
-        m = json.loads(out.strip().splitlines()[-1])
-        rows.append((which, f"{m['peak_mib']:.0f}", f"{m['step_mib']:.1f}"))
-    print("\nPeak resident memory, a fresh process each (peak over 20 steps after one warm-up step; "
-          "'during a step' = that peak minus the resident memory before the steps)\n")
-    print(table(rows, ["", "peak RSS (MiB)", "during a step (MiB)"]))
+    for name, rs in results.items():
+        ms = float(np.median([r["ms"] for r in rs]))
+        rows.append((name, f"{ms:.1f}", f"{torch_ms / ms:.2f}", f"{max(r['peak_mib'] for r in rs):.0f}",
+                     f"{max(r['step_mib'] for r in rs):.1f}"))
+    print(f"\nEach alone in a fresh process (median over {repeats} processes of the median of 6 rounds of 10 steps; "
+          "peak memory over 20 steps after one warm-up step, 'during a step' = that peak minus the resident "
+          "memory before the steps)\n")
+    print(table(rows, ["", "ms/step", "speed vs pytorch", "peak RSS (MiB)", "during a step (MiB)"]))
 
 
 def main():
@@ -195,14 +222,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--steps", type=int, default=10, help="steps per round")
     ap.add_argument("--quality", action="store_true", help="also train ours for 2000 steps and print the val curve")
-    ap.add_argument("--memory", action="store_true", help="also measure peak memory of each in a fresh process")
-    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    ap.add_argument("--alone", type=int, default=0, metavar="N",
+                    help="also time each alone in N fresh processes (and report its peak memory)")
+    ap.add_argument("--alone-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.memory_child:
-        return memory_child(args.memory_child)
+    if args.alone_child:
+        return alone_child(args.alone_child)
     speed(args.rounds, args.steps)
-    if args.memory:
-        memory()
+    if args.alone:
+        alone(args.alone)
     if args.quality:
         quality()
 
