@@ -134,3 +134,8 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, args, message):
 def test_resume_without_checkpoint_is_clear(tmp_path, capsys):
     code = main(["train", "--out", str(tmp_path / "nothing"), "--resume", "--no-progress"])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_threads_below_one_is_an_error(tmp_path):
+    with pytest.raises(sl.ScratchError, match="--threads"):
+        T.Trainer(tiny_config(tmp_path, threads=0))

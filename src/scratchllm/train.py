@@ -209,6 +209,8 @@ class Trainer:
         if resume:
             cfg = self._load_config_for_resume(cfg)
         self.cfg = cfg
+        if cfg.threads < 1:
+            raise ScratchError(f"--threads must be at least 1, not {cfg.threads}")
         self.tokenizer, self.train_ids, self.val_ids = prepare_data(cfg, self.run)
         self.model = build_model(cfg, self.tokenizer.vocab_size)
         self.opt = build_optimizer(self.model, cfg)
