@@ -123,6 +123,7 @@ def speed(rounds: int, steps_per_round: int):
     times = {name: [] for name in runners}
     for _ in range(rounds):  # interleaved: a noisy neighbour hits all alike
         for name, runner in runners.items():
+            time.sleep(0.25)  # the previous runner's idle BLAS/OpenMP threads stop spinning first
             t0 = time.perf_counter()
             for _ in range(steps_per_round):
                 runner.step()
