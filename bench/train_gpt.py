@@ -9,12 +9,14 @@ gradient clipping 1.0.
     python bench/train_gpt.py                 # speed: interleaved steps, ms/step and ratio
     python bench/train_gpt.py --quality       # + 2000 steps of ours, val loss curve
     python bench/train_gpt.py --alone 3       # + each alone in 3 fresh processes: ms/step, peak memory
+    python bench/train_gpt.py --profile       # + where a step of ours goes
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -169,6 +171,7 @@ def _vm(field: str) -> float:
 ALONE = {  # name: (runner, environment); PyTorch's child keeps glibc's default malloc, as a PyTorch user has it
     "scratchllm (--threads 2)": ("ours2", {}),
     "scratchllm (--threads 1)": ("ours1", {}),
+    "scratchllm (--threads 2), malloc left alone": ("ours2", {"SCRATCHLLM_MALLOC": "default"}),
     "pytorch": ("pytorch", {"SCRATCHLLM_MALLOC": "default"}),
 }
 
@@ -195,7 +198,9 @@ def alone_child(which: str, steps: int = 60):
         for _ in range(10):
             runner.step()
         rounds.append((time.perf_counter() - t0) / 10)
-    print(json.dumps({"peak_mib": peak, "step_mib": peak - before, "ms": 1e3 * float(np.median(rounds))}))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    print(json.dumps({"peak_mib": peak, "step_mib": peak - before, "ms": 1e3 * float(np.median(rounds)),
+                      "faults": faults}))
 
 
 def alone(repeats: int):
@@ -211,11 +216,95 @@ def alone(repeats: int):
     for name, rs in results.items():
         ms = float(np.median([r["ms"] for r in rs]))
         rows.append((name, f"{ms:.1f}", f"{torch_ms / ms:.2f}", f"{max(r['peak_mib'] for r in rs):.0f}",
-                     f"{max(r['step_mib'] for r in rs):.1f}"))
+                     f"{max(r['step_mib'] for r in rs):.1f}", f"{np.median([r['faults'] for r in rs]):,.0f}"))
     print(f"\nEach alone in a fresh process (median over {repeats} processes of the median of 6 rounds of 10 steps; "
           "peak memory over 20 steps after one warm-up step, 'during a step' = that peak minus the resident "
           "memory before the steps)\n")
-    print(table(rows, ["", "ms/step", "speed vs pytorch", "peak RSS (MiB)", "during a step (MiB)"]))
+    print(table(rows, ["", "ms/step", "speed vs pytorch", "peak RSS (MiB)", "during a step (MiB)",
+                       "page faults (whole process)"]))
+
+
+def profile(steps: int = 100):
+    """Where a step of ours goes: its phases with the batch on 2 threads, one
+    half-batch shard run alone, and how well single ops use two threads."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    tok, train_ids, _ = load_data()
+    ours = Ours(tok.vocab_size, train_ids, threads=2)
+    sharded, times = ours.backward, {}
+
+    def timed(key, fn):
+        def run(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            times.setdefault(key() if callable(key) else key, []).append(time.perf_counter() - t0)
+            return out
+        return run
+
+    main_thread = threading.main_thread()
+    sharded._shard = timed(lambda: "shard on the main thread" if threading.current_thread() is main_thread
+                           else "shard on the worker thread", sharded._shard)
+    sharded._add_grads = timed("sum of the shards' gradients", sharded._add_grads)
+    sharded.step = timed("both shards, forward + backward (wall)", sharded.step)
+    ours.opt.step = timed("AdamW", ours.opt.step)
+    ours.step = timed("whole step", ours.step)
+    for _ in range(10):
+        ours.step()
+    times.clear()
+    for _ in range(steps):
+        ours.step()
+    x, y = get_batch(train_ids, CFG.batch_size // 2, CFG.block_size, np.random.default_rng(1))
+    with threadpool_limits(1, user_api="blas"):
+        alone = timed("one shard alone (6 rows, 1 thread)", lambda: (ours.model(x, y)[1].backward()))
+        for _ in range(steps):
+            alone()
+    rows = [(k, f"{1e3 * float(np.median(v)):.2f}") for k, v in times.items()]
+    print(f"\nPhases of ours (--threads 2), median ms over {steps} steps\n")
+    print(table(rows, ["", "ms"]))
+    print("\nSingle ops (forward + backward at a shard's size), alone and as two copies on two threads\n")
+    print(table(op_scaling(), ["op", "µs alone (1 thread)", "speed-up with 2 threads"]))
+
+
+def op_scaling(repeats: int = 200):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    import scratchllm.functional as F
+    from scratchllm.tensor import Tensor
+
+    rng = np.random.default_rng(0)
+
+    def param(*shape):
+        return Tensor(rng.standard_normal(shape).astype(np.float32) * 0.1, requires_grad=True)
+
+    x, h, qkv = param(6, 64, 128), param(6, 64, 512), param(6, 64, 384)
+    w, b, ln_w, ln_b = param(384, 128), param(384), param(128), param(128)
+    ops = {"linear 128→384": lambda: F.linear(x, w, b).backward(np.ones((6, 64, 384), np.float32)),
+           "gelu (6·64×512)": lambda: F.gelu(h).backward(np.ones((6, 64, 512), np.float32)),
+           "layer_norm (6·64×128)": lambda: F.layer_norm(x, ln_w, ln_b).backward(np.ones((6, 64, 128), np.float32)),
+           "causal self-attention, 4 heads": lambda: F.self_attention(qkv, 4).backward(np.ones((6, 64, 128), np.float32))}
+
+    def loop(op):
+        for _ in range(repeats):
+            op()
+
+    rows = []
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(1) as pool:
+        for name, op in ops.items():
+            loop(op)
+            t0 = time.perf_counter()
+            loop(op)
+            one = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            other = pool.submit(loop, op)
+            loop(op)
+            other.result()
+            both = time.perf_counter() - t0
+            rows.append((name, f"{one / repeats * 1e6:.0f}", f"{2 * one / both:.2f}×"))
+    return rows
 
 
 def main():
@@ -226,12 +315,15 @@ def main():
     ap.add_argument("--alone", type=int, default=0, metavar="N",
                     help="also time each alone in N fresh processes (and report its peak memory)")
     ap.add_argument("--alone-child", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true", help="also print where a step of ours goes")
     args = ap.parse_args()
     if args.alone_child:
         return alone_child(args.alone_child)
     speed(args.rounds, args.steps)
     if args.alone:
         alone(args.alone)
+    if args.profile:
+        profile()
     if args.quality:
         quality()
 
