@@ -20,7 +20,8 @@ def _retain_freed_memory():
     the OS when freed (and trims the heap's top likewise), so every step's
     activations and gradients come back as fresh pages, each one a page fault
     on first touch. A training step allocates and frees the same sizes over and
-    over: on the benchmark GPT half the time of a step went to those faults
+    over: in some processes (glibc adapts its thresholds to what ran before)
+    those faults took 40% of a benchmark GPT step
     (bench/RESULTS.md). Blocks up to 32 MiB now come from the heap, and up to
     128 MiB of free heap is kept. Linux with glibc only; set
     SCRATCHLLM_MALLOC=default to leave malloc alone. It affects the whole
