@@ -364,3 +364,66 @@ def test_detach_and_numpy():
     d = (a * 2.0).detach()
     assert not d.requires_grad and d.is_leaf
     assert isinstance(a.numpy(), np.ndarray) and a.shape == (3,) and len(a) == 3 and a.ndim == 1
+
+
+def test_grad_mode_is_per_thread():
+    """Two threads leave no_grad() in the opposite order they entered: each
+    restores only its own mode, so grad mode stays on everywhere afterwards."""
+    import threading
+
+    inside, first_left = threading.Barrier(2), threading.Event()
+    seen = {}
+
+    def worker(name, leave_first):
+        with no_grad():
+            inside.wait(timeout=5)
+            if not leave_first:
+                first_left.wait(timeout=5)
+            seen[name] = sl.is_grad_enabled()
+        if leave_first:
+            first_left.set()
+        seen[name + " after"] = sl.is_grad_enabled()
+
+    threads = [threading.Thread(target=worker, args=(n, f)) for n, f in (("a", True), ("b", False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert seen == {"a": False, "b": False, "a after": True, "b after": True}
+    assert sl.is_grad_enabled()
+    a = Tensor(np.ones(2), requires_grad=True)
+    assert (a * 2.0).requires_grad
+
+
+def test_no_grad_in_one_thread_leaves_another_training():
+    """A thread held inside no_grad() (say, a web request) while another runs a
+    sharded training step: the step's graph is recorded and its gradient is right."""
+    import threading
+
+    from scratchllm.models import GPT, GPTConfig
+    from scratchllm.sharded import ShardedBackward
+
+    model = GPT(GPTConfig(vocab_size=7, block_size=4, n_layer=1, n_head=1, n_embd=8), seed=0).astype(np.float64)
+    x = np.array([[1, 2, 3, 4], [0, 6, 5, 1]])
+    _, loss = model(x, x)
+    loss.backward()
+    want = {n: p.grad.copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_no_grad():
+        with no_grad():
+            entered.set()
+            release.wait(timeout=10)
+
+    holder = threading.Thread(target=hold_no_grad)
+    holder.start()
+    try:
+        assert entered.wait(timeout=5)
+        ShardedBackward(model, 2).step(x, x)
+    finally:
+        release.set()
+        holder.join(timeout=10)
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, want[n], rtol=1e-10, atol=1e-13, err_msg=n)

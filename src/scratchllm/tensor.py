@@ -13,25 +13,34 @@ neural-network ops live in :mod:`scratchllm.functional`.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 from .backend import DEFAULT_DTYPE, to_numpy, xp
 
-_grad_enabled = True
+
+class _GradMode(threading.local):
+    """Grad mode is per thread, as PyTorch's is: one thread's ``no_grad()``
+    (a web request, an evaluation) never switches off another thread's graph."""
+
+    enabled = True
+
+
+_grad_mode = _GradMode()
 
 
 @contextlib.contextmanager
 def no_grad():
-    """Within this block ops record no graph (inference, optimizer updates)."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    """Within this block this thread's ops record no graph (inference, optimizer updates)."""
+    previous, _grad_mode.enabled = _grad_mode.enabled, False
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad_mode.enabled = previous
 
 
 def is_grad_enabled() -> bool:
-    return _grad_enabled
+    """Whether ops run by the calling thread record a graph."""
+    return _grad_mode.enabled
 
 
 def _as_array(data, dtype=None):
@@ -291,7 +300,7 @@ def _op(out, parents, backward) -> Tensor:
     t = Tensor.__new__(Tensor)
     t.data, t.grad = out, None
     t._parents, t._backward = (), None
-    t.requires_grad = _grad_enabled and any(p.requires_grad for p in parents)
+    t.requires_grad = _grad_mode.enabled and any(p.requires_grad for p in parents)
     if t.requires_grad:
         t._parents, t._backward = tuple(parents), backward
     return t
