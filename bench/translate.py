@@ -181,8 +181,7 @@ def main():
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(args.threads, user_api="blas")  # NumPy's BLAS; PyTorch's threads are set in speed()
-    for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):  # libraries loaded later (optional kernels)
-        os.environ[var] = str(args.threads)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # a BLAS loaded later (by another library)
 
     # the default configuration; the clock, not the epoch count, ends the run
     cfg = TranslationConfig(data_dir=args.data_dir, out=args.out, epochs=10_000, minutes=args.minutes,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-from . import kernels as _k
 from .backend import xp
 from .tensor import (  # noqa: F401  (re-exported: the basic ops are functional too)
     Tensor,
@@ -45,13 +44,6 @@ def _blocks(n: int):
     """Slices covering range(n) in blocks of _BLOCK elements: a chain of in-place
     ufuncs applied block by block reads and writes cache, not main memory."""
     return [slice(i, i + _BLOCK) for i in range(0, n, _BLOCK)]
-
-
-def _compiled(*arrays) -> bool:
-    """Whether the numba kernels serve: they are float32 kernels (their tanh and
-    sums are accurate to float32); float64, used by gradient checks, takes the
-    NumPy code the kernels are tested against."""
-    return _k.ENABLED and all(a.dtype == xp.float32 for a in arrays)
 
 
 def _data(x):
@@ -233,8 +225,6 @@ def mse_loss(pred: Tensor, target) -> Tensor:
 # ---- normalisation and regularisation -------------------------------------
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Normalise the last axis to mean 0, variance 1, then scale and shift."""
-    if _compiled(x.data) and x.data.size >= _k.MIN_SIZE:
-        return _layer_norm_compiled(x, weight, bias, eps)
     C = x.shape[-1]
     a = x.data.reshape(-1, C)  # (N, C)
     inv_c = a.dtype.type(1.0 / C)
@@ -276,27 +266,6 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
             gx *= rstd[:, None]
             gx = gx.reshape(x.shape)
         return tuple(gr for gr, p in zip((gx, gw, gb), (x, weight, bias)) if p is not None)
-
-    parents = tuple(p for p in (x, weight, bias) if p is not None)
-    return _op(out.reshape(x.shape), parents, backward)
-
-
-def _layer_norm_compiled(x: Tensor, weight, bias, eps: float) -> Tensor:
-    """layer_norm by the fused kernels: one pass over each row forward and backward."""
-    C = x.shape[-1]
-    a = xp.ascontiguousarray(x.data).reshape(-1, C)  # (N, C)
-    w = weight.data if weight is not None else xp.ones(C, dtype=a.dtype)
-    b = bias.data if bias is not None else xp.zeros(C, dtype=a.dtype)
-    out, xhat, rstd = xp.empty_like(a), xp.empty_like(a), xp.empty(a.shape[0], dtype=a.dtype)
-    _k.layer_norm_forward(a, w, b, eps, out, xhat, rstd)
-
-    def backward(g):
-        gx = xp.empty_like(a)  # (N, C)
-        parts = xp.empty((2, _k.PARTS, C))  # per-block float64 sums of the w and b gradients
-        _k.layer_norm_backward(xp.ascontiguousarray(g).reshape(-1, C), xhat, rstd, w, gx, parts[0], parts[1])
-        gw, gb = parts.sum(axis=1).astype(a.dtype)  # (C,), (C,)
-        grads = (gx.reshape(x.shape), gw, gb)
-        return tuple(gr for gr, p in zip(grads, (x, weight, bias)) if p is not None)
 
     parents = tuple(p for p in (x, weight, bias) if p is not None)
     return _op(out.reshape(x.shape), parents, backward)
@@ -408,29 +377,6 @@ def _attention_grads(g, q, k, v, a, scale, gq=None, gk=None, gv=None, out=None):
     return gq, gk, gv
 
 
-def _attention_weights_compiled(q, k, scale, causal):
-    """softmax(q kᵀ · scale) with the causal mask, by the fused kernel -> (…, Tq, Tk) contiguous."""
-    Tq, Tk = q.shape[-2], k.shape[-2]
-    s = q @ xp.swapaxes(k, -1, -2)  # (…, Tq, Tk)
-    _k.causal_softmax_forward(s.reshape(-1, Tq, Tk), scale, Tk - Tq if causal else Tk)
-    return s
-
-
-def _attention_grads_compiled(g, q, k, v, a, scale, gq=None, gk=None, gv=None):
-    """As _attention_grads, for weights ``a`` from _attention_weights_compiled."""
-    Tq, Tk = a.shape[-2], a.shape[-1]
-    gv = xp.matmul(xp.swapaxes(a, -1, -2), g, out=gv)  # (…, Tk, D)
-    ds = g @ xp.swapaxes(v, -1, -2)  # (…, Tq, Tk) gradient of the weights
-    _k.softmax_backward(a.reshape(-1, Tq, Tk), ds.reshape(-1, Tq, Tk), scale)  # of the scores, ·scale
-    gq = xp.matmul(ds, k, out=gq)  # (…, Tq, D)
-    gk = xp.matmul(xp.swapaxes(ds, -1, -2), q, out=gk)  # (…, Tk, D)
-    return gq, gk, gv
-
-
-def _use_compiled_attention(mask, *arrays) -> bool:
-    return mask is None and _compiled(*arrays) and len({a.shape[:-2] for a in arrays}) == 1
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) -> Tensor:
     """Scaled dot-product attention, forward and backward as one op.
 
@@ -441,18 +387,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) 
     zeros instead of NaN.
     """
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    compiled = _use_compiled_attention(mask, q.data, k.data, v.data)
-    if compiled:
-        a = _attention_weights_compiled(q.data, k.data, scale, causal)  # (B, H, Tq, Tk)
-    else:
-        a = _attention_weights(q.data, k.data, scale, causal, mask)  # (B, H, Tq, Tk)
+    a = _attention_weights(q.data, k.data, scale, causal, mask)  # (B, H, Tq, Tk)
     out = a @ v.data  # (B, H, Tq, D)
 
     def backward(g):
-        if compiled:
-            gq, gk, gv = _attention_grads_compiled(g, q.data, k.data, v.data, a, scale)
-        else:
-            gq, gk, gv = _attention_grads(g, q.data, k.data, v.data, a, scale, out=out)
+        gq, gk, gv = _attention_grads(g, q.data, k.data, v.data, a, scale, out=out)
         return unbroadcast(gq, q.shape), unbroadcast(gk, k.shape), unbroadcast(gv, v.shape)
 
     return _op(out, (q, k, v), backward)
@@ -471,11 +410,7 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None) -> 
     heads = qkv.data.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
     q, k, v = heads[0], heads[1], heads[2]
     scale = qkv.dtype.type(1.0 / math.sqrt(D))
-    compiled = _use_compiled_attention(mask, q)
-    if compiled:
-        a = _attention_weights_compiled(q, k, scale, causal)  # (B, H, T, T)
-    else:
-        a = _attention_weights(q, k, scale, causal, mask)  # (B, H, T, T)
+    a = _attention_weights(q, k, scale, causal, mask)  # (B, H, T, T)
     out = xp.empty((B, T, n_head, D), dtype=qkv.dtype)
     xp.matmul(a, v, out=out.transpose(0, 2, 1, 3))  # written straight into (B, T, H, D)
 
@@ -483,10 +418,7 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None) -> 
         g = xp.ascontiguousarray(g).reshape(B, T, n_head, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
         gqkv = xp.empty((B, T, 3, n_head, D), dtype=qkv.dtype)
         gheads = gqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
-        if compiled:
-            _attention_grads_compiled(g, q, k, v, a, scale, gheads[0], gheads[1], gheads[2])
-        else:
-            _attention_grads(g, q, k, v, a, scale, gheads[0], gheads[1], gheads[2], out=out.transpose(0, 2, 1, 3))
+        _attention_grads(g, q, k, v, a, scale, gheads[0], gheads[1], gheads[2], out=out.transpose(0, 2, 1, 3))
         return (gqkv.reshape(B, T, C3),)
 
     return _op(out.reshape(B, T, C), (qkv,), backward)

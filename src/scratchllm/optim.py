@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-from . import kernels as _k
 from .backend import xp
 from .errors import ScratchError
 from .tensor import no_grad
@@ -118,10 +117,6 @@ class AdamW(Optimizer):
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
         m, v, t = state["exp_avg"], state["exp_avg_sq"], self.step_count
-        if _k.ENABLED and p.dtype == xp.float32 and p.data.flags.c_contiguous and g.flags.c_contiguous:  # one fused pass
-            _k.adamw_update(p.data.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), lr, b1, b2, eps, wd,
-                            1 - b1 ** t, math.sqrt(1 - b2 ** t))
-            return
         if wd:
             p.data *= p.dtype.type(1 - lr * wd)
         m += (g - m) * p.dtype.type(1 - b1)  # lerp towards g, as torch does

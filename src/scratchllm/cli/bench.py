@@ -22,7 +22,6 @@ def register(sub):
 def run(args):
     import numpy as np
 
-    from .. import kernels
     from ..errors import ScratchError
     from ..models.gpt import GPT, GPTConfig
     from ..optim import AdamW, clip_grad_norm
@@ -54,8 +53,7 @@ def run(args):
         step()
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
-    print(f"GPT {model.num_parameters():,} parameters, batch {B} × block {T}, "
-          f"kernels: {'numba' if kernels.ENABLED else 'NumPy only'}")
-    print(f"first step {first:.2f} s (includes compiling kernels the first time), "
+    print(f"GPT {model.num_parameters():,} parameters, batch {B} × block {T}")
+    print(f"first step {first:.2f} s, "
           f"then median {med * 1e3:.1f} ms/step = {B * T / med:,.0f} tokens/s over {args.steps} steps")
     return 0
