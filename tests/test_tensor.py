@@ -127,11 +127,11 @@ def test_max_ties_share_gradient():
 # ---- shapes -------------------------------------------------------------------
 @pytest.mark.parametrize("fn", [
     lambda a: a.reshape(6, 4), lambda a: a.reshape((4, -1)), lambda a: a.view(24),
-    lambda a: a.transpose(), lambda a: a.transpose(1, 0, 2), lambda a: a.transpose((2, 0, 1)),
+    lambda a: a.transpose(0, 2), lambda a: a.permute(1, 0, 2), lambda a: a.permute((2, 0, 1)),
     lambda a: a.permute(0, 2, 1), lambda a: a.T, lambda a: a.swapaxes(0, 2),
-    lambda a: a.transpose(-1, 0, 1).reshape(4, 6) * 2.0,
-], ids=["reshape", "reshape-1", "view", "transpose", "transpose3", "transpose-tuple", "permute", "T",
-        "swapaxes", "transpose-reshape"])
+    lambda a: a.permute(-1, 0, 1).reshape(4, 6) * 2.0,
+], ids=["reshape", "reshape-1", "view", "transpose", "permute3", "permute-tuple", "permute", "T",
+        "swapaxes", "permute-reshape"])
 def test_shape_grad(fn):
     check_grads(fn, [leaf((2, 3, 4))])
 

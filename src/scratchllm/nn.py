@@ -277,13 +277,13 @@ class MLP(Sequential):
 def split_heads(x: Tensor, n_head: int) -> Tensor:
     """(B, T, C) -> (B, H, T, D) with D = C / H."""
     B, T, C = x.shape
-    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+    return x.reshape(B, T, n_head, C // n_head).transpose(1, 2)
 
 
 def merge_heads(x: Tensor) -> Tensor:
     """(B, H, T, D) -> (B, T, H·D): the heads side by side (concatenated)."""
     B, H, T, D = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+    return x.transpose(1, 2).reshape(B, T, H * D)
 
 
 class MultiHeadAttention(Module):

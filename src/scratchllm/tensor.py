@@ -91,7 +91,8 @@ class Tensor:
 
     @property
     def T(self):
-        return self.transpose()
+        """All dimensions reversed."""
+        return transpose(self)
 
     @property
     def is_leaf(self):
@@ -199,14 +200,21 @@ class Tensor:
         return getitem(self, index)
 
     # ---- methods ----------------------------------------------------------
-    def sum(self, axis=None, keepdims=False):
-        return sum(self, axis, keepdims)
+    # Named and behaving as PyTorch's (dim, keepdim); NumPy's axis/keepdims work too.
+    def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        return sum(self, *_dims(dim, keepdim, axis, keepdims))
 
-    def mean(self, axis=None, keepdims=False):
-        return mean(self, axis, keepdims)
+    def mean(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        return mean(self, *_dims(dim, keepdim, axis, keepdims))
 
-    def max(self, axis=None, keepdims=False):
-        return max(self, axis, keepdims)
+    def max(self, dim=None, keepdim=False, *, axis=None, keepdims=False):
+        """The maximum of all elements; over ``dim``, as PyTorch's, ``(values,
+        indices)`` of the first maximum; over ``axis`` (NumPy's), the values alone."""
+        if dim is None:
+            return max(self, *_dims(dim, keepdim, axis, keepdims))
+        if axis is not None:
+            raise TypeError("give dim or axis, not both")
+        return max_at(self, dim, keepdim)
 
     def exp(self):
         return exp(self)
@@ -218,24 +226,28 @@ class Tensor:
         return pow(self, 0.5)
 
     def reshape(self, *shape):
+        """``reshape(2, -1)`` or ``reshape((2, -1))``; one -1 is inferred."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return reshape(self, shape)
 
     view = reshape
 
-    def transpose(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return transpose(self, axes or None)
+    def transpose(self, dim0, dim1):
+        """Swap two dimensions, as PyTorch's (NumPy's reordering of all of them is ``permute``)."""
+        dims = list(range(self.ndim))
+        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        return transpose(self, tuple(dims))
 
-    def permute(self, *axes):
-        return self.transpose(*axes)
+    swapaxes = transpose
 
-    def swapaxes(self, a, b):
-        axes = list(range(self.ndim))
-        axes[a], axes[b] = axes[b], axes[a]
-        return transpose(self, tuple(axes))
+    def permute(self, *dims):
+        """Reorder the dimensions: ``permute(0, 2, 1)`` or ``permute((0, 2, 1))``."""
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        if sorted(d % self.ndim for d in dims) != list(range(self.ndim)):
+            raise ValueError(f"permute{tuple(dims)} is not a reordering of {self.ndim} dimensions")
+        return transpose(self, dims)
 
     def split(self, sections, axis=-1):
         return split(self, sections, axis)
@@ -375,6 +387,13 @@ def log(a) -> Tensor:
 
 
 # ---- reductions ------------------------------------------------------------
+def _dims(dim, keepdim, axis, keepdims):
+    """(axis, keepdims) from PyTorch's spelling or NumPy's."""
+    if dim is not None and axis is not None:
+        raise TypeError("give dim or axis, not both")
+    return (axis if dim is None else dim), bool(keepdim or keepdims)
+
+
 def _normalize_axes(axis, ndim):
     if axis is None:
         return tuple(range(ndim))
@@ -416,6 +435,29 @@ def max(a, axis=None, keepdims=False) -> Tensor:
         return (_expand_reduced(g, a.shape, axes, keepdims) * share.astype(a.dtype),)
 
     return _op(out if keepdims else out.squeeze(axes), (a,), backward)
+
+
+class MaxResult(tuple):
+    """``(values, indices)``, as PyTorch's ``max(dim)`` returns."""
+
+    values = property(lambda self: self[0])
+    indices = property(lambda self: self[1])
+
+
+def max_at(a, dim: int, keepdim=False) -> MaxResult:
+    """Maximum along ``dim`` and the index of its first occurrence, as
+    ``torch.max(a, dim)``; the gradient goes to that index alone."""
+    dim = dim % a.ndim
+    idx = xp.expand_dims(a.data.argmax(axis=dim), dim)  # (…, 1, …)
+    out = xp.take_along_axis(a.data, idx, axis=dim)
+
+    def backward(g):
+        full = xp.zeros_like(a.data)
+        xp.put_along_axis(full, idx, g if keepdim else xp.expand_dims(g, dim), axis=dim)
+        return (full,)
+
+    values = _op(out if keepdim else out.squeeze(dim), (a,), backward)
+    return MaxResult((values, Tensor(idx if keepdim else idx.squeeze(dim))))
 
 
 # ---- shapes and indexing -------------------------------------------------
