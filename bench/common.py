@@ -11,6 +11,12 @@ import statistics
 import subprocess
 import time
 
+from scratchllm.backend import retain_freed_memory
+
+# A benchmark owns its process, as the scratchllm command does: malloc keeps
+# freed memory (SCRATCHLLM_MALLOC=default leaves it alone).
+retain_freed_memory()
+
 
 def cpu_model() -> str:
     """The CPU's model name as ``lscpu`` reports it (or the platform's guess)."""

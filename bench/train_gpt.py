@@ -30,12 +30,15 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from common import header, table, use_torch_threads  # noqa: E402
 
-from scratchllm.backend import MALLOC_TUNED  # noqa: E402
+from scratchllm.backend import retain_freed_memory  # noqa: E402
 from scratchllm.data import dataset_file, get_batch  # noqa: E402
 from scratchllm.optim import CosineWithWarmup, clip_grad_norm  # noqa: E402
 from scratchllm.sharded import ShardedBackward  # noqa: E402
 from scratchllm.tokenizers import CharTokenizer  # noqa: E402
 from scratchllm.train import TrainConfig, build_model, build_optimizer, estimate_loss  # noqa: E402
+
+# As the scratchllm command does (SCRATCHLLM_MALLOC=default, set for PyTorch's runs, leaves malloc alone).
+MALLOC_TUNED = retain_freed_memory()
 
 CFG = TrainConfig(data="tinyshakespeare", n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12,
                   max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, weight_decay=0.1, beta2=0.99,
@@ -133,7 +136,7 @@ def speed(rounds: int, steps_per_round: int):
     med = {k: float(np.median(v)) for k, v in times.items()}
     tokens = CFG.batch_size * CFG.block_size
     print(header(torch))
-    print(f"malloc: {'glibc thresholds raised at import (scratchllm.backend), for the whole process' if MALLOC_TUNED else 'default'}")
+    print(f"malloc: {'glibc thresholds raised (scratchllm.backend), for the whole process' if MALLOC_TUNED else 'default'}")
     print(f"\nGPT training step, {next(iter(runners.values())).model.num_parameters():,} parameters, "
           f"batch {CFG.batch_size} × block {CFG.block_size}; median of {rounds} interleaved rounds of {steps_per_round} steps\n")
     rows = [(name, f"{med[name] * 1e3:.1f}", f"{tokens / med[name]:,.0f}", f"{med['pytorch'] / med[name]:.2f}",

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from ..backend import retain_freed_memory
+
+    retain_freed_memory()  # the command owns its process: keep freed memory for the next step
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
