@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
+from .distributed import DistributedBackward, SameOnAllRanks, world as current_world
 from .data import get_batch, load_text, read_token_bin, train_val_split, write_token_bin
 from .errors import ScratchError
 from .models.gpt import GPT, GPTConfig
@@ -203,32 +204,43 @@ def dropout_rng(model):
 
 # ---- the run -------------------------------------------------------------------------
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, world=None):
         self.run = Path(cfg.out)
         self.ckpt_dir = self.run / "ckpt"
+        self.world = world or current_world()  # MPI ranks (distributed.py), or this process alone
         if resume:
             cfg = self._load_config_for_resume(cfg)
         self.cfg = cfg
         if cfg.threads < 1:
             raise ScratchError(f"--threads must be at least 1, not {cfg.threads}")
-        self.tokenizer, self.train_ids, self.val_ids = prepare_data(cfg, self.run)
+        with self.world.root_first():  # in a shared folder, rank 0 writes the token files, the others reuse them
+            self.tokenizer, self.train_ids, self.val_ids = prepare_data(cfg, self.run)
         self.model = build_model(cfg, self.tokenizer.vocab_size)
         self.opt = build_optimizer(self.model, cfg)
         self.schedule = CosineWithWarmup(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         self.batch_rng = np.random.default_rng([cfg.seed, 1])
         self.dropout_rng = dropout_rng(self.model)
-        self.sharded = ShardedBackward(self.model, cfg.threads)
+        self.sharded = ShardedBackward(self.model, cfg.threads) if self.world.size == 1 \
+            else DistributedBackward(self.model, cfg.threads, self.world)
         self.step = 0
         self.last_saved = None
         if resume:
             self._restore()
         self.log_path = self.run / "log.jsonl"
-        trim_log(self.log_path, self.step)
+        if self.world.is_root:
+            trim_log(self.log_path, self.step)
+        self.world.check_same("settings", asdict(cfg) | {"progress": None, "step": self.step,
+                                                         "batch_rng": self.batch_rng.bit_generator.state})
+        self.world.check_same("data or weights", {"train": self.train_ids, "val": self.val_ids,
+                                                   "vocab": self.tokenizer.vocab_size} | self.model.state_dict())
 
     # ---- checkpoints --------------------------------------------------------------
     def _load_config_for_resume(self, cfg: TrainConfig) -> TrainConfig:
         state = checkpoint.read_train_state(self.ckpt_dir)
         saved = TrainConfig.from_dict({"threads": 1} | state["train_config"])  # runs from before threads: 1
+        # The batch was cut into ranks × threads shards; with as many now the run goes on bit for bit.
+        shards = state.get("shards", saved.threads)
+        saved.threads = max(1, shards // self.world.size)
         # Only the length of the run, its bookkeeping and the output may change on resume.
         for name in ("max_iters", "eval_interval", "eval_iters", "sample_tokens", "progress"):
             setattr(saved, name, getattr(cfg, name))
@@ -247,10 +259,12 @@ class Trainer:
         state = {
             "step": self.step,
             "train_config": asdict(self.cfg),
+            "shards": self.cfg.threads * self.world.size,
             "rng": {"batch": self.batch_rng.bit_generator.state,
                     "dropout": self.dropout_rng.bit_generator.state if self.dropout_rng is not None else None},
         }
-        checkpoint.save_training(self.ckpt_dir, self.model, self.opt, state, tokenizer=self.tokenizer)
+        if self.world.is_root:  # every rank holds the same state: rank 0 writes it
+            checkpoint.save_training(self.ckpt_dir, self.model, self.opt, state, tokenizer=self.tokenizer)
         self.last_saved = self.step
 
     # ---- one step ------------------------------------------------------------------
@@ -266,8 +280,8 @@ class Trainer:
             # gradient equals that of one batch grad_accum times bigger.
             total += self.sharded.step(x, y, scale=1.0 / cfg.grad_accum)
         loss = total / cfg.grad_accum
-        if not math.isfinite(loss):
-            raise ScratchError(self._nan_message(loss))
+        if not math.isfinite(loss):  # the loss of the whole batch: every rank stops here alike
+            raise SameOnAllRanks(self._nan_message(loss))
         if cfg.grad_clip:
             clip_grad_norm(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
@@ -291,19 +305,21 @@ class Trainer:
 
         cfg = self.cfg
         tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
-        bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not cfg.progress, unit="it", dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not cfg.progress or not self.world.is_root,
+                   unit="it", dynamic_ncols=True)
         record, tps, last_loss = {}, 0.0, float("nan")
         with StopOnInterrupt() as stop:  # Ctrl-C: finish the step, then save and leave
             try:
                 while True:
                     at_end = self.step >= cfg.max_iters
-                    if self.step % cfg.eval_interval == 0 or at_end:
+                    if (self.step % cfg.eval_interval == 0 or at_end) and self.world.is_root:
                         record = self.evaluate() | {"tokens_per_s": round(tps, 1)}
                         append_log(self.log_path, record)
                         bar.write(f"step {self.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+                    if self.step % cfg.eval_interval == 0 or at_end:
                         if self.step > 0 and self.last_saved != self.step:
                             self.save()
-                    if at_end or stop.requested:
+                    if at_end or self.world.any(stop.requested):  # all ranks stop at the same step
                         break
                     t0 = time.perf_counter()
                     last_loss = self.train_step()
@@ -312,10 +328,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
             finally:
                 bar.close()
-        if stop.requested:
+        if not at_end:
             if self.last_saved != self.step:
                 self.save()
-            echo(f"interrupted at step {self.step}; saved to {self.ckpt_dir}. Resume with --resume --out {self.run}")
+            if self.world.is_root:
+                echo(f"interrupted at step {self.step}; saved to {self.ckpt_dir}. Resume with --resume --out {self.run}")
         return record
 
 

@@ -19,7 +19,8 @@ _HELP = {
     "max_iters": "optimizer steps in total (a resumed run continues to this many)",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_iters": "steps of linear learning-rate warmup",
-    "threads": "threads that share each batch, each taking a slice of its rows (1: one thread, BLAS uses all cores)",
+    "threads": "threads that share each batch, each taking a slice of its rows (1: one thread, BLAS uses all cores); "
+               "under mpirun, threads per rank, default 1",
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
     "eval_interval": "evaluate, log and save a checkpoint every this many steps",
     "eval_iters": "batches per evaluation",
@@ -55,6 +56,7 @@ def register(sub):
 
 
 def _config(args):
+    from ..distributed import launched
     from ..train import PRESETS, TrainConfig
 
     cfg = TrainConfig()
@@ -65,6 +67,8 @@ def _config(args):
         if value is not None:
             setattr(cfg, f.name, value)
     cfg.progress = not args.no_progress
+    if args.threads is None and launched()[1] > 1:
+        cfg.threads = 1  # under mpirun the ranks share the cores: N ranks × 1 thread = N threads in one process
     for name in ("batch_size", "block_size", "max_iters", "n_layer", "n_head", "n_embd", "grad_accum", "eval_interval", "eval_iters"):
         if getattr(cfg, name) < 1:
             raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -74,17 +78,28 @@ def _config(args):
 
 
 def run(args):
+    from ..distributed import guard
+
+    with guard("train"):  # under mpirun: an error on one rank ends them all
+        return _run(args)
+
+
+def _run(args):
     from ..generate import generate
     from ..plot import plot_run
     from ..train import Trainer
 
     cfg = _config(args)
+    trainer = Trainer(cfg, resume=args.resume)
+    if not trainer.world.is_root:  # rank 0 alone speaks, saves and samples
+        trainer.fit()
+        return 0
     if not args.resume and (Path(cfg.out) / "ckpt").exists():
         print(f"note: {cfg.out}/ckpt exists and will be replaced; use --resume to continue it", file=sys.stderr)
-    trainer = Trainer(cfg, resume=args.resume)
     m = trainer.model
+    ranks = f"; {trainer.world.size} ranks × {trainer.cfg.threads} thread(s)" if trainer.world.size > 1 else ""
     print(f"GPT: {m.num_parameters():,} parameters, vocab {trainer.tokenizer.vocab_size}, "
-          f"{len(trainer.train_ids):,} training tokens; run directory {cfg.out}")
+          f"{len(trainer.train_ids):,} training tokens; run directory {cfg.out}{ranks}")
     trainer.fit()
     print(f"checkpoint: {trainer.ckpt_dir}")
     plot_run(cfg.out, quiet=True)
