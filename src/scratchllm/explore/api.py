@@ -1,0 +1,475 @@
+"""What the explore page asks for, as plain dicts ready for JSON.
+
+An :class:`Explorer` holds one checkpoint's model and tokenizer. Every method
+takes the request's fields (already parsed from JSON), checks them, and
+returns numbers taken from the model: the next-token distribution from a
+plain forward pass filtered by the sampler's own functions
+(:mod:`scratchllm.generate`), and attention, the inside of each block and the
+backward pass from :func:`scratchllm.explain.trace` — the same numbers the
+terminal's ``scratchllm explain`` prints, never recomputed here.
+
+Requests run in threads; the model is used by one request at a time (a
+lock), and "take one step" changes a deep copy, so the checkpoint and the
+model serving other requests never change.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from .. import checkpoint, tokenizers
+from ..errors import ScratchError
+from ..tensor import no_grad
+
+MAX_CHARS = 2000  # longest text a request may carry
+MAX_NEW_TOKENS = 500
+TOP = 20  # candidates shown in the next-token chart
+
+
+class BadRequest(ScratchError):
+    """A request the page (or a person with curl) got wrong: answered with 400 and this message."""
+
+
+# ---- request fields ------------------------------------------------------------------
+def text_field(body: dict, name: str = "text", required: bool = True) -> str:
+    value = body.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string")
+    if len(value) > MAX_CHARS:
+        raise BadRequest(f"'{name}' is {len(value)} characters long; at most {MAX_CHARS} are accepted")
+    if required and not value:
+        raise BadRequest(f"'{name}' is empty: type some text")
+    return value
+
+
+def number_field(body: dict, name: str, kind=float, lo=None, hi=None, default=None, optional=False):
+    """A number within [lo, hi] (JSON number or numeric string); absent or null gives ``default``,
+    or None when ``optional``."""
+    value = body.get(name)
+    if value is None or value == "":
+        if default is None and not optional:
+            raise BadRequest(f"'{name}' is missing")
+        return default
+    what = "a whole number" if kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise BadRequest(f"'{name}' must be {what}")
+    try:
+        x = float(value)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be {what}, not {value!r}") from None
+    if not math.isfinite(x) or (kind is int and x != int(x)):
+        raise BadRequest(f"'{name}' must be {what}, not {value!r}")
+    if (lo is not None and x < lo) or (hi is not None and x > hi):
+        raise BadRequest(f"'{name}' must be between {lo} and {hi}, not {value!r}")
+    return int(x) if kind is int else x
+
+
+def rounded(a, digits=6):
+    """An array as nested lists of short floats; −inf, +inf and NaN become None (JSON has no infinity)."""
+    a = np.asarray(a, dtype=np.float64)
+    out = np.round(a, digits).astype(object)
+    out[~np.isfinite(a)] = None
+    return out.tolist()
+
+
+class Explorer:
+    def __init__(self, ckpt):
+        from ..models.transformer import Transformer
+
+        self.path = Path(ckpt)
+        self.ckpt_dir = checkpoint.resolve_dir(ckpt)
+        self.model = checkpoint.load(self.ckpt_dir)
+        self.model.eval()
+        self.tokenizer = tokenizers.load(self.ckpt_dir)
+        if isinstance(self.model, Transformer):
+            self.kind = "transformer"
+        elif hasattr(getattr(self.model, "config", None), "block_size"):
+            self.kind = "gpt"
+        else:
+            raise ScratchError(f"{ckpt} holds a {getattr(self.model, 'kind', type(self.model).__name__)} model; "
+                               "explore shows GPT and Transformer checkpoints")
+        self.lock = threading.Lock()  # one request at a time uses the model
+        self._traces: OrderedDict = OrderedDict()  # (inputs, targets) -> Trace, the last few
+        if self.kind == "transformer":
+            from ..translate import special_ids
+
+            self.pad_id, self.bos_id, self.eos_id = special_ids(self.tokenizer)
+
+    # ---- what the page shows first -----------------------------------------------------
+    def info(self, body: dict | None = None) -> dict:
+        cfg = self.model.config
+        params = {n: list(p.shape) for n, p in self.model.named_parameters()}
+        return {
+            "kind": self.kind,
+            "checkpoint": str(self.ckpt_dir),
+            "config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},
+            "parameters": int(sum(int(np.prod(s)) for s in params.values())),
+            "vocab_size": self.vocab_size,
+            "context": self.context,
+            "layers": self.n_layers,
+            "heads": cfg.n_head,
+            "has_run": self.log_path() is not None,
+            "max_chars": MAX_CHARS,
+        }
+
+    @property
+    def vocab_size(self) -> int:
+        cfg = self.model.config
+        return cfg.vocab_size if self.kind == "gpt" else cfg.tgt_vocab_size
+
+    @property
+    def context(self) -> int:
+        cfg = self.model.config
+        return cfg.block_size if self.kind == "gpt" else cfg.max_len
+
+    @property
+    def n_layers(self) -> int:
+        cfg = self.model.config
+        return cfg.n_layer if self.kind == "gpt" else cfg.n_decoder_layers
+
+    # ---- text -> tokens ---------------------------------------------------------------
+    def piece(self, i: int) -> str:
+        return self.tokenizer.decode([int(i)])
+
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
+        try:
+            if hasattr(self.tokenizer, "special_tokens"):
+                ids = self.tokenizer.encode(text, disallowed_special=())  # "<|endoftext|>" typed is plain text
+            else:
+                ids = self.tokenizer.encode(text)
+        except ScratchError as e:
+            raise BadRequest(str(e)) from None
+        except (KeyError, ValueError) as e:
+            raise BadRequest(f"the model's tokenizer cannot encode this text ({e})") from None
+        if not ids:
+            raise BadRequest("the text gives no tokens: type some text")
+        limit = limit or self.context
+        if len(ids) > limit:
+            raise BadRequest(f"the text is {len(ids)} tokens long; the model reads at most {limit}")
+        if max(ids) >= self.vocab_size:
+            raise BadRequest(f"the tokenizer gives id {max(ids)} but the model knows {self.vocab_size} tokens")
+        return list(ids)
+
+    def tokens_of(self, ids) -> list[dict]:
+        return [{"id": int(i), "piece": self.piece(i)} for i in ids]
+
+    def tokens(self, body: dict) -> dict:
+        ids = self.encode(text_field(body))
+        return {"tokens": self.tokens_of(ids)}
+
+    # ---- the next token -------------------------------------------------------------------
+    def _gpt_only(self):
+        if self.kind != "gpt":
+            raise BadRequest("this view needs a GPT checkpoint; this one translates (see the Translation view)")
+
+    def _last_logits(self, ids) -> np.ndarray:
+        with self.lock, no_grad():
+            out = self.model(np.asarray([ids], dtype=np.int64))  # (1, T, V)
+        return np.asarray(out.data[0, -1], dtype=np.float64)  # (V,)
+
+    def next_token(self, body: dict) -> dict:
+        """The distribution the sampler draws the next token from, at these settings."""
+        from ..generate import probabilities, top_k_filter, top_p_filter
+
+        self._gpt_only()
+        text = text_field(body)
+        temperature = number_field(body, "temperature", float, 0, 100, default=1.0)
+        top_k = number_field(body, "top_k", int, 1, self.vocab_size, optional=True)
+        top_p = number_field(body, "top_p", float, 1e-9, 1, optional=True)
+        ids = self.encode(text)
+        logits = self._last_logits(ids)
+        p_model = probabilities(logits)  # temperature 1, nothing cut
+        if temperature == 0:  # greedy: all the mass on the most likely token
+            z = np.full_like(logits, -np.inf)
+            z[np.argmax(logits)] = 0.0
+            p_temp = p_final = probabilities(z)
+        else:
+            z = logits / temperature  # as generate.sample_next
+            p_temp = probabilities(z)
+            if top_k is not None:
+                z = top_k_filter(z, top_k)
+            if top_p is not None:
+                z = top_p_filter(z, top_p)
+            p_final = probabilities(z)
+        order = np.argsort(-p_temp, kind="stable")[:TOP]
+        return {
+            "tokens": self.tokens_of(ids),
+            "settings": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
+            "kept": int((p_final > 0).sum()),
+            "candidates": [{"id": int(i), "piece": self.piece(i), "logit": round(float(logits[i]), 6),
+                            "p_model": round(float(p_model[i]), 8), "p_temperature": round(float(p_temp[i]), 8),
+                            "p": round(float(p_final[i]), 8), "kept": bool(p_final[i] > 0)} for i in order],
+        }
+
+    def generate(self, body: dict, emit) -> None:
+        """Sample a continuation, calling ``emit({"id", "piece", "text"})`` for each new token as it comes,
+        then ``emit({"done": True})``. ``text`` is what the token adds to the text (a byte-level token
+        holding part of a UTF-8 character adds it when the character is whole)."""
+        import codecs
+
+        from ..generate import check_sampling_args, generate
+
+        self._gpt_only()
+        text = text_field(body)
+        n = number_field(body, "max_new_tokens", int, 1, MAX_NEW_TOKENS, default=100)
+        temperature = number_field(body, "temperature", float, 0, 100, default=1.0)
+        top_k = number_field(body, "top_k", int, 1, self.vocab_size, optional=True)
+        top_p = number_field(body, "top_p", float, 1e-9, 1, optional=True)
+        seed = number_field(body, "seed", int, 0, 2**32 - 1, optional=True)
+        check_sampling_args(n, temperature, top_k, top_p)
+        ids = self.encode(text)
+        byte_level = hasattr(self.tokenizer, "decode_bytes")
+        decoder = codecs.getincrementaldecoder("utf-8")("replace") if byte_level else None
+
+        def on_token(tok):
+            i = int(tok[0])
+            added = decoder.decode(self.tokenizer.decode_bytes([i])) if byte_level else self.piece(i)
+            emit({"id": i, "piece": self.piece(i), "text": added})
+
+        with self.lock:
+            generate(self.model, np.asarray([ids]), n, temperature=temperature, top_k=top_k, top_p=top_p,
+                     seed=seed, on_token=on_token)
+        if byte_level:
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                emit({"id": None, "piece": "", "text": tail})
+        emit({"done": True})
+
+    # ---- embeddings -------------------------------------------------------------------
+    def _embedding_table(self) -> np.ndarray:
+        w = self.model.transformer.wte.weight if self.kind == "gpt" else self.model.tgt_embed.weight
+        return np.asarray(w.data, dtype=np.float64)
+
+    def embeddings(self, body: dict) -> dict:
+        """The token embedding rows projected on their two principal directions."""
+        limit = number_field(body, "limit", int, 2, 50_000, default=2000)
+        W = self._embedding_table()  # (V, C)
+        W = W[:limit]
+        X = W - W.mean(axis=0)
+        cov = X.T @ X / max(len(X) - 1, 1)  # (C, C)
+        vals, vecs = np.linalg.eigh(cov)  # ascending
+        top = vecs[:, ::-1][:, :2]  # (C, 2) the two directions of largest variance
+        xy = X @ top  # (N, 2)
+        total = float(vals.sum()) or 1.0
+        return {"ids": list(range(len(W))), "pieces": [self.piece(i) for i in range(len(W))],
+                "x": rounded(xy[:, 0], 5), "y": rounded(xy[:, 1], 5),
+                "explained": [round(float(v) / total, 4) for v in vals[::-1][:2]], "vocab_size": self.vocab_size}
+
+    def neighbours(self, body: dict) -> dict:
+        """The tokens whose embedding rows point most nearly the same way (cosine similarity)."""
+        i = number_field(body, "id", int, 0, self.vocab_size - 1)
+        k = number_field(body, "k", int, 1, 50, default=10)
+        W = self._embedding_table()
+        unit = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
+        sim = unit @ unit[i]  # (V,)
+        sim[i] = -np.inf
+        order = np.argsort(-sim, kind="stable")[:k]
+        return {"id": i, "piece": self.piece(i),
+                "neighbours": [{"id": int(j), "piece": self.piece(j), "cosine": round(float(sim[j]), 5)} for j in order]}
+
+    # ---- the run -------------------------------------------------------------------
+    def log_path(self) -> Path | None:
+        for d in (self.path, self.ckpt_dir.parent, self.ckpt_dir):
+            if (d / "log.jsonl").is_file():
+                return d / "log.jsonl"
+        return None
+
+    def run(self, body: dict) -> dict:
+        """The run's log.jsonl as it is now (a line still being written is left for next time)."""
+        path = self.log_path()
+        if path is None:
+            return {"records": [], "path": None}
+        records = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(r, dict):
+                records.append({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()})
+        return {"records": records, "path": str(path)}
+
+    # ---- the trace: attention, inside a block, backward --------------------------------------
+    def _trace(self, inputs, targets=None):
+        """The trace of one pass (cached: the page asks several views of the same text)."""
+        from ..explain import trace
+
+        key = (repr(inputs), None if targets is None else repr(targets))
+        with self.lock:
+            if key in self._traces:
+                self._traces.move_to_end(key)
+                return self._traces[key]
+            tr = trace(self.model, inputs, targets=targets)
+            self._traces[key] = tr
+            while len(self._traces) > 4:
+                self._traces.popitem(last=False)
+            return tr
+
+    def _layer_field(self, body):
+        return number_field(body, "layer", int, 0, self.n_layers - 1, default=0)
+
+    def attention(self, body: dict) -> dict:
+        """One layer's attention: every head's weights and scaled scores, query × key."""
+        self._gpt_only()
+        ids = self.encode(text_field(body))
+        layer = self._layer_field(body)
+        tr = self._trace(np.asarray([ids], dtype=np.int64))
+        return {"tokens": self.tokens_of(ids), "layer": layer,
+                "weights": rounded(tr[f"h.{layer}.attn.weights"][0]),  # (H, T, T)
+                "scores": rounded(tr[f"h.{layer}.attn.scores"][0], 5)}  # (H, T, T), masked -> null
+
+    def block(self, body: dict) -> dict:
+        """Per layer and token: the residual stream's size, the layer norms' input mean and std; one layer's MLP."""
+        self._gpt_only()
+        ids = self.encode(text_field(body))
+        layer = self._layer_field(body)
+        tr = self._trace(np.asarray([ids], dtype=np.int64))
+        layers = []
+        for i in range(self.n_layers):
+            stream_in = tr[f"h.{i - 1}.resid_2"][0] if i else self._block_input(tr)  # (T, C) what enters block i
+            resid_1 = tr[f"h.{i}.resid_1"][0]
+            resid_2 = tr[f"h.{i}.resid_2"][0]
+            layers.append({
+                "norm_in": rounded(np.linalg.norm(stream_in, axis=-1), 4),
+                "norm_mid": rounded(np.linalg.norm(resid_1, axis=-1), 4),
+                "norm_out": rounded(np.linalg.norm(resid_2, axis=-1), 4),
+                "ln_1_mean": rounded(stream_in.mean(-1), 5), "ln_1_std": rounded(stream_in.std(-1), 5),
+                "ln_2_mean": rounded(resid_1.mean(-1), 5), "ln_2_std": rounded(resid_1.std(-1), 5),
+            })
+        return {"tokens": self.tokens_of(ids), "layer": layer, "layers": layers,
+                "gelu": rounded(tr[f"h.{layer}.mlp.gelu"][0], 4)}  # (T, 4C)
+
+    def _block_input(self, tr):
+        """The residual stream entering the first block: token rows plus position rows."""
+        names = set(tr.names())
+        for name in ("h.0.in", "emb", "x_in"):
+            if name in names:
+                return tr[name][0]
+        return tr["tok_emb"][0] + tr["pos_emb"][-tr["tok_emb"].shape[1]:]
+
+    def _targets(self, body, ids):
+        """(inputs, targets, where): the text's own next tokens, or one chosen token after the text."""
+        target = body.get("target")
+        if target is None or target == "":
+            if len(ids) < 2:
+                raise BadRequest("the text has one token: give a target token, or a longer text")
+            return ids[:-1], ids[1:], "the text's own next tokens"
+        if isinstance(target, bool) or not isinstance(target, (int, str)):
+            raise BadRequest("'target' must be a token id or a piece of text")
+        if isinstance(target, int):
+            t = number_field(body, "target", int, 0, self.vocab_size - 1)
+        else:
+            t_ids = self.encode(text_field(body, "target"))
+            if len(t_ids) != 1:
+                raise BadRequest(f"the target {target!r} is {len(t_ids)} tokens; give one token")
+            t = t_ids[0]
+        return ids, [-100] * (len(ids) - 1) + [t], f"{self.piece(t)!r} after the text"
+
+    def backward(self, body: dict) -> dict:
+        """The loss and its gradients: per layer and token, on the attention weights, on the parameters."""
+        self._gpt_only()
+        ids = self.encode(text_field(body))
+        layer = self._layer_field(body)
+        inputs, targets, what = self._targets(body, ids)
+        x = np.asarray([inputs], dtype=np.int64)
+        y = np.asarray([targets], dtype=np.int64)
+        tr = self._trace(x, y)
+        grid = [rounded(np.linalg.norm(tr.grad(f"h.{i}.resid_2")[0], axis=-1), 7) for i in range(self.n_layers)]
+        emb = rounded(np.linalg.norm(tr.grad("tok_emb")[0], axis=-1), 7)
+        params = []
+        for name, p in self.model.named_parameters():
+            g = tr.grad(name)
+            params.append({"name": name, "shape": list(p.shape), "grad_norm": float(np.linalg.norm(g)),
+                           "weight_norm": float(np.linalg.norm(p.data))})
+        params.sort(key=lambda r: -r["grad_norm"])
+        for r in params:
+            r["grad_norm"], r["weight_norm"] = round(r["grad_norm"], 8), round(r["weight_norm"], 6)
+        return {"tokens": self.tokens_of(inputs), "targets": [None if t < 0 else self.tokens_of([t])[0] for t in targets],
+                "what": what, "loss": float(tr.loss), "layer": layer,
+                "grad_stream": grid,  # (L, T): |d loss / d residual stream after block i| per token
+                "grad_embedding": emb,  # (T,)
+                "grad_attn_weights": rounded(tr.grad(f"h.{layer}.attn.weights")[0], 8),  # (H, T, T)
+                "params": params[:15], "n_params": len(params)}
+
+    def step(self, body: dict) -> dict:
+        """One SGD step on a copy of the model: the loss and the targets' probabilities before and after."""
+        from ..functional import cross_entropy
+        from ..generate import probabilities
+        from ..optim import SGD
+
+        self._gpt_only()
+        ids = self.encode(text_field(body))
+        lr = number_field(body, "lr", float, 0, 1000, default=0.1)
+        inputs, targets, what = self._targets(body, ids)
+        x = np.asarray([inputs], dtype=np.int64)
+        y = np.asarray([targets], dtype=np.int64)
+        before = self._trace(x, y)
+        with self.lock:
+            model = copy.deepcopy(self.model)  # the checkpoint's model is never changed
+        opt = SGD(model.parameters(), lr=lr)
+        opt.zero_grad()
+        logits = model(x)
+        cross_entropy(logits, y).backward()
+        opt.step()
+        with no_grad():
+            logits_after, loss_after = model(x, y)
+        p_before = np.asarray(before["probs"][0], dtype=np.float64)  # (T, V)
+        p_after = probabilities(logits_after.data[0])  # (T, V)
+        rows = [t for t, v in enumerate(targets) if v >= 0]
+        return {"what": what, "lr": lr, "loss_before": float(before.loss), "loss_after": float(loss_after.data),
+                "targets": [{"position": t, "id": int(targets[t]), "piece": self.piece(targets[t]),
+                             "p_before": round(float(p_before[t, targets[t]]), 8),
+                             "p_after": round(float(p_after[t, targets[t]]), 8)} for t in rows]}
+
+    # ---- translation --------------------------------------------------------------------
+    def translate(self, body: dict) -> dict:
+        """A translation (greedy or beam), the cross-attention behind it and each step's candidates."""
+        from ..translate import beam_search, encode_source, greedy_decode
+
+        if self.kind != "transformer":
+            raise BadRequest("translation needs a Transformer checkpoint (scratchllm translate-train)")
+        text = text_field(body)
+        beam = number_field(body, "beam", int, 1, 16, default=1)
+        layer = self._layer_field(body)
+        try:
+            src = encode_source(self.tokenizer, text)
+        except ScratchError as e:
+            raise BadRequest(str(e)) from None
+        if not src:
+            raise BadRequest("the sentence gives no tokens")
+        if len(src) > self.context:
+            raise BadRequest(f"the sentence is {len(src)} tokens long; the model reads at most {self.context}")
+        with self.lock:
+            if beam == 1:
+                out, score = greedy_decode(self.model, [src], self.bos_id, self.eos_id)[0], None
+            else:
+                hyps, scores = beam_search(self.model, [src], self.bos_id, self.eos_id, beam_size=beam,
+                                           return_scores=True)
+                out, score = hyps[0], scores[0]
+        tgt_in = [self.bos_id] + out
+        tgt_out = out + [self.eos_id]
+        x = (np.asarray([src], dtype=np.int64), np.asarray([tgt_in], dtype=np.int64))
+        tr = self._trace(x, np.asarray([tgt_out], dtype=np.int64))
+        probs = np.asarray(tr["probs"][0], dtype=np.float64)  # (T, V)
+        steps = []
+        for t in range(len(tgt_out)):
+            top = np.argsort(-probs[t], kind="stable")[:5]
+            steps.append({"chosen": self.tokens_of([tgt_out[t]])[0], "p_chosen": round(float(probs[t, tgt_out[t]]), 6),
+                          "candidates": [{"id": int(j), "piece": self.piece(j), "p": round(float(probs[t, j]), 6),
+                                          "log_p": round(float(np.log(max(probs[t, j], 1e-300))), 4)} for j in top]})
+        return {"source": self.tokens_of(src), "output": self.tokens_of(tgt_out), "inputs": self.tokens_of(tgt_in),
+                "translation": self.tokenizer.decode(out).strip(), "beam": beam,
+                "score": None if score is None else round(float(score), 6),
+                "log_prob": round(float(np.log(np.maximum(probs[np.arange(len(tgt_out)), tgt_out], 1e-300)).sum()), 6),
+                "loss": float(tr.loss), "layer": layer, "layers": self.n_layers,
+                "cross_attention": rounded(tr[f"dec.{layer}.cross_attn.weights"][0]),  # (H, T, S)
+                "steps": steps}
+

@@ -1,0 +1,437 @@
+// scratchllm explore: plain JavaScript, no build step. Every number drawn here comes from the server,
+// which takes it from the model's own forward and backward pass; the page only formats and draws.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const PLOT = { displayModeBar: false, responsive: true };
+const FONT = { family: "system-ui, sans-serif", size: 12, color: "#1f2430" };
+const state = { info: null, view: null, seq: 0, lastInput: 0, runTimer: null, embLoaded: false };
+window.explore = { timings: [], rendered: {} };  // read by the tests and the timing benchmark
+
+// ---- helpers ---------------------------------------------------------------------------------
+async function api(name, body) {
+  const res = await fetch("/api/" + name, body === undefined ? {} :
+    { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  const data = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
+  if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+  return data;
+}
+
+// a token's text with its whitespace made visible
+function show(piece) {
+  if (piece === null || piece === undefined) return "";
+  return piece.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
+}
+function fmt(x, d = 4) { return x === null || x === undefined ? "" : Number(x).toFixed(d); }
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v; else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+function done(view) {
+  window.explore.rendered[view] = (window.explore.rendered[view] || 0) + 1;
+  if (state.lastInput) window.explore.timings.push({ view, ms: performance.now() - state.lastInput });
+  document.body.dataset["rendered" + view[0].toUpperCase() + view.slice(1)] = window.explore.rendered[view];
+}
+function text() { return $("text").value; }
+function layerOptions(select, n) {
+  select.innerHTML = "";
+  for (let i = 0; i < n; i++) select.append(el("option", { value: i, text: String(i) }));
+}
+function axisLabels(tokens) { return tokens.map((t, i) => `${i} ${show(t.piece)}`); }
+
+// one heatmap with numeric axes (tokens may repeat; a categorical axis would merge them)
+function heatmap(div, z, rows, cols, opts = {}) {
+  const custom = z.map((row, i) => row.map((_, j) => [rows[i], cols[j], opts.extra ? opts.extra(i, j) : ""]));
+  const trace = {
+    type: "heatmap", z, customdata: custom, colorscale: opts.colorscale || "Blues", zmin: opts.zmin, zmax: opts.zmax,
+    zmid: opts.zmid, reversescale: !!opts.reverse, showscale: opts.showscale !== false, xgap: 1, ygap: 1,
+    colorbar: { thickness: 10, len: 0.9 },
+    hovertemplate: opts.hover || "%{customdata[0]} → %{customdata[1]}<br>%{z:.4f}<extra></extra>",
+  };
+  const layout = {
+    margin: { l: opts.left || 70, r: 10, t: opts.title ? 28 : 8, b: opts.bottom || 60 }, font: FONT,
+    title: opts.title ? { text: opts.title, font: { size: 13 }, x: 0.02 } : undefined,
+    height: opts.height || Math.max(220, 28 + 18 * rows.length + (opts.bottom || 60)),
+    xaxis: { tickvals: cols.map((_, j) => j), ticktext: opts.xticks || cols, tickangle: -45, automargin: true,
+             title: opts.xtitle ? { text: opts.xtitle, font: { size: 11 } } : undefined },
+    yaxis: { tickvals: rows.map((_, i) => i), ticktext: opts.yticks || rows, autorange: "reversed", automargin: true,
+             title: opts.ytitle ? { text: opts.ytitle, font: { size: 11 } } : undefined },
+    plot_bgcolor: "#fafbfc",
+  };
+  return Plotly.react(div, [trace], layout, PLOT);
+}
+
+// ---- the page's frame ---------------------------------------------------------------------------
+async function start() {
+  try {
+    state.info = await api("info");
+  } catch (e) {
+    $("model-info").textContent = "cannot reach the server: " + e.message;
+    return;
+  }
+  const i = state.info;
+  document.body.classList.add(i.kind);
+  const c = i.config;
+  $("model-info").textContent = i.kind === "gpt"
+    ? `GPT · ${i.layers} layers · ${i.heads} heads · width ${c.n_embd} · ${i.vocab_size} tokens · context ${i.context} · ${i.parameters.toLocaleString()} parameters · ${i.checkpoint}`
+    : `Transformer · ${c.n_encoder_layers}+${c.n_decoder_layers} layers · ${i.heads} heads · width ${c.d_model} · ${i.vocab_size} tokens · ${i.parameters.toLocaleString()} parameters · ${i.checkpoint}`;
+  for (const s of ["attn-layer", "block-layer", "bw-layer", "tr-layer"]) layerOptions($(s), i.layers);
+  $("top-k").max = Math.min(i.vocab_size, 100);
+  $("text").maxLength = i.max_chars;
+  for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => select(b.dataset.view));
+  if (!i.has_run) document.querySelector('[data-view="run"]').title = "no log.jsonl beside this checkpoint";
+  wire();
+  select(i.kind === "gpt" ? "next" : "translate");
+}
+
+function select(view) {
+  state.view = view;
+  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.view === view);
+  for (const s of document.querySelectorAll(".view")) s.classList.toggle("active", s.id === "view-" + view);
+  clearInterval(state.runTimer);
+  if (view === "run") { loadRun(); state.runTimer = setInterval(loadRun, 2000); }
+  else if (view === "embeddings") { if (!state.embLoaded) loadEmbeddings(); }
+  else if (view !== "translate") refresh();
+  for (const d of document.querySelectorAll(`#view-${view} .js-plotly-plot`)) Plotly.Plots.resize(d);
+}
+
+// the text changed, or a view opened: redraw what the open view shows
+let timer = null;
+function onText() {
+  state.lastInput = performance.now();
+  clearTimeout(timer);
+  timer = setTimeout(refresh, 120);
+}
+async function refresh() {
+  const seq = ++state.seq;
+  const load = { next: loadNext, attention: loadAttention, block: loadBlock, backward: loadBackward }[state.view];
+  if (!load) return;
+  try {
+    await load(() => seq === state.seq);
+    $("text-error").textContent = "";
+  } catch (e) {
+    if (seq === state.seq) $("text-error").textContent = e.message;
+  }
+}
+
+function renderTokens(tokens, selected) {
+  const box = $("tokens");
+  box.innerHTML = "";
+  tokens.forEach((t, i) => {
+    const chip = el("span", { class: "token" + (i === selected ? " selected" : ""), "data-id": t.id, "data-index": i,
+                              title: `position ${i}, id ${t.id}` },
+                    el("span", { class: "piece", text: show(t.piece) }), el("span", { class: "id", text: t.id }));
+    box.append(chip);
+  });
+}
+
+function wire() {
+  $("text").addEventListener("input", onText);
+  for (const id of ["temperature", "top-k", "top-p"]) $(id).addEventListener("input", () => { sliderLabels(); refresh(); });
+  sliderLabels();
+  $("generate").addEventListener("click", generate);
+  $("attn-layer").addEventListener("change", refresh);
+  $("block-layer").addEventListener("change", refresh);
+  $("bw-layer").addEventListener("change", refresh);
+  $("target").addEventListener("change", refresh);
+  $("step").addEventListener("click", takeStep);
+  $("translate").addEventListener("click", translate);
+  $("tr-text").addEventListener("keydown", (e) => { if (e.key === "Enter") translate(); });
+  $("tr-layer").addEventListener("change", translate);
+}
+
+// ---- 1. tokens and the next token ----------------------------------------------------------------
+function sliderLabels() {
+  $("temperature-out").textContent = Number($("temperature").value).toFixed(2);
+  $("top-k-out").textContent = $("top-k").value === "0" ? "off" : $("top-k").value;
+  $("top-p-out").textContent = $("top-p").value === "1" ? "off" : Number($("top-p").value).toFixed(2);
+}
+function sampling() {
+  const k = Number($("top-k").value), p = Number($("top-p").value);
+  return { temperature: Number($("temperature").value), top_k: k > 0 ? k : null, top_p: p < 1 ? p : null };
+}
+
+async function loadNext(current) {
+  const r = await api("next", { text: text(), ...sampling() });
+  if (!current()) return;
+  renderTokens(r.tokens);
+  const c = r.candidates.slice().reverse();  // most likely on top of the horizontal bars
+  const labels = c.map((x) => `${show(x.piece)}  (${x.id})`);
+  Plotly.react("next-chart", [
+    { type: "bar", orientation: "h", name: `after temperature ${fmt(r.settings.temperature, 2)}`, y: labels,
+      x: c.map((x) => x.p_temperature), marker: { color: c.map((x) => (x.kept ? "#91a7ff" : "#c5cad3")) },
+      hovertemplate: "%{y}: %{x:.4f} before the cut<extra></extra>" },
+    { type: "bar", orientation: "h", name: "sampled from (renormalised)", y: labels, x: c.map((x) => x.p),
+      marker: { color: "#3b5bdb" }, hovertemplate: "%{y}: p = %{x:.4f}<extra></extra>" },
+  ], { barmode: "group", bargap: 0.25, height: 560, margin: { l: 110, r: 20, t: 10, b: 40 }, font: FONT,
+       legend: { orientation: "h", y: -0.08 }, xaxis: { title: { text: "probability" }, rangemode: "tozero" } }, PLOT);
+  const rows = [el("tr", {}, el("th", { class: "piece", text: "token" }), el("th", { text: "id" }),
+                   el("th", { text: "logit" }), el("th", { text: "p (T=1)" }), el("th", { text: "p sampled" }))];
+  for (const x of r.candidates) {
+    rows.push(el("tr", { class: x.kept ? "" : "cut", "data-id": x.id, "data-p": x.p, "data-p-temperature": x.p_temperature },
+                 el("td", { class: "piece", text: show(x.piece) }), el("td", { text: x.id }), el("td", { text: fmt(x.logit, 3) }),
+                 el("td", { text: fmt(x.p_model) }), el("td", { text: fmt(x.p) })));
+  }
+  $("next-table").replaceChildren(...rows);
+  $("next-kept").textContent = `${r.kept} of ${state.info.vocab_size} tokens can be sampled at these settings.`;
+  done("next");
+}
+
+async function generate() {
+  const button = $("generate"), out = $("gen-out");
+  button.disabled = true;
+  out.replaceChildren(el("span", { class: "prompt", text: text() }));
+  const added = el("span", { class: "new" });
+  out.append(added);
+  const seed = $("gen-seed").value;
+  try {
+    const res = await fetch("/api/generate", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text: text(), max_new_tokens: Number($("gen-n").value), seed: seed === "" ? null : Number(seed),
+                             ...sampling() }) });
+    if (!res.ok) throw new Error((await res.json()).error);
+    const reader = res.body.getReader(), decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done: end } = await reader.read();
+      if (end) break;
+      buffer += decoder.decode(value, { stream: true });
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const msg = JSON.parse(buffer.slice(0, nl));
+        buffer = buffer.slice(nl + 1);
+        if (msg.error) throw new Error(msg.error);
+        if (msg.text) added.textContent += msg.text;
+      }
+    }
+  } catch (e) {
+    out.append(el("div", { class: "error", text: e.message }));
+  } finally {
+    button.disabled = false;
+    done("generate");
+  }
+}
+
+// ---- 2. attention --------------------------------------------------------------------------------
+async function loadAttention(current) {
+  const layer = Number($("attn-layer").value);
+  const r = await api("attention", { text: text(), layer });
+  if (!current()) return;
+  renderTokens(r.tokens);
+  state.attention = r;
+  const labels = axisLabels(r.tokens);
+  const box = $("attn-heads");
+  box.replaceChildren();
+  r.weights.forEach((w, h) => {
+    const div = el("div", { class: "plot", id: `attn-${h}` });
+    box.append(el("div", { class: "head" }, el("h4", { text: `layer ${layer} · head ${h}` }), div));
+    const z = w.map((row, i) => row.map((v, j) => (j > i && r.scores[h][i][j] === null ? null : v)));
+    heatmap(div, z, labels, labels, {
+      zmin: 0, zmax: 1, ytitle: "query", xtitle: "key",
+      extra: (i, j) => (r.scores[h][i][j] === null ? "masked" : fmt(r.scores[h][i][j], 4)),
+      hover: "query %{customdata[0]}<br>key %{customdata[1]}<br>weight %{z:.4f}<br>score q·k/√D %{customdata[2]}<extra></extra>",
+    });
+    div.on("plotly_click", (ev) => softmaxDetail(h, ev.points[0].y));
+  });
+  const q = state.detailQuery !== undefined && state.detailQuery < r.tokens.length ? state.detailQuery : r.tokens.length - 1;
+  softmaxDetail(state.detailHead !== undefined && state.detailHead < r.weights.length ? state.detailHead : 0, q);
+  done("attention");
+}
+
+// one query's softmax written out: its scores, exp(score − max), and the weights the model computed
+function softmaxDetail(h, q) {
+  const r = state.attention;
+  state.detailHead = h; state.detailQuery = q;
+  const scores = r.scores[h][q], weights = r.weights[h][q];
+  const keys = scores.map((s, j) => j).filter((j) => scores[j] !== null);
+  const m = Math.max(...keys.map((j) => scores[j]));
+  const ex = keys.map((j) => Math.exp(scores[j] - m));
+  const total = ex.reduce((a, b) => a + b, 0);
+  const rows = [el("tr", {}, el("th", { class: "piece", text: "key token" }), el("th", { text: "score q·k/√D" }),
+                   el("th", { text: "exp(score − max)" }), el("th", { text: "÷ sum" }), el("th", { text: "weight (model)" }))];
+  keys.forEach((j, n) => rows.push(el("tr", { "data-key": j, "data-weight": weights[j], "data-score": scores[j] },
+    el("td", { class: "piece", text: `${j} ${show(r.tokens[j].piece)}` }), el("td", { text: fmt(scores[j]) }),
+    el("td", { text: fmt(ex[n]) }), el("td", { text: fmt(ex[n] / total) }), el("td", { class: "weight", text: fmt(weights[j]) }))));
+  const sum = keys.reduce((a, j) => a + weights[j], 0);
+  rows.push(el("tr", {}, el("th", { class: "piece", text: "sum" }), el("th"), el("th", { text: fmt(total) }),
+               el("th", { text: "1.0000" }), el("th", { text: fmt(sum) })));
+  $("attn-detail").replaceChildren(
+    el("h3", { text: `Layer ${r.layer}, head ${h}: the query "${show(r.tokens[q].piece)}" (position ${q})` }),
+    el("div", { class: "formula", text: "weight_j = exp(score_j − max) / Σ_k exp(score_k − max); later tokens are masked (the model cannot look ahead)" }),
+    el("table", { class: "numbers", id: "softmax-table" }, ...rows));
+  renderTokens(r.tokens, q);
+}
+
+// ---- 3. inside a block ---------------------------------------------------------------------------
+async function loadBlock(current) {
+  const layer = Number($("block-layer").value);
+  const r = await api("block", { text: text(), layer });
+  if (!current()) return;
+  renderTokens(r.tokens);
+  const labels = axisLabels(r.tokens);
+  const rows = ["entering block 0", ...r.layers.map((_, i) => `after block ${i}`)];
+  const norms = [r.layers[0].norm_in, ...r.layers.map((l) => l.norm_out)];
+  heatmap("block-norms", norms, rows, labels, { colorscale: "Viridis", title: "size of the residual stream ‖x‖", left: 110 });
+  const std = r.layers.map((l) => l.ln_1_std), mean = r.layers.map((l) => l.ln_1_mean);
+  heatmap("block-stats", std, r.layers.map((_, i) => `ln_1 of block ${i}`), labels, {
+    colorscale: "Viridis", title: "layer norm's input: std (hover: mean)", left: 110,
+    extra: (i, j) => fmt(mean[i][j]), hover: "%{customdata[0]} · token %{customdata[1]}<br>std %{z:.4f}<br>mean %{customdata[2]}<extra></extra>" });
+  const width = r.gelu[0].length, neurons = Array.from({ length: width }, (_, j) => String(j));
+  heatmap("block-gelu", r.gelu, labels, neurons, {
+    colorscale: "RdBu", reverse: true, zmid: 0, title: `layer ${layer}: the MLP's ${width} activations after GELU`,
+    xticks: neurons.map((n, j) => (j % Math.ceil(width / 16) === 0 ? n : "")), xtitle: "neuron", height: 120 + 22 * labels.length,
+    hover: "token %{customdata[0]}<br>neuron %{customdata[1]}<br>gelu %{z:.4f}<extra></extra>" });
+  done("block");
+}
+
+// ---- 4. backward and one step --------------------------------------------------------------------
+async function loadBackward(current) {
+  const layer = Number($("bw-layer").value);
+  const r = await api("backward", { text: text(), layer, target: $("target").value || null });
+  if (!current()) return;
+  renderTokens(r.tokens);
+  state.backward = r;
+  $("bw-loss").replaceChildren("loss ", el("b", { id: "loss-value", "data-loss": r.loss, text: fmt(r.loss, 4) }),
+                               ` — target: ${r.what}`);
+  const labels = axisLabels(r.tokens);
+  const rows = ["embedding", ...r.grad_stream.map((_, i) => `after block ${i}`)];
+  heatmap("bw-stream", [r.grad_embedding, ...r.grad_stream], rows, labels, {
+    colorscale: "YlOrRd", title: "‖d loss / d x‖ per layer and token", left: 100,
+    hover: "%{customdata[0]} · token %{customdata[1]}<br>‖grad‖ %{z:.3g}<extra></extra>" });
+  const prow = [el("tr", {}, el("th", { class: "piece", text: "parameter" }), el("th", { text: "shape" }),
+                   el("th", { text: "‖grad‖" }), el("th", { text: "‖weight‖" }))];
+  for (const p of r.params) prow.push(el("tr", {}, el("td", { class: "piece", text: p.name }), el("td", { text: p.shape.join("×") }),
+                                          el("td", { text: Number(p.grad_norm).toPrecision(3) }), el("td", { text: fmt(p.weight_norm, 3) })));
+  $("bw-params").replaceChildren(...prow);
+  const box = $("bw-attn");
+  box.replaceChildren();
+  r.grad_attn_weights.forEach((g, h) => {
+    const div = el("div", { class: "plot" });
+    box.append(el("div", { class: "head" }, el("h4", { text: `layer ${layer} · head ${h}` }), div));
+    const z = g.map((row, i) => row.map((v, j) => (j > i ? null : v)));
+    const big = Math.max(1e-12, ...z.flat().filter((v) => v !== null).map(Math.abs));
+    heatmap(div, z, labels, labels, { colorscale: "RdBu", reverse: true, zmin: -big, zmax: big, ytitle: "query", xtitle: "key",
+      hover: "query %{customdata[0]}<br>key %{customdata[1]}<br>d loss / d weight %{z:.3g}<extra></extra>" });
+  });
+  done("backward");
+}
+
+async function takeStep() {
+  const out = $("step-out");
+  $("step").disabled = true;
+  try {
+    const r = await api("step", { text: text(), lr: Number($("lr").value), target: $("target").value || null });
+    const change = r.loss_after - r.loss_before;
+    const rows = [el("tr", {}, el("th", { text: "position" }), el("th", { class: "piece", text: "should come next" }),
+                     el("th", { text: "p before" }), el("th", { text: "p after" }))];
+    for (const t of r.targets) rows.push(el("tr", {}, el("td", { text: t.position }), el("td", { class: "piece", text: show(t.piece) }),
+      el("td", { text: fmt(t.p_before) }), el("td", { class: t.p_after >= t.p_before ? "up" : "down", text: fmt(t.p_after) })));
+    out.replaceChildren(
+      el("div", { class: "big" }, "loss ", el("b", { text: fmt(r.loss_before, 4) }), " → ",
+         el("b", { id: "loss-after", "data-loss": r.loss_after, class: change <= 0 ? "up" : "down", text: fmt(r.loss_after, 4) }),
+         ` after one SGD step with learning rate ${r.lr} (w ← w − lr · grad, on a copy: the checkpoint is unchanged)`),
+      el("table", { class: "numbers" }, ...rows));
+  } catch (e) {
+    out.replaceChildren(el("div", { class: "error", text: e.message }));
+  } finally {
+    $("step").disabled = false;
+    done("step");
+  }
+}
+
+// ---- 5. embeddings -----------------------------------------------------------------------------------
+async function loadEmbeddings() {
+  const r = await api("embeddings");
+  state.embLoaded = true;
+  const labels = r.pieces.map(show);
+  const few = r.ids.length <= 400;
+  Plotly.react("emb-chart", [{
+    type: "scattergl", mode: few ? "markers+text" : "markers", x: r.x, y: r.y, text: labels, customdata: r.ids,
+    textposition: "top center", textfont: { size: 11 }, marker: { size: 6, color: "#3b5bdb", opacity: 0.7 },
+    hovertemplate: "%{text} (id %{customdata})<extra></extra>",
+  }], { height: 600, margin: { l: 50, r: 10, t: 30, b: 40 }, font: FONT,
+        title: { text: `${r.ids.length} of ${r.vocab_size} token embeddings on their two principal directions`, font: { size: 13 }, x: 0.02 },
+        xaxis: { title: { text: `PC 1 (${(100 * r.explained[0]).toFixed(1)}% of the variance)` }, zeroline: false },
+        yaxis: { title: { text: `PC 2 (${(100 * r.explained[1]).toFixed(1)}%)` }, zeroline: false } }, PLOT);
+  $("emb-chart").on("plotly_click", (ev) => neighbours(ev.points[0].customdata));
+  neighbours(r.ids[Math.min(r.ids.length - 1, 1)]);
+  done("embeddings");
+}
+
+async function neighbours(id) {
+  const r = await api("neighbours", { id });
+  $("nn-title").textContent = `Nearest neighbours of "${show(r.piece)}" (id ${r.id})`;
+  const rows = [el("tr", {}, el("th", { class: "piece", text: "token" }), el("th", { text: "id" }), el("th", { text: "cosine" }))];
+  for (const n of r.neighbours) {
+    const tr = el("tr", { class: "clickable" }, el("td", { class: "piece", text: show(n.piece) }), el("td", { text: n.id }),
+                  el("td", { text: fmt(n.cosine, 3) }));
+    tr.addEventListener("click", () => neighbours(n.id));
+    rows.push(tr);
+  }
+  $("nn-table").replaceChildren(...rows);
+}
+
+// ---- 6. the run --------------------------------------------------------------------------------------
+async function loadRun() {
+  const r = await api("run");
+  if (!r.path) {
+    $("run-note").textContent = "No log.jsonl beside this checkpoint: open a run directory (scratchllm explore --ckpt RUN_DIR).";
+    return;
+  }
+  if (state.runCount === r.records.length) return;
+  state.runCount = r.records.length;
+  const series = (key, kind) => {
+    const rs = r.records.filter((x) => x[key] !== undefined && x[key] !== null && (!kind || !x.kind || x.kind === kind));
+    return { x: rs.map((x) => x.step), y: rs.map((x) => x[key]) };
+  };
+  const traces = [];
+  const add = (key, name, extra, kind) => { const s = series(key, kind); if (s.x.length) traces.push({ type: "scatter", mode: "lines+markers", name, ...s, ...extra }); };
+  add("train_loss", "train loss", { line: { color: "#3b5bdb" }, marker: { size: 4 } });
+  add("val_loss", "validation loss", { line: { color: "#e8590c" }, marker: { size: 5 } });
+  add("lr", "learning rate", { yaxis: "y2", line: { color: "#adb5bd", dash: "dot" }, marker: { size: 3 } });
+  Plotly.react("run-chart", traces, {
+    height: 480, margin: { l: 60, r: 70, t: 20, b: 50 }, font: FONT, legend: { orientation: "h", y: 1.08 },
+    xaxis: { title: { text: "step" } }, yaxis: { title: { text: "cross-entropy (nats per token)" } },
+    yaxis2: { title: { text: "learning rate" }, overlaying: "y", side: "right", showgrid: false, exponentformat: "e" },
+  }, PLOT);
+  const last = r.records[r.records.length - 1] || {};
+  $("run-note").textContent = `${r.records.length} lines in ${r.path}; last step ${last.step ?? "–"}. Redrawn while training adds lines.`;
+  done("run");
+}
+
+// ---- 7. translation ----------------------------------------------------------------------------------
+async function translate() {
+  const button = $("translate");
+  button.disabled = true;
+  try {
+    const r = await api("translate", { text: $("tr-text").value, beam: Number($("tr-beam").value), layer: Number($("tr-layer").value) });
+    $("tr-error").textContent = "";
+    $("tr-out").replaceChildren(el("b", { id: "translation", text: r.translation || "(empty)" }),
+      ` — log p = ${fmt(r.log_prob, 3)}` + (r.score !== null ? `, beam score ${fmt(r.score, 3)} (length-normalised)` : " (greedy)"));
+    const src = axisLabels(r.source), out = axisLabels(r.output);
+    const box = $("tr-heads");
+    box.replaceChildren();
+    r.cross_attention.forEach((w, h) => {
+      const div = el("div", { class: "plot", id: `cross-${h}` });
+      box.append(el("div", { class: "head" }, el("h4", { text: `decoder layer ${r.layer} · head ${h} · cross-attention` }), div));
+      heatmap(div, w, out, src, { zmin: 0, zmax: 1, ytitle: "output token", xtitle: "source token",
+        hover: "writing %{customdata[0]}<br>looks at %{customdata[1]}<br>weight %{z:.4f}<extra></extra>" });
+    });
+    const rows = [el("tr", {}, el("th", { text: "step" }), el("th", { class: "piece", text: "chosen" }), el("th", { text: "p" }),
+                     el("th", { class: "piece", text: "the five most likely (p)" }))];
+    r.steps.forEach((s, t) => rows.push(el("tr", {}, el("td", { text: t + 1 }), el("td", { class: "piece", text: show(s.chosen.piece) }),
+      el("td", { text: fmt(s.p_chosen, 3) }),
+      el("td", { class: "piece", text: s.candidates.map((c) => `${show(c.piece)} ${fmt(c.p, 3)}`).join("   ") }))));
+    $("tr-steps").replaceChildren(...rows);
+  } catch (e) {
+    $("tr-error").textContent = e.message;
+  } finally {
+    button.disabled = false;
+    done("translate");
+  }
+}
+
+start();
