@@ -47,10 +47,12 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
+from .distributed import DistributedBackward, SameOnAllRanks, world as current_world
 from .data import length_grouped_batches, load_parallel, multi30k, pad_batch
 from .errors import ScratchError
 from .models.transformer import Transformer, TransformerConfig
 from .optim import AdamW, clip_grad_norm
+from .sharded import ShardedBackward
 from .tensor import no_grad
 from .train import StopOnInterrupt, append_log, dropout_rng, trim_log
 from .translate import SPECIAL_TOKENS, encode_source, special_ids, translate_texts
@@ -87,6 +89,7 @@ class TranslationConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
+    threads: int = 1  # each batch split over this many threads (scratchllm.sharded); 1: BLAS's threads only
     # bookkeeping
     bleu_sentences: int = 500  # validation sentences translated (greedy) for BLEU after each epoch; 0: none
     log_interval: int = 50
@@ -175,6 +178,34 @@ class PairData:
         return length_grouped_batches(self.src_lens, self.tgt_lens, max_tokens, rng, shuffle=rng is not None)
 
 
+class Pairs:
+    """A batch's sources and decoder inputs, cut by rows together: the ``x`` of a
+    :class:`~scratchllm.sharded.ShardedBackward` step, whose ``y`` is the targets."""
+
+    def __init__(self, src, tgt_in):
+        self.src, self.tgt_in = src, tgt_in
+
+    def __len__(self):
+        return len(self.src)
+
+    def __getitem__(self, rows):
+        return Pairs(self.src[rows], self.tgt_in[rows])
+
+
+class PairLoss:
+    """The Transformer as ShardedBackward calls a model: ``(x: Pairs, y) -> (None, loss)``,
+    the label-smoothed loss over the non-pad targets; the rest is the model's."""
+
+    def __init__(self, model: Transformer, label_smoothing: float):
+        self.model, self.label_smoothing = model, label_smoothing
+
+    def __call__(self, x: Pairs, y):
+        return None, self.model.loss(x.src, x.tgt_in, y, label_smoothing=self.label_smoothing)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 # ---- model and optimizer ---------------------------------------------------------------
 def build_model(cfg: TranslationConfig, tokenizer) -> Transformer:
     pad, _, _ = special_ids(tokenizer)
@@ -211,18 +242,21 @@ def validation_loss(model: Transformer, data: PairData, max_tokens: int) -> floa
 
 # ---- the run ----------------------------------------------------------------------------
 class TranslationTrainer:
-    def __init__(self, cfg: TranslationConfig, resume: bool = False, echo=print):
+    def __init__(self, cfg: TranslationConfig, resume: bool = False, echo=print, world=None):
         self.run = Path(cfg.out)
         self.ckpt_dir = self.run / "ckpt"
-        self.echo = echo
+        self.world = world or current_world()  # MPI ranks (distributed.py), or this process alone
+        self.echo = echo if self.world.is_root else (lambda *a: None)
         state = checkpoint.read_train_state(self.ckpt_dir) if resume else None
         if state is not None:
             saved = TranslationConfig.from_dict(state["train_config"])
             for name in RESUMABLE:
                 setattr(saved, name, getattr(cfg, name))
+            # The batch was cut into ranks × threads shards; with as many now the run goes on bit for bit.
+            saved.threads = max(1, state.get("shards", saved.threads) // self.world.size)
             cfg = saved
         self.cfg = cfg
-        for name in ("epochs", "max_tokens", "d_model", "n_head", "n_layers", "d_ff", "max_len", "log_interval"):
+        for name in ("threads", "epochs", "max_tokens", "d_model", "n_head", "n_layers", "d_ff", "max_len", "log_interval"):
             if getattr(cfg, name) < 1:
                 raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
         if not 0 <= cfg.dropout < 1:
@@ -236,6 +270,9 @@ class TranslationTrainer:
         self.model = build_model(cfg, self.tokenizer)
         self.opt = build_optimizer(self.model, cfg)
         self.dropout_rng = dropout_rng(self.model)
+        loss = PairLoss(self.model, cfg.label_smoothing)
+        self.sharded = ShardedBackward(loss, cfg.threads, self.train_data.pad) if self.world.size == 1 \
+            else DistributedBackward(loss, cfg.threads, self.world, self.train_data.pad)
         # position and running totals; all saved in the checkpoint
         self.step = self.epoch = self.batch = 0
         self.epoch_loss = [0.0, 0]  # Σ loss·tokens, target tokens this epoch
@@ -245,7 +282,12 @@ class TranslationTrainer:
             self._restore()
         self.run.mkdir(parents=True, exist_ok=True)
         self.log_path = self.run / "log.jsonl"
-        trim_log(self.log_path, self.step)
+        if self.world.is_root:
+            trim_log(self.log_path, self.step)
+        self.world.check_same("settings", asdict(cfg) | {"progress": None, "step": self.step, "batch": self.batch})
+        self.world.check_same("data or weights", {"vocab": self.tokenizer.vocab_size, "pairs": len(self.train_data),
+                                                   "src": np.concatenate(self.train_data.src),
+                                                   "tgt": np.concatenate(self.train_data.tgt)} | self.model.state_dict())
 
     # ---- checkpoints ------------------------------------------------------------------
     def _restore(self):
@@ -260,9 +302,10 @@ class TranslationTrainer:
     def save(self):
         state = {"step": self.step, "epoch": self.epoch, "batch": self.batch, "epoch_loss": self.epoch_loss,
                  "train_tokens": self.train_tokens, "train_seconds": self.train_seconds,
-                 "train_config": asdict(self.cfg),
+                 "train_config": asdict(self.cfg), "shards": self.cfg.threads * self.world.size,
                  "rng": {"dropout": self.dropout_rng.bit_generator.state if self.dropout_rng is not None else None}}
-        checkpoint.save_training(self.ckpt_dir, self.model, self.opt, state, tokenizer=self.tokenizer)
+        if self.world.is_root:  # every rank holds the same state: rank 0 writes it
+            checkpoint.save_training(self.ckpt_dir, self.model, self.opt, state, tokenizer=self.tokenizer)
         self.last_saved = self.step
 
     # ---- one step ------------------------------------------------------------------------
@@ -278,11 +321,9 @@ class TranslationTrainer:
         src, tgt_in, tgt_out = self.train_data.batch(rows)
         self.opt.lr = self.lr_at(self.step)
         self.model.zero_grad()
-        loss = self.model.loss(src, tgt_in, tgt_out, label_smoothing=cfg.label_smoothing)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise ScratchError(self._nan_message(value))
-        loss.backward()
+        value = self.sharded.step(Pairs(src, tgt_in), tgt_out)
+        if not math.isfinite(value):  # the loss of the whole batch: every rank stops here alike
+            raise SameOnAllRanks(self._nan_message(value))
         if cfg.grad_clip:
             clip_grad_norm(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
@@ -312,7 +353,8 @@ class TranslationTrainer:
     def end_epoch(self, elapsed: float) -> dict:
         total, count = self.epoch_loss
         record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "train_loss": total / max(count, 1)}
-        record |= self.evaluate()
+        if self.world.is_root:  # the others need not wait for it: nothing in training depends on it
+            record |= self.evaluate()
         record |= {"lr": self.lr_at(self.step), "tokens_per_s": self.train_tokens / max(self.train_seconds, 1e-9),
                    "elapsed_s": round(elapsed, 1)}
         self.epoch, self.batch, self.epoch_loss = self.epoch + 1, 0, [0.0, 0]
@@ -329,12 +371,15 @@ class TranslationTrainer:
         with StopOnInterrupt() as stop:
             while self.epoch < cfg.epochs and reason is None:
                 batches = self.epoch_batches(self.epoch)
-                bar = tqdm(total=len(batches), initial=self.batch, disable=not cfg.progress, unit="batch",
+                bar = tqdm(total=len(batches), initial=self.batch, disable=not cfg.progress or not self.world.is_root,
+                           unit="batch",
                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}", dynamic_ncols=True, leave=False)
                 with bar:
                     while self.batch < len(batches):
                         reason = self._stop_reason(stop, start)
-                        if reason:
+                        if self.world.any(reason is not None):  # all ranks stop at the same step
+                            if self.world.size > 1:  # rank 0's reason (or another rank's Ctrl-C)
+                                reason = self.world.comm.bcast(reason) or "interrupted"
                             break
                         t0 = time.perf_counter()
                         loss, n_tok = self.train_step(batches[self.batch])
@@ -345,7 +390,7 @@ class TranslationTrainer:
                         window = [window[0] + loss, window[1] + 1, window[2] + n_tok, window[3] + dt]
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{n_tok / dt:,.0f}", refresh=False)
-                        if self.step % cfg.log_interval == 0:
+                        if self.step % cfg.log_interval == 0 and self.world.is_root:
                             append_log(self.log_path, {"kind": "train", "epoch": self.epoch + 1, "step": self.step,
                                                        "loss": window[0] / window[1], "lr": self.lr_at(self.step - 1),
                                                        "tokens_per_s": window[2] / window[3]})
@@ -355,8 +400,9 @@ class TranslationTrainer:
                             last_save = time.perf_counter()
                 if reason is None:
                     record = self.end_epoch(time.perf_counter() - start)
-                    append_log(self.log_path, record)
-                    self.echo(self._epoch_line(record))
+                    if self.world.is_root:
+                        append_log(self.log_path, record)
+                        self.echo(self._epoch_line(record))
                     self.save()
                     last_save = time.perf_counter()
         if reason is not None:

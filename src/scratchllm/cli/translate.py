@@ -35,6 +35,8 @@ _HELP = {
     "warmup_steps": "steps of linear learning-rate warmup",
     "eps": "Adam epsilon",
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
+    "threads": "threads that share each batch, each taking a slice of its pairs (1: one thread, BLAS uses all "
+               "cores); under mpirun, threads per rank",
     "bleu_sentences": "validation sentences translated (greedy) for BLEU after each epoch (0: none)",
     "log_interval": "write a training line to log.jsonl every this many steps",
     "max_steps": "stop, saving a checkpoint, at this step (0: no limit)",
@@ -86,18 +88,29 @@ def _train_config(args):
 
 
 def run_train(args):
+    from ..distributed import guard
+
+    with guard("translate-train"):  # under mpirun: an error on one rank ends them all
+        return _run_train(args)
+
+
+def _run_train(args):
     from ..translate import translate_texts
     from ..translation_train import TranslationTrainer
 
     cfg = _train_config(args)
+    trainer = TranslationTrainer(cfg, resume=args.resume)
+    if not trainer.world.is_root:  # rank 0 alone speaks, saves and translates the examples
+        trainer.fit()
+        return 0
     if not args.resume and (Path(cfg.out) / "ckpt").exists():
         print(f"note: {cfg.out}/ckpt exists and will be replaced; use --resume to continue it", file=sys.stderr)
-    trainer = TranslationTrainer(cfg, resume=args.resume)
     data = trainer.train_data
     dropped = f" ({data.dropped} longer than {min(cfg.max_len, cfg.max_tokens)} tokens dropped)" if data.dropped else ""
+    ranks = f"; {trainer.world.size} ranks × {trainer.cfg.threads} thread(s)" if trainer.world.size > 1 else ""
     print(f"Transformer: {trainer.model.num_parameters():,} parameters, joint vocabulary "
           f"{trainer.tokenizer.vocab_size}, {len(data):,} training pairs{dropped}, "
-          f"{len(trainer.val_src):,} validation pairs; run directory {cfg.out}")
+          f"{len(trainer.val_src):,} validation pairs; run directory {cfg.out}{ranks}")
     trainer.fit()
     print(f"checkpoint: {trainer.ckpt_dir}")
     examples = trainer.val_src[:3]
