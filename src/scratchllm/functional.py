@@ -33,6 +33,7 @@ from .tensor import (  # noqa: F401  (re-exported: the basic ops are functional 
     unbroadcast,
     where,
 )
+from .tensor import tape as _tape
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_K = 0.044715
@@ -318,8 +319,10 @@ def _causal_bias_t(Tq: int, Tk: int, dtype):
     return _causal_cache[key]
 
 
-def _attention_weights(q, k, scale, causal, mask):
+def _attention_weights(q, k, scale, causal, mask, keep=None):
     """softmax(q kᵀ · scale + mask) for arrays q (…, Tq, D), k (…, Tk, D) -> (…, Tq, Tk).
+    With ``keep`` (a dict, for a trace) a copy of the scores is put there
+    before the softmax overwrites them.
 
     The result is a transposed view of a contiguous (…, Tk, Tq) array: with keys
     on axis −2 the softmax's max and shifts run across contiguous rows (NumPy's
@@ -342,6 +345,8 @@ def _attention_weights(q, k, scale, causal, mask):
             s += bias  # in place: the usual case
         else:
             s = s + bias  # the mask widens the scores (e.g. k broadcast over batch)
+    if keep is not None:
+        keep["scores"] = xp.swapaxes(s, -1, -2).copy()  # (…, Tq, Tk), masked entries −inf
     a = s  # softmax in place over the keys (axis −2)
     top = a.max(axis=-2, keepdims=True)  # (…, 1, Tq)
     may_block_all = mask is not None or (causal and Tq > Tk)
@@ -357,19 +362,25 @@ def _attention_weights(q, k, scale, causal, mask):
     return xp.swapaxes(a, -1, -2)  # (…, Tq, Tk) view
 
 
-def _attention_grads(g, q, k, v, a, scale, gq=None, gk=None, gv=None, out=None):
+def _attention_grads(g, q, k, v, a, scale, gq=None, gk=None, gv=None, out=None, keep=None):
     """Gradients of out = a·v with a = softmax(q kᵀ · scale); ``gq/gk/gv`` may
     be given as output buffers (views into a packed gradient). ``out`` (the
-    forward result) saves a product: Σⱼ ga·a over keys equals Σ_d g·out."""
+    forward result) saves a product: Σⱼ ga·a over keys equals Σ_d g·out.
+    With ``keep`` (a dict, for a trace) copies of the gradients of the weights
+    and of the scores are put there as they pass."""
     at = xp.swapaxes(a, -1, -2)  # (…, Tk, Tq), contiguous when made by _attention_weights
     gv = xp.matmul(at, g, out=gv)  # (B, H, Tk, D)
     gt = xp.empty(g.shape[:-2] + (g.shape[-1], g.shape[-2]), dtype=g.dtype)
     gt[...] = xp.swapaxes(g, -1, -2)  # (B, H, D, Tq) contiguous, so the next product needs no copy
     ds = v @ gt  # (B, H, Tk, Tq) = (g vᵀ)ᵀ
+    if keep is not None:
+        keep["weights"] = xp.swapaxes(ds, -1, -2).copy()  # (B, H, Tq, Tk)
     if out is None:
         out = a @ v
     ds -= xp.vecdot(g, out)[..., None, :]  # softmax backward: a·(ga − Σ ga·a)
     ds *= at
+    if keep is not None:
+        keep["scores"] = xp.swapaxes(ds, -1, -2).copy()  # (B, H, Tq, Tk)
     gq = xp.matmul(xp.swapaxes(ds, -1, -2), k, out=gq)  # (B, H, Tq, D)
     gq *= scale
     gk = xp.matmul(ds, q, out=gk)  # (B, H, Tk, D)
@@ -387,11 +398,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) 
     zeros instead of NaN.
     """
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    a = _attention_weights(q.data, k.data, scale, causal, mask)  # (B, H, Tq, Tk)
+    kept = {} if _tape.active is not None else None
+    a = _attention_weights(q.data, k.data, scale, causal, mask, kept)  # (B, H, Tq, Tk)
     out = a @ v.data  # (B, H, Tq, D)
+    site = _tape.active.attention(q.data, k.data, v.data, kept["scores"], a) if kept is not None else None
 
     def backward(g):
-        gq, gk, gv = _attention_grads(g, q.data, k.data, v.data, a, scale, out=out)
+        grads = {} if site is not None else None
+        gq, gk, gv = _attention_grads(g, q.data, k.data, v.data, a, scale, out=out, keep=grads)
+        if site is not None:  # a trace takes the gradients of its internals as they pass
+            site(q=gq, k=gk, v=gv, **grads)
         return unbroadcast(gq, q.shape), unbroadcast(gk, k.shape), unbroadcast(gv, v.shape)
 
     return _op(out, (q, k, v), backward)
@@ -410,15 +426,21 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None) -> 
     heads = qkv.data.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
     q, k, v = heads[0], heads[1], heads[2]
     scale = qkv.dtype.type(1.0 / math.sqrt(D))
-    a = _attention_weights(q, k, scale, causal, mask)  # (B, H, T, T)
+    kept = {} if _tape.active is not None else None
+    a = _attention_weights(q, k, scale, causal, mask, kept)  # (B, H, T, T)
     out = xp.empty((B, T, n_head, D), dtype=qkv.dtype)
     xp.matmul(a, v, out=out.transpose(0, 2, 1, 3))  # written straight into (B, T, H, D)
+    site = _tape.active.attention(q, k, v, kept["scores"], a) if kept is not None else None
 
     def backward(g):
         g = xp.ascontiguousarray(g).reshape(B, T, n_head, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
         gqkv = xp.empty((B, T, 3, n_head, D), dtype=qkv.dtype)
         gheads = gqkv.transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D) view
-        _attention_grads(g, q, k, v, a, scale, gheads[0], gheads[1], gheads[2], out=out.transpose(0, 2, 1, 3))
+        grads = {} if site is not None else None
+        _attention_grads(g, q, k, v, a, scale, gheads[0], gheads[1], gheads[2], out=out.transpose(0, 2, 1, 3),
+                         keep=grads)
+        if site is not None:  # a trace takes the gradients of its internals as they pass
+            site(q=gheads[0], k=gheads[1], v=gheads[2], **grads)
         return (gqkv.reshape(B, T, C3),)
 
     return _op(out.reshape(B, T, C), (qkv,), backward)

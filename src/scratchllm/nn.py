@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from . import functional as F
 from .backend import DEFAULT_DTYPE, xp
 from .errors import ScratchError
-from .tensor import Tensor
+from .tensor import Tensor, record, tape
 
 # The generator used when a module is built without one. Seed it with
 # ``manual_seed`` for reproducible initialisation; pass ``rng=`` to be explicit.
@@ -61,7 +61,9 @@ class Module:
     training = True
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if tape.active is None:
+            return self.forward(*args, **kwargs)
+        return tape.active.call(self, args, kwargs)  # a trace: named by this module, its output kept
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError
@@ -199,6 +201,8 @@ class Dropout(Module):
         self.rng = rng
 
     def forward(self, x):
+        if tape.active is not None:
+            return x  # a trace is of the model in evaluation mode, whatever its flag says
         rng = getattr(_thread, "dropout_rng", None) or self.rng or _default_rng
         return F.dropout(x, self.p, self.training, rng)
 
@@ -314,7 +318,7 @@ class MultiHeadAttention(Module):
             q = F.linear(x, w[:C], None if b is None else b[:C])  # (B, Tq, C)
             k, v = F.linear(memory, w[C:], None if b is None else b[C:]).split(2, axis=-1)  # 2 × (B, Tk, C)
         y = F.attention(split_heads(q, H), split_heads(k, H), split_heads(v, H), causal=causal, mask=mask)
-        return self.out_proj(merge_heads(y))  # (B, Tq, C)
+        return self.out_proj(record("y", merge_heads(y)))  # (B, Tq, C), the heads side by side
 
     def extra_repr(self):
         return f"{self.embed_dim}, num_heads={self.num_heads}"

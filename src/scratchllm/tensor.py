@@ -43,6 +43,35 @@ def is_grad_enabled() -> bool:
     return _grad_mode.enabled
 
 
+@contextlib.contextmanager
+def enable_grad():
+    """Within this block this thread's ops record a graph, even inside ``no_grad()``."""
+    previous, _grad_mode.enabled = _grad_mode.enabled, True
+    try:
+        yield
+    finally:
+        _grad_mode.enabled = previous
+
+
+class _Tape(threading.local):
+    """The trace (``scratchllm.explain.trace``) this thread is recording, if any.
+    Modules and ops hand it the values they compute only while one is active:
+    otherwise the cost is this one attribute check."""
+
+    active = None
+
+
+tape = _Tape()
+
+
+def record(name: str, t):
+    """Hand ``t`` to the trace this thread is recording, as ``name`` within the
+    running module; return ``t`` unchanged. Without a trace it does nothing."""
+    if tape.active is not None:
+        tape.active.record(name, t)
+    return t
+
+
 def _as_array(data, dtype=None):
     """Arrays keep their dtype; Python numbers and lists of floats become float32."""
     if isinstance(data, Tensor):
@@ -119,12 +148,17 @@ class Tensor:
         return f"Tensor({self.data!r}{grad})"
 
     # ---- autograd ---------------------------------------------------------
-    def backward(self, grad=None, leaf_grads: dict | None = None):
+    def backward(self, grad=None, leaf_grads: dict | None = None, retain: dict | None = None):
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that
         requires a gradient. ``grad`` defaults to 1 for a scalar. With
         ``leaf_grads`` (a dict) the leaves' gradients go there instead, keyed
         by ``id(leaf)``, and no ``.grad`` is touched: graphs of one model
-        built by several threads then never write the same array."""
+        built by several threads then never write the same array.
+
+        ``retain`` (a dict keyed by ``id(t)``) asks for the gradients of
+        tensors inside the graph as well, as PyTorch's ``retain_grad()``: each
+        is stored there (a copy) when the walk reaches it, the only moment it
+        exists, since the walk frees the graph as it goes."""
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad")
         if self._backward is _freed:
@@ -142,6 +176,8 @@ class Tensor:
             g = grads.pop(id(node), None)
             if g is None:
                 continue
+            if retain is not None and id(node) in retain:
+                retain[id(node)] = xp.array(xp.broadcast_to(g, node.shape), dtype=node.dtype, copy=True)
             if node._backward is None:  # a leaf
                 if leaf_grads is None:
                     _accumulate_leaf(node, g)

@@ -15,7 +15,7 @@ from .. import functional as F
 from ..backend import DEFAULT_DTYPE, xp
 from ..errors import ScratchError
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, sinusoidal_encoding
-from ..tensor import Tensor
+from ..tensor import Tensor, record
 
 
 @dataclass
@@ -51,7 +51,7 @@ class CausalSelfAttention(Module):
             y = F.self_attention(qkv, self.n_head, causal=True)  # (B, T, C)
         else:
             y = cache.attend(qkv)  # (B, T, C), keys/values of earlier tokens from the cache
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(record("y", y)))
 
 
 class MLP(Module):
@@ -61,7 +61,8 @@ class MLP(Module):
         self.dropout = Dropout(cfg.dropout, rng=rng)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        h = record("gelu", F.gelu(self.c_fc(x)))  # (B, T, C) -> (B, T, 4C)
+        return self.dropout(self.c_proj(h))  # (B, T, C)
 
 
 class Block(Module):
@@ -72,7 +73,7 @@ class Block(Module):
         self.mlp = MLP(cfg, rng)
 
     def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)  # pre-norm residual
+        x = record("resid_1", x + self.attn(self.ln_1(x), cache))  # pre-norm residual
         return x + self.mlp(self.ln_2(x))
 
 
@@ -118,16 +119,16 @@ class GPT(Module):
             raise ScratchError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(ids)  # (B, T, C)
         if self._pe is not None:
-            x = x + self._pe[start:start + T].astype(x.dtype)  # (T, C), fixed
+            pos = Tensor(self._pe[start:start + T].astype(x.dtype))  # (T, C), fixed
         else:
-            x = x + self.transformer.wpe(xp.arange(start, start + T))  # (T, C) broadcast over B
-        x = self.transformer.drop(x)
+            pos = self.transformer.wpe(xp.arange(start, start + T))  # (T, C)
+        x = record("emb", self.transformer.drop(x + record("pos_emb", pos)))  # (B, T, C), pos broadcast over B
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache.layer(i) if cache is not None else None)
         if cache is not None:
             cache.length += T
         x = self.transformer.ln_f(x)
-        logits = F.linear(x, self.lm_head.weight)  # (B, T, V)
+        logits = record("logits", F.linear(x, self.lm_head.weight))  # (B, T, V)
         if targets is None:
             return logits
         return logits, F.cross_entropy(logits, targets)

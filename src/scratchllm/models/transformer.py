@@ -30,7 +30,7 @@ from ..backend import xp
 from ..errors import ScratchError
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, MultiHeadAttention, \
     merge_heads, sinusoidal_encoding, split_heads
-from ..tensor import Tensor, no_grad
+from ..tensor import Tensor, no_grad, record
 
 
 @dataclass
@@ -67,11 +67,12 @@ class TransformerConfig:
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
-def residual(x, norm, sublayer, norm_first):
-    """x + sublayer(norm(x)) (pre-norm) or norm(x + sublayer(x)) (post-norm, the paper)."""
+def residual(x, norm, sublayer, norm_first, name="resid"):
+    """x + sublayer(norm(x)) (pre-norm) or norm(x + sublayer(x)) (post-norm, the paper);
+    a trace keeps the sum as ``name``."""
     if norm_first:
-        return x + sublayer(norm(x))
-    return norm(x + sublayer(x))
+        return record(name, x + sublayer(norm(x)))
+    return norm(record(name, x + sublayer(x)))
 
 
 class EncoderLayer(Module):
@@ -87,11 +88,12 @@ class EncoderLayer(Module):
         self.norm_first, self.act = cfg.norm_first, _ACTIVATIONS[cfg.activation]
 
     def feed_forward(self, x):
-        return self.linear2(self.act(self.linear1(x)))  # (B, S, C) -> (B, S, F) -> (B, S, C)
+        return self.linear2(record("ff.act", self.act(self.linear1(x))))  # (B, S, C) -> (B, S, F) -> (B, S, C)
 
     def forward(self, x, src_mask):
-        x = residual(x, self.norm1, lambda h: self.dropout1(self.self_attn(h, mask=src_mask)), self.norm_first)
-        return residual(x, self.norm2, lambda h: self.dropout2(self.feed_forward(h)), self.norm_first)
+        x = residual(x, self.norm1, lambda h: self.dropout1(self.self_attn(h, mask=src_mask)), self.norm_first,
+                     "resid_1")
+        return residual(x, self.norm2, lambda h: self.dropout2(self.feed_forward(h)), self.norm_first, "resid_2")
 
 
 class DecoderLayer(Module):
@@ -120,9 +122,9 @@ class DecoderLayer(Module):
             cross_attn = lambda h: self.multihead_attn(h, memory, mask=src_mask)  # noqa: E731
         else:
             self_attn, cross_attn = cache.self_attention, cache.cross_attention
-        x = residual(x, self.norm1, lambda h: self.dropout1(self_attn(h)), self.norm_first)
-        x = residual(x, self.norm2, lambda h: self.dropout2(cross_attn(h)), self.norm_first)
-        return residual(x, self.norm3, lambda h: self.dropout3(self.feed_forward(h)), self.norm_first)
+        x = residual(x, self.norm1, lambda h: self.dropout1(self_attn(h)), self.norm_first, "resid_1")
+        x = residual(x, self.norm2, lambda h: self.dropout2(cross_attn(h)), self.norm_first, "resid_2")
+        return residual(x, self.norm3, lambda h: self.dropout3(self.feed_forward(h)), self.norm_first, "resid_3")
 
 
 def _xavier_uniform(rng, shape, dtype):
@@ -170,17 +172,18 @@ class Transformer(Module):
             emb.weight.data[...] = (rng.standard_normal(emb.weight.shape) / math.sqrt(C)).astype(emb.weight.dtype)
 
     # ---- embeddings ---------------------------------------------------------------
-    def _embed(self, embed, pos_embed, ids, start=0):
-        """ids (B, T) -> token embedding·√C + position (start … start+T−1), then dropout -> (B, T, C)."""
+    def _embed(self, embed, pos_embed, ids, start=0, side="enc"):
+        """ids (B, T) -> token embedding·√C + position (start … start+T−1), then dropout -> (B, T, C).
+        A trace keeps the positions as ``{side}.pos_emb`` and the sum as ``{side}.in``."""
         T = ids.shape[1]
         if start + T > self.config.max_len:
             raise ScratchError(f"sequence of {start + T} tokens is longer than max_len {self.config.max_len}")
         x = embed(ids) * math.sqrt(self.config.d_model)  # (B, T, C)
         if self._pe is not None:
-            x = x + self._pe[start:start + T].astype(x.dtype)  # (T, C), fixed, broadcast over B
+            pos = Tensor(self._pe[start:start + T].astype(x.dtype))  # (T, C), fixed, broadcast over B
         else:
-            x = x + pos_embed(xp.arange(start, start + T))  # (T, C)
-        return self.dropout(x)
+            pos = pos_embed(xp.arange(start, start + T))  # (T, C)
+        return record(side + ".in", self.dropout(x + record(side + ".pos_emb", pos)))
 
     def _key_mask(self, ids):
         """True at real tokens, False at padding: (B, T) -> (B, 1, 1, T), broadcast over heads and queries."""
@@ -213,7 +216,7 @@ class Transformer(Module):
 
     def _decode(self, tgt_ids, memory, src_mask, tgt_mask, cache):
         start = cache.begin(tgt_ids, self.config.pad_id) if cache is not None else 0
-        x = self._embed(self.tgt_embed, getattr(self, "tgt_pos_embed", None), tgt_ids, start)  # (B, T, C)
+        x = self._embed(self.tgt_embed, getattr(self, "tgt_pos_embed", None), tgt_ids, start, "dec")  # (B, T, C)
         for i, layer in enumerate(self.decoder.layers):
             x = layer(x, memory, src_mask, tgt_mask, cache.layer(i) if cache is not None else None)
         if cache is not None:
@@ -221,7 +224,7 @@ class Transformer(Module):
         if self.config.norm_first:
             x = self.decoder.norm(x)
         head = self.tgt_embed.weight if self.config.tie_output else self.lm_head.weight
-        return F.linear(x, head)  # (B, T, V)
+        return record("logits", F.linear(x, head))  # (B, T, V)
 
     # ---- training ----------------------------------------------------------------
     def forward(self, src_ids, tgt_in_ids):

@@ -1,0 +1,358 @@
+"""A trace of one pass through a GPT or a Transformer: every value it computes
+and, given targets, the gradient of the loss with respect to each of them.
+
+    tr = trace(model, ids, targets)      # a GPT: ids (B, T) or (T,)
+    tr = trace(model, (src_ids, tgt_in_ids), targets=tgt_out_ids)   # a Transformer
+    tr.names()                           # what was recorded, in the order it was computed
+    tr["h.0.attn.weights"]               # (B, H, T, T) the forward value, an ndarray
+    tr.loss                              # the model's own loss (float)
+    tr.grad("h.0.attn.weights")          # d loss / d that value
+    tr.grad("transformer.h.0.attn.c_attn.weight")   # … or of a parameter
+
+The numbers are the model's own. While a trace is active in a thread, the
+modules and ops of that thread hand it what they compute (``Module.__call__``
+its module's output, ``record()`` the values between modules, the fused
+attention op its scores and weights), during the ordinary forward pass. The
+gradients come from the ordinary ``backward()``: it keeps the gradients of
+the recorded tensors as it passes them (``retain=``), the attention op hands
+over the gradients of its scores and weights, which its backward computes
+anyway, and the parameters' gradients go to a store of the trace's own
+(``leaf_grads=``), so ``.grad`` of the model is never touched.
+
+A trace sees the model in evaluation mode (no dropout), whatever its
+``training`` flag says, and changes nothing in it; tracing the same model
+from several threads at once is safe.
+
+Names for a GPT (B batch, T time, H heads, D head size, C width, V vocabulary):
+``tok_emb`` (B,T,C), ``pos_emb`` (T,C), ``emb`` (B,T,C) their sum entering the
+first block, ``h.{i}.ln_1``, ``h.{i}.attn.q`` / ``.k`` / ``.v`` (B,H,T,D),
+``h.{i}.attn.scores`` (B,H,T,T) q·k/√D with −inf where masked,
+``h.{i}.attn.weights`` (B,H,T,T) their softmax, ``h.{i}.attn.y`` (B,T,C) the
+heads side by side, ``h.{i}.attn.out`` after the output projection,
+``h.{i}.resid_1``, ``h.{i}.ln_2``, ``h.{i}.mlp.fc`` (B,T,4C), ``h.{i}.mlp.gelu``,
+``h.{i}.mlp.out``, ``h.{i}.resid_2``, ``ln_f``, ``logits`` (B,T,V), ``probs``.
+
+Names for a Transformer (S source length): ``enc.tok_emb`` (B,S,C) the rows
+of the source embedding (before the ·√C), ``enc.pos_emb`` (S,C), ``enc.in`` (the
+sum entering the first layer), per layer ``enc.{i}.norm1``,
+``enc.{i}.self_attn.q/k/v/scores/weights/y/out`` (weights (B,H,S,S)),
+``enc.{i}.resid_1``, ``enc.{i}.norm2``, ``enc.{i}.ff.fc`` / ``.ff.act`` /
+``.ff.out``, ``enc.{i}.resid_2``, ``enc.{i}.out`` (the layer's output), then
+``enc.norm`` (pre-norm models); the decoder likewise under ``dec.``, with
+``dec.{i}.cross_attn.*`` (weights (B,H,T,S), target × source) between its
+self-attention and its feed-forward (``norm3``, ``resid_3``), ``dec.norm``,
+``logits``, ``probs``. A residual ``resid_k`` is the sum x + sub-layer; in a
+post-norm model the following ``norm_k`` is that sum normalised.
+
+``probs`` is softmax(logits) taken here with :func:`scratchllm.functional.softmax`;
+its gradient is that of the same loss written as −mean log probs[target]
+(by the engine's backward of those ops).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+
+from .. import functional as F
+from ..backend import to_numpy, xp
+from ..errors import ScratchError
+from ..nn import Parameter
+from ..tensor import Tensor, enable_grad, no_grad, tape
+
+__all__ = ["trace", "Trace"]
+
+
+# ---- recording -----------------------------------------------------------------
+class _Recorder:
+    """What a thread's modules and ops hand over during one traced pass."""
+
+    def __init__(self, model, want_grads: bool):
+        self.paths = {id(m): path for path, m in model.named_modules()}
+        self.scope = [""]  # module paths, the innermost last
+        self.values = {}  # path name -> Tensor or ndarray, in the order computed
+        self.want_grads = want_grads
+        self.retain = {}  # id(tensor) -> its gradient, filled by backward(retain=...)
+        self.inner_grads = {}  # path name -> gradient handed over by an op's backward
+
+    def _name(self, local: str) -> str:
+        scope = self.scope[-1]
+        name = f"{scope}.{local}" if scope else local
+        unique, n = name, 2
+        while unique in self.values:  # the same value name twice in one scope
+            unique, n = f"{name}#{n}", n + 1
+        return unique
+
+    def call(self, module, args, kwargs):
+        path = self.paths.get(id(module))
+        if path is None:  # a module outside the traced model: named by its caller's scope
+            return module.forward(*args, **kwargs)
+        self.scope.append(path)
+        try:
+            out = module.forward(*args, **kwargs)
+        finally:
+            self.scope.pop()
+        if path and isinstance(out, Tensor):
+            self._keep(path, out)
+        return out
+
+    def record(self, name: str, t):
+        if isinstance(t, Tensor):
+            self._keep(self._name(name), t)
+
+    def _keep(self, name, t: Tensor):
+        if name in self.values:
+            return
+        self.values[name] = t
+        if not self.want_grads or t.dtype.kind != "f":
+            return
+        if not t.requires_grad and t.is_leaf and not isinstance(t, Parameter):
+            t.requires_grad = True  # a constant made in this pass (fixed positions): its gradient too
+        if t.requires_grad:
+            self.retain[id(t)] = None
+
+    def attention(self, q, k, v, scores, weights):
+        """The attention op's inputs and internals (arrays); returns the
+        function its backward calls with their gradients."""
+        names = {key: self._name(key) for key in ("q", "k", "v", "scores", "weights")}
+        for key, arr in zip(names, (q, k, v, scores, weights)):
+            self.values[names[key]] = arr
+
+        def grads(**arrays):
+            for key, g in arrays.items():
+                self.inner_grads[names[key]] = np.array(g, copy=True)
+
+        return grads if self.want_grads else None
+
+
+# ---- names ----------------------------------------------------------------------
+_ATTN = r"(q|k|v|scores|weights|y)"
+_GPT_NAMES = [
+    (r"transformer\.wte", "tok_emb"),
+    (r"(pos_emb|emb|logits)", r"\1"),
+    (r"transformer\.h\.(\d+)\.(ln_1|resid_1|ln_2)", r"h.\1.\2"),
+    (rf"transformer\.h\.(\d+)\.attn\.{_ATTN}", r"h.\1.attn.\2"),
+    (r"transformer\.h\.(\d+)\.attn", r"h.\1.attn.out"),
+    (r"transformer\.h\.(\d+)\.mlp\.c_fc", r"h.\1.mlp.fc"),
+    (r"transformer\.h\.(\d+)\.mlp\.gelu", r"h.\1.mlp.gelu"),
+    (r"transformer\.h\.(\d+)\.mlp", r"h.\1.mlp.out"),
+    (r"transformer\.h\.(\d+)", r"h.\1.resid_2"),
+    (r"transformer\.ln_f", "ln_f"),
+]
+
+
+def _layer_names(path: str, short: str, attentions: dict, norms: str, resids: str):
+    return [
+        (rf"{path}\.(\d+)\.({norms}|{resids}|ff\.act)", rf"{short}.\1.\2"),
+        *[(rf"{path}\.(\d+)\.{attr}\.{_ATTN}", rf"{short}.\1.{name}.\2") for attr, name in attentions.items()],
+        *[(rf"{path}\.(\d+)\.{attr}", rf"{short}.\1.{name}.out") for attr, name in attentions.items()],
+        (rf"{path}\.(\d+)\.linear1", rf"{short}.\1.ff.fc"),
+        (rf"{path}\.(\d+)\.linear2", rf"{short}.\1.ff.out"),
+        (rf"{path}\.(\d+)", rf"{short}.\1.out"),
+    ]
+
+
+_TRANSFORMER_NAMES = [
+    (r"src_embed", "enc.tok_emb"),
+    (r"tgt_embed", "dec.tok_emb"),
+    (r"(enc|dec)\.(pos_emb|in)", r"\1.\2"),
+    *_layer_names(r"encoder\.layers", "enc", {"self_attn": "self_attn"}, "norm1|norm2", "resid_1|resid_2"),
+    *_layer_names(r"decoder\.layers", "dec", {"self_attn": "self_attn", "multihead_attn": "cross_attn"},
+                  "norm1|norm2|norm3", "resid_1|resid_2|resid_3"),
+    (r"encoder\.norm", "enc.norm"),
+    (r"decoder\.norm", "dec.norm"),
+    (r"logits", "logits"),
+]
+_NAMES = {"gpt": [(re.compile(p + "$"), r) for p, r in _GPT_NAMES],
+          "transformer": [(re.compile(p + "$"), r) for p, r in _TRANSFORMER_NAMES]}
+
+
+def _public_name(kind: str, path: str):
+    """The documented name of a recorded value, or None for values not shown
+    (packed projections, dropout, and values that repeat another in eval mode)."""
+    for pattern, repl in _NAMES[kind]:
+        if pattern.match(path):
+            return pattern.sub(repl, path)
+    return None
+
+
+# ---- the trace ------------------------------------------------------------------
+class Trace:
+    """Values and gradients of one pass; see the module's docstring for the names."""
+
+    def __init__(self, kind, values, grads, param_grads, loss, ids, targets):
+        self.kind = kind  # "gpt" or "transformer"
+        self._values = values  # name -> ndarray
+        self._grads = grads  # name -> ndarray, or None without targets
+        self._param_grads = param_grads  # parameter name -> ndarray, or None
+        self.loss = loss  # float, or None without targets
+        self.ids = ids  # GPT: (B, T); Transformer: (src (B, S), tgt_in (B, T))
+        self.targets = targets
+
+    def names(self) -> list:
+        """The recorded values' names, in the order the forward pass computed them."""
+        return list(self._values)
+
+    def param_names(self) -> list:
+        return list(self._param_grads or ())
+
+    def __getitem__(self, name: str):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise KeyError(f"{name!r} was not recorded; recorded: {', '.join(self._values)}") from None
+
+    def __contains__(self, name) -> bool:
+        return name in self._values
+
+    def grad(self, name: str):
+        """d loss / d the value or parameter ``name`` (same shape)."""
+        if self._grads is None:
+            raise ScratchError("this trace has no gradients: pass targets to trace() to get them")
+        if name in self._grads:
+            return self._grads[name]
+        if name in self._param_grads:
+            return self._param_grads[name]
+        raise KeyError(f"{name!r} is neither a recorded value nor a parameter of the model")
+
+    def as_dict(self, dtype=np.float32, params: bool = False) -> dict:
+        """Plain data: ``{"kind", "loss", "ids", "targets", "values": {name: array},
+        "grads": {name: array}}`` with arrays contiguous in ``dtype``; ``params``
+        adds the parameters' gradients to "grads"."""
+        cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+        grads = {}
+        if self._grads is not None:
+            grads = {n: cast(g) for n, g in self._grads.items()}
+            if params:
+                grads.update({n: cast(g) for n, g in self._param_grads.items()})
+        ids = [np.asarray(i).tolist() for i in self.ids] if self.kind == "transformer" else self.ids.tolist()
+        return {"kind": self.kind, "loss": self.loss, "ids": ids,
+                "targets": None if self.targets is None else np.asarray(self.targets).tolist(),
+                "values": {n: cast(v) for n, v in self._values.items()}, "grads": grads}
+
+    def to_json(self, params: bool = False) -> str:
+        """JSON for a web page: as :meth:`as_dict` in float32, each array as
+        ``{"shape": [...], "dtype": "float32", "data": base64 of its little-endian
+        bytes}`` (JavaScript: ``new Float32Array(bytes.buffer)``; −inf survives)."""
+        d = self.as_dict(np.dtype("<f4"), params=params)
+
+        def pack(a):
+            return {"shape": list(a.shape), "dtype": "float32", "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+        d["values"] = {n: pack(a) for n, a in d["values"].items()}
+        d["grads"] = {n: pack(a) for n, a in d["grads"].items()}
+        return json.dumps(d)
+
+    def __repr__(self):
+        loss = "" if self.loss is None else f", loss={self.loss:.4f}"
+        return f"Trace({self.kind}, {len(self._values)} values{loss})"
+
+
+def _ids(x, what: str):
+    arr = np.asarray(to_numpy(x.data if isinstance(x, Tensor) else x))
+    if arr.dtype.kind not in "iu":
+        raise ScratchError(f"{what} must be integer token ids, got {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ScratchError(f"{what} must have shape (B, T) or (T,) with T ≥ 1, got {arr.shape}")
+    return arr
+
+
+def _all_param_names(model):
+    """Every name a parameter goes by, tied ones under each of their names."""
+    names = {}
+    for mod_name, mod in model.named_modules():
+        for attr, value in vars(mod).items():
+            if isinstance(value, Parameter):
+                names[f"{mod_name}.{attr}" if mod_name else attr] = value
+    return names
+
+
+def trace(model, ids, targets=None) -> Trace:
+    """Run ``model`` once on ``ids`` and record every value (and, with
+    ``targets``, every gradient of the loss). A GPT takes ids (B, T) or (T,)
+    and targets of the same shape (−100 = no target there); a Transformer
+    takes ``(src_ids, tgt_in_ids)`` and ``targets=tgt_out_ids`` (pad = no target).
+    The model is traced in evaluation mode and left as it was."""
+    kind = getattr(model, "kind", None)
+    if kind not in _NAMES:
+        raise ScratchError(f"trace reads a GPT or a Transformer, not a {kind or type(model).__name__}")
+    if kind == "transformer":
+        if not isinstance(ids, (tuple, list)) or len(ids) != 2:
+            raise ScratchError("a Transformer is traced on a pair: trace(model, (src_ids, tgt_in_ids), targets=...)")
+        inputs = (_ids(ids[0], "src_ids"), _ids(ids[1], "tgt_in_ids"))
+        out_shape = inputs[1].shape
+    else:
+        inputs = _ids(ids, "ids")
+        out_shape = inputs.shape
+    if targets is not None:
+        targets = _ids(targets, "targets")
+        if targets.shape != out_shape:
+            raise ScratchError(f"targets have shape {targets.shape}, the output {out_shape}")
+    if tape.active is not None:
+        raise ScratchError("this thread is already recording a trace")
+
+    rec = _Recorder(model, want_grads=targets is not None)
+    tape.active = rec
+    try:
+        with enable_grad() if targets is not None else no_grad():
+            if kind == "gpt":
+                out = model(inputs, targets)
+                loss = out[1] if targets is not None else None
+            else:
+                loss = model.loss(*inputs, targets) if targets is not None else None
+                if targets is None:
+                    model(*inputs)
+    finally:
+        tape.active = None
+
+    param_store = {}
+    if loss is not None:
+        loss.backward(leaf_grads=param_store, retain=rec.retain)
+
+    ignore = model.config.pad_id if kind == "transformer" else -100
+    values, grads = {}, ({} if loss is not None else None)
+    for path, v in rec.values.items():
+        name = _public_name(kind, path)
+        if name is None or name in values:
+            continue
+        values[name] = v.data if isinstance(v, Tensor) else v
+        if grads is not None:
+            if isinstance(v, Tensor):
+                g = rec.retain.get(id(v))
+            else:
+                g = rec.inner_grads.get(path)
+            grads[name] = g if g is not None else np.zeros_like(values[name])
+        if name == "logits":
+            _add_probs(values, grads, targets, ignore)
+    param_grads = None
+    if loss is not None:
+        param_grads = {}
+        for name, p in _all_param_names(model).items():
+            g = param_store.get(id(p))
+            param_grads[name] = g if g is not None else xp.zeros_like(p.data)
+    return Trace(kind, values, grads, param_grads, None if loss is None else float(loss.item()), inputs, targets)
+
+
+def _add_probs(values, grads, targets, ignore):
+    """probs = softmax(logits); its gradient by the engine's backward of −mean log probs[target]."""
+    logits = values["logits"]
+    with no_grad():
+        values["probs"] = F.softmax(Tensor(logits)).data
+    if grads is None:
+        return
+    V = logits.shape[-1]
+    with enable_grad():
+        p = Tensor(values["probs"], requires_grad=True)
+        t = targets.reshape(-1)
+        rows = np.flatnonzero(t != ignore)
+        if len(rows) == 0:
+            grads["probs"] = np.zeros_like(values["probs"])
+            return
+        picked = F.log(p.reshape(-1, V)[rows, t[rows]])  # (N,) log p of each target
+        nll = picked.sum() * p.dtype.type(-1.0 / len(rows))
+        nll.backward()
+    grads["probs"] = p.grad
