@@ -45,6 +45,7 @@ from .tensor import Tensor, no_grad
 __all__ = [
     "generate",
     "sample_next",
+    "distribution",
     "top_k_filter",
     "top_p_filter",
     "probabilities",
@@ -133,8 +134,23 @@ def sample_from_probs(probs, u):
     return np.minimum(idx, last)
 
 
+def distribution(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution a token is drawn from, float64 (..., V): softmax of
+    logits / temperature after top-k, then top-p; temperature 0 puts all of it
+    on the most likely token."""
+    logits = np.asarray(logits)
+    if temperature == 0:
+        return (np.arange(logits.shape[-1]) == np.argmax(logits, axis=-1)[..., None]).astype(np.float64)
+    z = logits.astype(np.float64) / temperature
+    if top_k is not None:
+        z = top_k_filter(z, top_k)
+    if top_p is not None:
+        z = top_p_filter(z, top_p)
+    return probabilities(z)
+
+
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
-    """One token per row from logits (B, V) -> int64 (B,).
+    """One token per row from logits (B, V) -> int64 (B,), drawn from :func:`distribution`.
 
     temperature 0 takes the argmax and draws nothing; otherwise exactly one
     uniform number per row is drawn from ``rng`` (a ``numpy.random.Generator``).
@@ -142,13 +158,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
     logits = np.asarray(logits)
     if temperature == 0:
         return np.argmax(logits, axis=-1).astype(np.int64)
-    z = logits.astype(np.float64) / temperature
-    if top_k is not None:
-        z = top_k_filter(z, top_k)
-    if top_p is not None:
-        z = top_p_filter(z, top_p)
     u = rng.random(logits.shape[0])  # (B,) one draw per row
-    return sample_from_probs(probabilities(z), u).astype(np.int64)
+    return sample_from_probs(distribution(logits, temperature, top_k, top_p), u).astype(np.int64)
 
 
 # ---- the loop -----------------------------------------------------------------
