@@ -59,12 +59,12 @@ def run(args):
                            "try another --port, or --port 0 for a free one") from None
     shown = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{shown}:{server.server_port}/"
-    print(f"{explorer.kind} from {explorer.ckpt_dir}: open {url}  (Ctrl-C stops)", flush=True)
-    if args.open:
-        import webbrowser
+    try:  # from here on Ctrl-C stops the server, wherever it lands
+        print(f"{explorer.kind} from {explorer.ckpt_dir}: open {url}  (Ctrl-C stops)", flush=True)
+        if args.open:
+            import webbrowser
 
-        webbrowser.open(url)
-    try:
+            webbrowser.open(url)
         server.serve_forever()
     except KeyboardInterrupt:
         print("\nstopped", file=sys.stderr)

@@ -118,7 +118,28 @@ class Explorer:
             "heads": cfg.n_head,
             "has_run": self.log_path() is not None,
             "max_chars": MAX_CHARS,
+            "default_text": self.default_text(),
         }
+
+    def default_text(self) -> str:
+        """A text the tokenizer can encode, to start with: a line of Shakespeare, else the start of the
+        run's validation tokens, else the first tokens of the vocabulary."""
+        for text in ("To be or not to be", "The cat sat on the mat"):
+            try:
+                if self.kind == "transformer" or len(self.encode(text)) < self.context:
+                    return text
+            except BadRequest:
+                pass
+        from ..data.token_bin import read_token_bin
+
+        for d in (self.path, self.ckpt_dir.parent):
+            if (d / "val.bin").is_file():
+                try:
+                    ids = read_token_bin(d / "val.bin")[:min(24, self.context - 1)]
+                    return self.tokenizer.decode([int(i) for i in ids])
+                except (ScratchError, OSError, ValueError):
+                    pass
+        return self.tokenizer.decode(list(range(min(8, self.vocab_size))))
 
     @property
     def vocab_size(self) -> int:

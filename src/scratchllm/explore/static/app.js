@@ -82,6 +82,7 @@ async function start() {
   for (const s of ["attn-layer", "block-layer", "bw-layer", "tr-layer"]) layerOptions($(s), i.layers);
   $("top-k").max = Math.min(i.vocab_size, 100);
   $("text").maxLength = i.max_chars;
+  $("text").value = i.default_text;
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => select(b.dataset.view));
   if (!i.has_run) document.querySelector('[data-view="run"]').title = "no log.jsonl beside this checkpoint";
   wire();
@@ -90,6 +91,7 @@ async function start() {
 
 function select(view) {
   state.view = view;
+  document.body.dataset.view = view;
   for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.view === view);
   for (const s of document.querySelectorAll(".view")) s.classList.toggle("active", s.id === "view-" + view);
   clearInterval(state.runTimer);
@@ -167,8 +169,8 @@ async function loadNext(current) {
       hovertemplate: "%{y}: %{x:.4f} before the cut<extra></extra>" },
     { type: "bar", orientation: "h", name: "sampled from (renormalised)", y: labels, x: c.map((x) => x.p),
       marker: { color: "#3b5bdb" }, hovertemplate: "%{y}: p = %{x:.4f}<extra></extra>" },
-  ], { barmode: "group", bargap: 0.25, height: 560, margin: { l: 110, r: 20, t: 10, b: 40 }, font: FONT,
-       legend: { orientation: "h", y: -0.08 }, xaxis: { title: { text: "probability" }, rangemode: "tozero" } }, PLOT);
+  ], { barmode: "group", bargap: 0.25, height: 560, margin: { l: 110, r: 20, t: 36, b: 44 }, font: FONT,
+       legend: { orientation: "h", x: 0, y: 1.06 }, xaxis: { title: { text: "probability" }, rangemode: "tozero" } }, PLOT);
   const rows = [el("tr", {}, el("th", { class: "piece", text: "token" }), el("th", { text: "id" }),
                    el("th", { text: "logit" }), el("th", { text: "p (T=1)" }), el("th", { text: "p sampled" }))];
   for (const x of r.candidates) {

@@ -1,0 +1,276 @@
+"""The explore page in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
+
+The page is read as a person sees it — the token chips, the numbers in its tables, the bars and
+heatmaps it drew — and compared with the library: the trace, the sampler's distribution, an SGD step
+taken here on a copy. Screenshots go to test-artifacts/explore/ (look at them to see the page).
+"""
+import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import scratchllm as sl
+from scratchllm.explore import Explorer, serve_in_thread
+from scratchllm.tensor import no_grad
+
+from test_explore_http import TEXT, build_gpt_run, build_translation_run, reference_distribution, trace
+
+CHROMIUM = os.environ.get("SCRATCHLLM_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "explore"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None,
+                       reason="Playwright's Python package is missing: pip install -e '.[test]' (or pip install playwright)"),
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(),
+                       reason=f"no Chromium at {CHROMIUM}: apt-get install chromium (Debian/Ubuntu), "
+                              "or set SCRATCHLLM_CHROMIUM to a Chromium binary"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for this file, with a fresh profile; Playwright never downloads a browser."""
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    profile = tempfile.mkdtemp(prefix="explore-chromium-")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=ARGS,
+                                                       viewport={"width": 1400, "height": 1000})
+        yield context
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    run = build_gpt_run(tmp_path_factory.mktemp("gpt"))
+    explorer = Explorer(run)
+    server, url = serve_in_thread(explorer)
+    yield explorer, url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def transformer(tmp_path_factory):
+    run = build_translation_run(tmp_path_factory.mktemp("tr"))
+    explorer = Explorer(run)
+    server, url = serve_in_thread(explorer)
+    yield explorer, url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    page.close()
+    assert not errors, errors  # no JavaScript error on the page
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def rendered(page, view, after=0):
+    """Wait until the page has drawn ``view`` more than ``after`` times; return the new count."""
+    key = "rendered" + view[0].upper() + view[1:]
+    page.wait_for_function(f"Number(document.body.dataset.{key} || 0) > {after}", timeout=20_000)
+    return int(page.evaluate(f"document.body.dataset.{key}"))
+
+
+def type_text(page, view, text):
+    n = int(page.evaluate(f"document.body.dataset.rendered{view[0].upper() + view[1:]} || 0"))
+    page.fill("#text", text)
+    return rendered(page, view, n)
+
+
+def open_view(page, view):
+    n = int(page.evaluate(f"document.body.dataset.rendered{view[0].upper() + view[1:]} || 0"))
+    page.click(f'#tabs button[data-view="{view}"]')
+    return rendered(page, view, n)
+
+
+def shown_pieces(page):
+    return page.eval_on_selector_all("#tokens .token", "els => els.map(e => [e.querySelector('.piece').textContent, "
+                                                        "Number(e.dataset.id)])")
+
+
+def shown_distribution(page):
+    """{token id: probability} as the table next to the bars shows it, and the bars' own values."""
+    rows = page.eval_on_selector_all("#next-table tr[data-id]", "els => els.map(e => [Number(e.dataset.id), "
+                                                                 "e.cells[4].textContent])")
+    bars = page.evaluate("() => { const d = document.getElementById('next-chart').data;"
+                         " return [d[1].x, d[0].x]; }")
+    return {i: float(p) for i, p in rows}, bars
+
+
+def test_text_tokens_and_the_temperature_slider(page, gpt):
+    explorer, url = gpt
+    page.goto(url)
+    rendered(page, "next")
+    type_text(page, "next", TEXT)
+    ids = explorer.tokenizer.encode(TEXT)
+    assert shown_pieces(page) == [[explorer.tokenizer.decode([i]).replace(" ", "␣"), i] for i in ids]
+    with no_grad():
+        logits = explorer.model(np.array([ids])).data[0, -1]
+    table, bars = shown_distribution(page)
+    p = reference_distribution(logits, 1.0, None, None)
+    for i, shown in table.items():
+        assert shown == pytest.approx(p[i], abs=5e-5)  # the table shows 4 decimals
+    shot(page, "1-next-token")
+
+    # the slider moves: the bars change exactly as the sampler's distribution does
+    n = int(page.evaluate("document.body.dataset.renderedNext"))
+    page.eval_on_selector("#temperature", "e => { e.value = '0.5'; e.dispatchEvent(new Event('input')); }")
+    rendered(page, "next", n)
+    table2, bars2 = shown_distribution(page)
+    p2 = reference_distribution(logits, 0.5, None, None)
+    for i, shown in table2.items():
+        assert shown == pytest.approx(p2[i], abs=5e-5)
+    top = int(np.argmax(logits))
+    assert table2[top] > table[top]  # a colder temperature sharpens: the favourite gains
+    assert sorted(bars2[0]) == pytest.approx(sorted(p2[list(table2)]), abs=1e-6)
+    assert bars2 != bars
+
+    # top-k cuts the tail: the cut rows are struck through and get probability 0
+    n = int(page.evaluate("document.body.dataset.renderedNext"))
+    page.eval_on_selector("#top-k", "e => { e.value = '3'; e.dispatchEvent(new Event('input')); }")
+    rendered(page, "next", n)
+    table3, _ = shown_distribution(page)
+    p3 = reference_distribution(logits, 0.5, 3, None)
+    assert {i for i, v in table3.items() if v > 0} == set(np.flatnonzero(p3 > 0))
+    assert page.locator("#next-table tr.cut").count() == len(table3) - 3
+    shot(page, "1-next-token-top-k")
+
+
+def test_generate_streams_text(page, gpt):
+    explorer, url = gpt
+    page.goto(url)
+    rendered(page, "next")
+    page.fill("#gen-n", "20")
+    page.fill("#gen-seed", "7")
+    page.click("#generate")
+    rendered(page, "generate")
+    shown = page.text_content("#gen-out .new")
+    ids = explorer.tokenizer.encode(page.input_value("#text"))
+    expected = explorer.model.generate(np.array([ids]), 20, temperature=1.0, seed=7)[0, len(ids):]
+    assert shown == explorer.tokenizer.decode(expected.tolist())
+
+
+def test_attention_heatmap_shows_the_traces_weights(page, gpt):
+    explorer, url = gpt
+    page.goto(url)
+    rendered(page, "next")
+    type_text(page, "next", TEXT)
+    page.select_option("#attn-layer", "1")
+    open_view(page, "attention")
+    ids = explorer.tokenizer.encode(TEXT)
+    tr = trace(explorer.model, np.array([ids]))
+    weights, scores = tr["h.1.attn.weights"][0], tr["h.1.attn.scores"][0]
+    # hover a cell of head 1: the label shows that cell's weight and scaled score
+    q, k = len(ids) - 2, 3
+    box = page.locator("#attn-1 .nsewdrag").bounding_box()
+    T = len(ids)
+    page.mouse.move(box["x"] + (k + 0.5) * box["width"] / T, box["y"] + (q + 0.5) * box["height"] / T)
+    label = page.locator(".hoverlayer .hovertext").first
+    label.wait_for(timeout=5000)
+    text = label.text_content()
+    assert f"weight {weights[1, q, k]:.4f}" in text and f"score q·k/√D {scores[1, q, k]:.4f}" in text, text
+    shot(page, "2-attention-hover")
+    # click it: the softmax of that query is written out; its weights are the trace's
+    page.mouse.click(box["x"] + (k + 0.5) * box["width"] / T, box["y"] + (q + 0.5) * box["height"] / T)
+    page.wait_for_function(f"document.querySelector('#softmax-table') && "
+                           f"document.querySelector('#attn-detail h3').textContent.includes('position {q}')")
+    rows = page.eval_on_selector_all("#softmax-table tr[data-key]", "els => els.map(e => [Number(e.dataset.key), "
+                                                                     "e.querySelector('.weight').textContent])")
+    assert [j for j, _ in rows] == list(range(q + 1))  # only the visible keys
+    for j, shown in rows:
+        assert float(shown) == pytest.approx(weights[1, q, j], abs=5e-5)
+    shot(page, "2-attention-softmax")
+
+
+def test_block_view(page, gpt):
+    explorer, url = gpt
+    page.goto(url)
+    rendered(page, "next")
+    type_text(page, "next", TEXT)
+    open_view(page, "block")
+    tr = trace(explorer.model, np.array([explorer.tokenizer.encode(TEXT)]))
+    z = page.evaluate("document.getElementById('block-gelu').data[0].z")
+    np.testing.assert_allclose(z, tr["h.0.mlp.gelu"][0], atol=1e-4)
+    shot(page, "3-inside-a-block")
+
+
+def test_backward_and_one_step(page, gpt):
+    explorer, url = gpt
+    page.goto(url)
+    rendered(page, "next")
+    type_text(page, "next", TEXT)
+    open_view(page, "backward")
+    ids = explorer.tokenizer.encode(TEXT)
+    x, y = np.array([ids[:-1]]), np.array([ids[1:]])
+    tr = trace(explorer.model, x, targets=y)
+    assert float(page.text_content("#loss-value")) == pytest.approx(tr.loss, abs=5e-5)
+    shot(page, "4-backward")
+    page.fill("#lr", "0.5")
+    page.click("#step")
+    rendered(page, "step")
+    shown = float(page.text_content("#loss-after"))
+    model = copy.deepcopy(explorer.model)
+    opt = sl.optim.SGD(model.parameters(), lr=0.5)
+    _, loss = model(x, y)
+    loss.backward()
+    opt.step()
+    with no_grad():
+        _, after = model(x, y)
+    assert shown == pytest.approx(float(after.data), abs=5e-5) and shown < tr.loss
+    shot(page, "4-one-step")
+
+
+def test_embeddings_and_the_run(page, gpt):
+    explorer, url = gpt
+    page.goto(url)
+    rendered(page, "next")
+    open_view(page, "embeddings")
+    page.wait_for_function("document.querySelectorAll('#nn-table tr').length > 1")
+    shot(page, "5-embeddings")
+    open_view(page, "run")
+    steps = page.evaluate("document.getElementById('run-chart').data[0].x")
+    assert steps == [0, 4, 8, 12]
+    shot(page, "6-run")
+
+
+def test_translation_cross_attention(page, transformer):
+    explorer, url = transformer
+    page.goto(url)
+    page.wait_for_selector('#tabs button[data-view="translate"].active')
+    assert not page.is_visible('#tabs button[data-view="attention"]')  # GPT views hidden
+    page.fill("#tr-text", "ka ri te lo")
+    page.select_option("#tr-beam", "1")
+    page.click("#translate")
+    rendered(page, "translate")
+    from scratchllm.translate import greedy_decode, special_ids
+
+    _, bos, eos = special_ids(explorer.tokenizer)
+    src = explorer.tokenizer.encode("ka ri te lo", disallowed_special=())
+    out = greedy_decode(explorer.model, [src], bos, eos)[0]
+    assert page.text_content("#translation") == (explorer.tokenizer.decode(out).strip() or "(empty)")
+    tr = trace(explorer.model, (np.array([src]), np.array([[bos] + out])), targets=np.array([out + [eos]]))
+    z = page.evaluate("document.getElementById('cross-0').data[0].z")
+    np.testing.assert_allclose(z, tr["dec.0.cross_attn.weights"][0, 0], atol=1e-6)
+    shot(page, "7-translation")
