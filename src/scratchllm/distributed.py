@@ -278,12 +278,13 @@ class DistributedBackward(ShardedBackward):
         with self._blas.limit(limits=1, user_api="blas"):  # as each shard runs in one process
             futures = [self._pool.submit(self._shard, *job) for job in jobs[1:]] if self._pool else []
             results = ([self._shard(*jobs[0])] if jobs else []) + [f.result() for f in futures]
-        # Per rank: each shard slot's loss (NaN: no shard), then which parameters got a gradient.
-        meta = np.full(self.shards + len(self._flat), np.nan)
+        # Per rank: its shards' losses (in its first slots), then which parameters got a gradient.
+        meta = np.zeros(self.shards + len(self._flat))
         meta[:len(results)] = [loss for loss, _ in results]
         meta[self.shards:] = [any(id(p) in g for _, g in results) or p.grad is not None for p, _ in self._flat]
         meta = w.allgather(meta)
-        losses = [v for v in meta[:, :self.shards].ravel() if not np.isnan(v)]  # shard order
+        held = [sum(1 for i in range(r * self.shards, min((r + 1) * self.shards, n)) if terms[i]) for r in range(w.size)]
+        losses = [v for r in range(w.size) for v in meta[r, :held[r]]]  # in shard order
         has_grad = meta[:, self.shards:].any(axis=0)
         first = self._flatten(lambda p: p.grad) if any(p.grad is not None for p, _ in self._flat) else None
         total_grad = w.ordered_sum(first, [self._flatten(lambda p, g=g: g.get(id(p))) for _, g in results])
