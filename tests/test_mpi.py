@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ try:
     import mpi4py
 except ImportError:
     mpi4py = None
-MPIRUN = shutil.which("mpirun")
+# The mpirun installed beside this Python (the mpich package's) before any other on the PATH.
+MPIRUN = next((str(p) for p in [Path(sys.executable).parent / "mpirun"] if p.exists()), shutil.which("mpirun"))
 needs_mpi = pytest.mark.skipif(mpi4py is None or MPIRUN is None,
                                reason="needs mpi4py and its mpirun: pip install -e '.[mpi]'")
 
