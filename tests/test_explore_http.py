@@ -220,11 +220,11 @@ def test_one_step_is_sgds_on_a_copy(gpt):
     explorer, client, run = gpt
     before = {k: v.copy() for k, v in explorer.model.state_dict().items()}
     weights_file = (run / "ckpt" / "model.safetensors").read_bytes()
-    r = client.post("step", {"text": TEXT, "lr": 0.5})
+    r = client.post("step", {"text": TEXT, "lr": 0.05})
     ids = explorer.tokenizer.encode(TEXT)
     x, y = np.array([ids[:-1]]), np.array([ids[1:]])
     model = copy.deepcopy(explorer.model)
-    opt = sl.optim.SGD(model.parameters(), lr=0.5)
+    opt = sl.optim.SGD(model.parameters(), lr=0.05)
     _, loss = model(x, y)
     loss.backward()
     opt.step()
@@ -318,7 +318,7 @@ def test_no_path_leaves_the_pages_files(gpt, path):
     ("next", {"text": "the", "top_p": [0.5]}, "top_p"),
     ("next", {"text": "the ∑ cat"}, "not in this tokenizer"),
     ("attention", {"text": "the", "layer": 7}, "layer"),
-    ("backward", {"text": "the", "target": "zz"}, "one token"),
+    ("backward", {"text": "the", "target": "tt"}, "one token"),
     ("backward", {"text": "t"}, "one token"),
     ("step", {"text": "the cat", "lr": "fast"}, "lr"),
     ("neighbours", {"id": 10 ** 9}, "id"),

@@ -255,9 +255,10 @@ class Explorer:
             added = decoder.decode(self.tokenizer.decode_bytes([i])) if byte_level else self.piece(i)
             emit({"id": i, "piece": self.piece(i), "text": added})
 
-        with self.lock:
-            generate(self.model, np.asarray([ids]), n, temperature=temperature, top_k=top_k, top_p=top_p,
-                     seed=seed, on_token=on_token)
+        # not under the lock, so the other views stay live while text streams: generation keeps its
+        # keys and values in a cache of its own and leaves the model (already in eval mode) as it was
+        generate(self.model, np.asarray([ids]), n, temperature=temperature, top_k=top_k, top_p=top_p,
+                 seed=seed, on_token=on_token)
         if byte_level:
             tail = decoder.decode(b"", final=True)
             if tail:
