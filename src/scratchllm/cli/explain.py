@@ -4,6 +4,8 @@
     scratchllm explain charmlp --text "The "
     scratchllm explain positions --ckpt out
     scratchllm explain bpe --tokenizer tok.json "cats"
+    scratchllm explain gpt --ckpt out --text "To be or not" --target " "
+    scratchllm explain transformer --ckpt out-translate --text "Ein Hund rennt über die Wiese."
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ on paper: inputs, weights, sums, activations, scores, the answer.
   scratchllm explain charmlp --text "The "        the next character after a text
   scratchllm explain classifier 32 107 56 11.2 --label leaf    … and one training step by hand
   scratchllm explain positions                    the sinusoidal position table and its formula
-  scratchllm explain bpe --tokenizer tok.json "cats"    byte-pair merges, one at a time"""
+  scratchllm explain bpe --tokenizer tok.json "cats"    byte-pair merges, one at a time
+  scratchllm explain gpt --ckpt out --text "To be or not"     a GPT, layer by layer, head by head
+  scratchllm explain gpt --ckpt out --text "To be or not" --target " "    … and its backward pass
+  scratchllm explain transformer --ckpt DIR --text "Ein Hund rennt."    which source piece each word looked at"""
 
 
 def register(subparsers) -> None:
@@ -68,6 +73,8 @@ def register(subparsers) -> None:
     b.add_argument("--tokenizer", required=True, metavar="PATH",
                    help="a BPE tokenizer file, or a folder with one (tokenizer.json, GPT-2's encoder.json + vocab.bpe)")
     b.set_defaults(func=run_bpe)
+    _register_gpt(sub)
+    _register_transformer(sub)
 
 
 def _no_verb(parser) -> int:
@@ -134,3 +141,151 @@ def run_charmlp(args) -> int:
     print(explain_charmlp(model, tok, args.text, top=min(top, model.vocab_size), source=source))
     return 0
 
+
+# ---- explain gpt / explain transformer ------------------------------------------------
+GPT_DESCRIPTION = """\
+One forward pass of a GPT on a text, every number the model's own, in the
+order of the computation: the tokens and ids, each token's embedding row plus
+its position row, a line per block, one attention head worked out (the query,
+each key, q·k term by term, the scaling by 1/√D, the softmax, the weighted sum
+of the values), the heads concatenated and projected, the residual add, the
+final layer norm, the next-token probabilities and how temperature, top-k and
+top-p reshape them. --target adds the backward pass: the loss, d loss / d
+logits, the gradient reaching each token's residual stream, the largest
+weight gradients, and one SGD step taken on a copy of the model.
+
+  scratchllm explain gpt --ckpt out --text "To be or not"
+  scratchllm explain gpt --ckpt out --text "To be or not" --layer 2 --head 1 --target " " --lr 0.5"""
+
+
+def _register_gpt(sub):
+    g = sub.add_parser("gpt", help="a GPT on a text: every number of its forward (and backward) pass",
+                       description=GPT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--ckpt", default="out", metavar="DIR",
+                   help="a GPT checkpoint (ours, e.g. the out/ of `scratchllm train`, or a Hugging Face GPT-2 "
+                        "directory; default: out)")
+    g.add_argument("--text", required=True, help="the text so far; the model predicts the token after it")
+    g.add_argument("--layer", default="0", metavar="L", help="the block whose attention is worked out (default: 0)")
+    g.add_argument("--head", default="0", metavar="H", help="the attention head worked out (default: 0)")
+    g.add_argument("--position", default=None, metavar="P",
+                   help="the token whose query is followed, from 0 (default: the last)")
+    g.add_argument("--full", action="store_true", help="every number of each vector, not the first 8")
+    g.add_argument("--target", default=None, metavar="TEXT",
+                   help="the token that should come next: adds the loss, the gradients and one SGD step")
+    g.add_argument("--lr", default="0.1", help="learning rate of that SGD step (default: 0.1)")
+    g.add_argument("--temperature", default="1.0", metavar="T", help="sampling temperature shown (default: 1.0)")
+    g.add_argument("--top-k", default=None, metavar="K", help="sampling: keep the K most likely tokens")
+    g.add_argument("--top-p", default=None, metavar="P", help="sampling: nucleus, 0 < P ≤ 1")
+    g.set_defaults(func=run_gpt)
+
+
+def _register_transformer(sub):
+    t = sub.add_parser("transformer", help="a translation: each output token and the source pieces it looked at",
+                       description="Translate one sentence greedily with an encoder–decoder Transformer and show, "
+                                   "for each output token, its probability and the cross-attention weights over "
+                                   "the source pieces (averaged over the heads; --head for one), e.g. "
+                                   "`scratchllm explain transformer --ckpt out-translate --text \"Ein Hund rennt "
+                                   "über die Wiese.\"`.")
+    t.add_argument("--ckpt", default="out-translate", metavar="DIR",
+                   help="a checkpoint of `scratchllm translate-train` (default: out-translate)")
+    t.add_argument("--text", required=True, help="the sentence to translate")
+    t.add_argument("--layer", default=None, metavar="L", help="the decoder layer shown (default: the last)")
+    t.add_argument("--head", default=None, metavar="H", help="one head instead of the average over heads")
+    t.set_defaults(func=run_transformer)
+
+
+def _load_checkpoint(ckpt: str, kind: str, other_verb: str):
+    """(model, tokenizer) of ``ckpt``, which must hold a model of ``kind``."""
+    from pathlib import Path
+
+    from .. import checkpoint, tokenizers
+
+    if not Path(ckpt).exists():
+        raise ScratchError(f"checkpoint directory {ckpt!r} does not exist")
+    model = checkpoint.load(ckpt)
+    found = getattr(model, "kind", type(model).__name__)
+    if found != kind:
+        raise ScratchError(f"{ckpt} holds a {found} model, not a {kind}: {other_verb}")
+    return model, tokenizers.load(checkpoint.resolve_dir(ckpt))
+
+
+def _in_range(text, option, n, what):
+    value = classify_cli.number(text, option, int, 0)
+    if value >= n:
+        raise ScratchError(f"{option} {value} is out of range: {what} {n} ({option} 0 … {n - 1})")
+    return value
+
+
+def _encode_text(tokenizer, text, option):
+    """Token ids of ``text``; empty text and characters the tokenizer lacks are one-line errors."""
+    from .generate import _encode_prompt
+
+    if not text:
+        raise ScratchError(f"{option} is empty: give some text")
+    try:
+        return _encode_prompt(tokenizer, text)
+    except ScratchError as e:
+        raise ScratchError(str(e).replace("the prompt", option).replace("--prompt", option)) from None
+
+
+def run_gpt(args) -> int:
+    import sys
+
+    from ..explain.gpt import explain_gpt
+    from ..generate import check_sampling_args
+
+    temperature = classify_cli.number(args.temperature, "--temperature", float)
+    top_k = None if args.top_k is None else classify_cli.number(args.top_k, "--top-k", int)
+    top_p = None if args.top_p is None else classify_cli.number(args.top_p, "--top-p", float)
+    lr = classify_cli.number(args.lr, "--lr", float)
+    if lr <= 0:
+        raise ScratchError(f"--lr must be above 0, got {args.lr}")
+    try:
+        check_sampling_args(0, temperature, top_k, top_p)
+    except ScratchError as e:
+        raise ScratchError(str(e).replace("top_k", "--top-k").replace("top_p", "--top-p")
+                           .replace("temperature", "--temperature", 1)) from None
+    if not args.text:
+        raise ScratchError("--text is empty: give some text, e.g. --text \"To be or not\"")
+    model, tokenizer = _load_checkpoint(args.ckpt, "gpt", "use `scratchllm explain transformer` for a "
+                                        "translation model")
+    cfg = model.config
+    ids = _encode_text(tokenizer, args.text, "--text")
+    if max(ids) >= cfg.vocab_size:
+        raise ScratchError(f"the tokenizer gives id {max(ids)} but the model knows only {cfg.vocab_size} tokens: "
+                           "tokenizer and model do not belong together")
+    if len(ids) > cfg.block_size:
+        print(f"note: the text is {len(ids)} tokens long; the model sees only its last {cfg.block_size}, "
+              "so it was cut to those", file=sys.stderr)
+        ids = ids[-cfg.block_size:]
+    layer = _in_range(args.layer, "--layer", cfg.n_layer, "the model has layers")
+    head = _in_range(args.head, "--head", cfg.n_head, "each layer has heads")
+    position = None if args.position is None else _in_range(args.position, "--position", len(ids),
+                                                             "the text has tokens")
+    target = None
+    if args.target is not None:
+        target_ids = _encode_text(tokenizer, args.target, "--target")
+        target = target_ids[0]
+        if len(target_ids) > 1:
+            print(f"note: --target is {len(target_ids)} tokens; the next token is its first, "
+                  f"{tokenizer.decode([target])!r}", file=sys.stderr)
+    print(explain_gpt(model, tokenizer, ids, layer=layer, head=head, position=position, full=args.full,
+                      target=target, lr=lr, temperature=temperature, top_k=top_k, top_p=top_p,
+                      source=str(args.ckpt)))
+    return 0
+
+
+def run_transformer(args) -> int:
+    from ..explain.transformer import explain_transformer
+    from ..translate import special_ids
+
+    if not args.text or not args.text.strip():
+        raise ScratchError("--text is empty: give a sentence, e.g. --text \"Ein Hund rennt über die Wiese.\"")
+    model, tokenizer = _load_checkpoint(args.ckpt, "transformer", "use `scratchllm explain gpt`")
+    special_ids(tokenizer)
+    cfg = model.config
+    layer = None if args.layer is None else _in_range(args.layer, "--layer", cfg.n_decoder_layers,
+                                                      "the decoder has layers")
+    head = None if args.head is None else _in_range(args.head, "--head", cfg.n_head, "each layer has heads")
+    print(explain_transformer(model, tokenizer, args.text, layer=layer, head=head, source=str(args.ckpt)))
+    return 0

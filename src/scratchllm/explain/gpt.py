@@ -1,0 +1,233 @@
+"""A GPT worked out for one text, in the order of the article: tokens, embeddings,
+each block, one attention head number by number, the final layer norm, the
+next-token distribution and how sampling reshapes it; with a target, the
+backward pass and one SGD step.
+
+Every number shown is the model's own, read from :func:`scratchllm.explain.trace`;
+where arithmetic is written out (q·k term by term, the softmax's exponentials,
+the weighted sum of values) the model's own result is printed beside it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from ..generate import distribution
+from ..optim import SGD
+from .trace import trace
+
+
+def _tok(tokenizer, i: int) -> str:
+    return repr(tokenizer.decode([int(i)]))
+
+
+def _vec(v, full=False, n=8, fmt="{:+.4f}") -> str:
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    shown = v if full else v[:n]
+    text = " ".join(fmt.format(x) for x in shown)
+    return text + (f" … ({len(v) - n} more)" if len(v) > len(shown) else "")
+
+
+def _mean_std(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v.mean(), v.std()
+
+
+def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=False, target=None, lr=0.1,
+                temperature=1.0, top_k=None, top_p=None, top=10, source="") -> str:
+    """The printout of ``scratchllm explain gpt`` for token ``ids`` (a list);
+    ``target`` is the id of the token that should come after ``position``."""
+    cfg = model.config
+    ids = np.asarray(ids, dtype=np.int64)
+    T, C, H, L, V = len(ids), cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.vocab_size
+    D = C // H
+    P = T - 1 if position is None else position
+    targets = None
+    if target is not None:
+        targets = np.full(T, -100, dtype=np.int64)
+        targets[P] = target
+    tr = trace(model, ids, targets)
+    names = [_tok(tokenizer, i) for i in ids]
+    w = max(6, max(len(s) for s in names) + 1)
+    out = []
+    say = out.append
+    learned = cfg.positional == "learned"
+
+    say(f"GPT: {L} layers, {H} heads of {D} numbers (width C = {C}), vocabulary {V}, "
+        f"block {cfg.block_size} tokens" + (f"; checkpoint {source}" if source else "") + ".")
+    say(f"Every number below is the model's own (a trace of its forward{' and backward' if target is not None else ''} "
+        "pass, in evaluation mode); first 8 numbers of each vector, --full for all.")
+
+    say("")
+    say("Step 1. The text as tokens, each with its id (its row in the embedding table)")
+    say(f"    {'position':>8}  {'token':<{w}}{'id':>7}")
+    for t, (s, i) in enumerate(zip(names, ids)):
+        say(f"    {t:>8}  {s:<{w}}{int(i):>7}")
+
+    say("")
+    pos_what = "its row of the learned table wpe" if learned else "the fixed sinusoidal row of its position"
+    say(f"Step 2. Embeddings: each token's row of wte ({V} × {C}) plus {pos_what} = the row entering block 0")
+    for t, s in enumerate(names):
+        say(f"    {t:>3} {s:<{w}} token     {_vec(tr['tok_emb'][0, t], full)}")
+        say(f"    {'':>3} {'':<{w}} position  {_vec(tr['pos_emb'][t], full)}")
+        say(f"    {'':>3} {'':<{w}} = x       {_vec(tr['emb'][0, t], full)}")
+
+    say("")
+    say(f"Step 3. The {L} blocks at position {P} {names[P]}: x + attention(ln_1(x)), then + MLP(ln_2(x)); "
+        "the residual stream's length |x| and layer norm's mean and std before → after")
+    x_in = tr["emb"][0, P]
+    for i in range(L):
+        ln_in, ln_out = _mean_std(x_in), _mean_std(tr[f"h.{i}.ln_1"][0, P])
+        x_out = tr[f"h.{i}.resid_2"][0, P]
+        say(f"    layer {i}: |x| {np.linalg.norm(x_in):9.4f} → {np.linalg.norm(x_out):9.4f}   "
+            f"ln_1 mean {ln_in[0]:+.4f} std {ln_in[1]:.4f} → mean {ln_out[0]:+.4f} std {ln_out[1]:.4f}")
+        x_in = x_out
+
+    say("")
+    say(f"Step 4. Attention in layer {layer}, head {head}, for position {P} {names[P]} "
+        f"(--layer, --head, --position): it sees positions 0 … {P}")
+    q = tr[f"h.{layer}.attn.q"][0, head, P].astype(np.float64)  # (D,)
+    k = tr[f"h.{layer}.attn.k"][0, head, :P + 1].astype(np.float64)  # (P+1, D)
+    v = tr[f"h.{layer}.attn.v"][0, head, :P + 1].astype(np.float64)
+    scores = tr[f"h.{layer}.attn.scores"][0, head, P, :P + 1]
+    weights = tr[f"h.{layer}.attn.weights"][0, head, P, :P + 1]
+    say(f"    query of {names[P]}:  q = {_vec(q, full)}")
+    for j in range(P + 1):
+        say(f"    key   {j:>3} {names[j]:<{w}} k = {_vec(k[j], full)}")
+    scale = 1 / math.sqrt(D)
+    say(f"  scores: q·k = Σ q_d × k_d over the {D} numbers, then × 1/√{D} = {scale:.6f}")
+    for j in range(P + 1):
+        terms = [f"({a:+.3f}×{b:+.3f})" for a, b in zip(q, k[j])]
+        shown = " + ".join(terms if full else terms[:3]) + ("" if full or D <= 3 else f" + … ({D - 3} more)")
+        dot = float(q @ k[j])
+        say(f"    key {j:>3} {names[j]:<{w}} {shown} = {dot:+.4f};  × {scale:.4f} = {dot * scale:+.4f}"
+            f"   model's score {float(scores[j]):+.6f}")
+    top_s = float(np.max(scores))
+    e = np.exp(scores.astype(np.float64) - top_s)
+    say(f"  softmax: weight = e^(score − max) / Σ e^(score − max), max = {top_s:+.4f}, Σ = {e.sum():.6f}")
+    for j in range(P + 1):
+        say(f"    key {j:>3} {names[j]:<{w}} score {float(scores[j]):+.6f}  e^(score−max) {e[j]:.6f}  "
+            f"weight {float(weights[j]):.6f}")
+    say(f"    the weights sum to {float(weights.astype(np.float64).sum()):.6f}")
+    say("  the weighted sum of the values: y = Σ weight × v")
+    for j in range(P + 1):
+        say(f"    {float(weights[j]):.6f} × v {j:>3} {names[j]:<{w}} {_vec(v[j], full)}")
+    y_head = tr[f"h.{layer}.attn.y"][0, P, head * D:(head + 1) * D]
+    say(f"    = y of head {head}:            {_vec(y_head, full)}")
+
+    say("")
+    say(f"Step 5. The {H} heads side by side (y, {H} × {D} = {C} numbers), then the output projection "
+        f"c_proj ({C} × {C}) mixes them")
+    y = tr[f"h.{layer}.attn.y"][0, P]
+    for h in range(H):
+        say(f"    head {h}: {_vec(y[h * D:(h + 1) * D], full, n=4)}")
+    say(f"    out = y · c_projᵀ + b = {_vec(tr[f'h.{layer}.attn.out'][0, P], full)}")
+
+    say("")
+    say(f"Step 6. The residual add (layer {layer}, position {P}): the block's input plus the attention's output")
+    x_prev = tr["emb"] if layer == 0 else tr[f"h.{layer - 1}.resid_2"]
+    say(f"    x         {_vec(x_prev[0, P], full)}")
+    say(f"    + out     {_vec(tr[f'h.{layer}.attn.out'][0, P], full)}")
+    say(f"    = x       {_vec(tr[f'h.{layer}.resid_1'][0, P], full)}")
+    say(f"    then ln_2, the MLP ({C} → {4 * C} with GELU → {C}) and a second residual add:")
+    say(f"    + mlp     {_vec(tr[f'h.{layer}.mlp.out'][0, P], full)}")
+    say(f"    = x       {_vec(tr[f'h.{layer}.resid_2'][0, P], full)}")
+
+    say("")
+    f_in, f_out = _mean_std(tr[f"h.{L - 1}.resid_2"][0, P]), _mean_std(tr["ln_f"][0, P])
+    say(f"Step 7. The final layer norm ln_f at position {P}: mean {f_in[0]:+.4f} std {f_in[1]:.4f} → "
+        f"mean {f_out[0]:+.4f} std {f_out[1]:.4f}, then scale and shift")
+    say(f"    ln_f      {_vec(tr['ln_f'][0, P], full)}")
+
+    logits = tr["logits"][0, P].astype(np.float64)
+    probs = tr["probs"][0, P].astype(np.float64)
+    order = np.argsort(-probs, kind="stable")[:top]
+    say("")
+    say(f"Step 8. The next token after position {P}: logits = ln_f · wteᵀ (one per token of the vocabulary), "
+        f"probability = softmax(logits); the top {len(order)}")
+    say(f"    {'rank':>4}  {'token':<{w}}{'id':>7}{'logit':>12}{'probability':>14}")
+    for r, i in enumerate(order, 1):
+        say(f"    {r:>4}  {_tok(tokenizer, i):<{w}}{int(i):>7}{logits[i]:>+12.4f}{probs[i]:>14.6f}")
+    say(f"    the other {V - len(order)} tokens share {max(0.0, 1 - probs[order].sum()):.6f}")
+
+    say("")
+    steps = [("÷T", distribution(logits, temperature)), ("top-k", distribution(logits, temperature, top_k)),
+             ("sampled", distribution(logits, temperature, top_k, top_p))]
+    k_text = "none" if top_k is None else str(top_k)
+    p_text = "none" if top_p is None else f"{top_p:g}"
+    say(f"Step 9. Sampling reshapes the distribution: temperature {temperature:g} divides the logits, "
+        f"top-k {k_text} keeps the k most likely, top-p {p_text} the fewest whose probabilities reach p; "
+        "'sampled' is what generate draws from")
+    say(f"    {'rank':>4}  {'token':<{w}}{'id':>7}{'p':>11}" + "".join(f"{n:>11}" for n, _ in steps))
+    for r, i in enumerate(order, 1):
+        say(f"    {r:>4}  {_tok(tokenizer, i):<{w}}{int(i):>7}{probs[i]:>11.6f}"
+            + "".join(f"{d[i]:>11.6f}" for _, d in steps))
+    final = steps[-1][1]
+    say(f"    generate keeps {int((final > 0).sum())} of {V} tokens")
+    if temperature == 1 and top_k is None and top_p is None:
+        say("    (with the defaults it samples from the softmax itself; try --temperature 0.5, --top-k 5, --top-p 0.9)")
+
+    if target is not None:
+        out += _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, top, w)
+    return "\n".join(out)
+
+
+def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, top, w):
+    cfg = model.config
+    L = cfg.n_layer
+    probs = tr["probs"][0, P].astype(np.float64)
+    g_logits = tr.grad("logits")[0, P].astype(np.float64)
+    out = []
+    say = out.append
+    say("")
+    say(f"Step 10. The loss: the token that should follow is {_tok(tokenizer, target)} (id {target}), "
+        f"with probability {probs[target]:.6f}; loss = −log p = {tr.loss:.6f}")
+    say("")
+    say("Step 11. The backward pass starts at the logits: d loss / d logit = p − one-hot(target), "
+        f"the {top} largest in size")
+    say(f"    {'token':<{w}}{'id':>7}{'p':>12}{'one-hot':>9}{'gradient':>16}")
+    for i in np.argsort(-np.abs(g_logits), kind="stable")[:top]:
+        say(f"    {_tok(tokenizer, i):<{w}}{int(i):>7}{probs[i]:>12.6f}{int(i == target):>9}{g_logits[i]:>+16.6e}")
+
+    say("")
+    say("Step 12. The gradient reaching the residual stream, |d loss / d x| per token: the loss sits at "
+        f"position {P}; earlier tokens are reached only through attention")
+    cols = ["emb"] + [f"h.{i}.resid_2" for i in range(L)]
+    heads = ["x in"] + [f"after {i}" for i in range(L)]
+    say(f"    {'pos':>4} {'token':<{w}}" + "".join(f"{h:>11}" for h in heads))
+    for t in range(len(ids)):
+        say(f"    {t:>4} {names[t]:<{w}}" + "".join(f"{np.linalg.norm(tr.grad(c)[0, t]):>11.3e}" for c in cols))
+
+    say("")
+    entries = []
+    for name in [n for n, _ in model.named_parameters()]:
+        g = tr.grad(name).reshape(-1)
+        for j in np.argsort(-np.abs(g), kind="stable")[:top]:
+            entries.append((abs(float(g[j])), name, int(j)))
+    entries.sort(key=lambda e: -e[0])
+    params = dict(model.named_parameters())
+    say(f"Step 13. The {top} weights with the largest gradients, and each one after an SGD step "
+        f"(new = old − lr × gradient, lr {lr:g})")
+    say(f"    {'weight':<44}{'value':>12}{'gradient':>15}{'new value':>12}")
+    for _, name, j in entries[:top]:
+        p = params[name]
+        index = np.unravel_index(j, p.shape)
+        old = float(p.data.reshape(-1)[j])
+        g = float(tr.grad(name).reshape(-1)[j])
+        label = f"{name}[{','.join(map(str, index))}]"
+        say(f"    {label:<44}{old:>+12.6f}{g:>+15.6e}{old - lr * g:>+12.6f}")
+
+    # the step taken for real, on a copy: optim.SGD with the gradients of an ordinary backward
+    twin = copy.deepcopy(model).eval()
+    twin.zero_grad()
+    _, loss = twin(ids[None], targets[None])
+    loss.backward()
+    SGD(twin.parameters(), lr=lr).step()
+    twin_trace = trace(twin, ids, targets)
+    new_p = float(twin_trace["probs"][0, P, target])
+    say("")
+    say(f"Step 14. One SGD step with lr {lr:g}, taken on a copy of the model: p({_tok(tokenizer, target)}) "
+        f"{probs[target]:.6f} → {new_p:.6f}, loss {tr.loss:.6f} → {twin_trace.loss:.6f}")
+    return out
