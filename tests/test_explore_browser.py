@@ -260,11 +260,12 @@ def test_translation_cross_attention(page, transformer):
     explorer, url = transformer
     page.goto(url)
     page.wait_for_selector('#tabs button[data-view="translate"].active')
+    rendered(page, "translate")  # the example sentence, translated on opening
     assert not page.is_visible('#tabs button[data-view="attention"]')  # GPT views hidden
     page.fill("#tr-text", "ka ri te lo")
     page.select_option("#tr-beam", "1")
     page.click("#translate")
-    rendered(page, "translate")
+    rendered(page, "translate", 1)
     from scratchllm.translate import greedy_decode, special_ids
 
     _, bos, eos = special_ids(explorer.tokenizer)

@@ -43,7 +43,7 @@ def build_gpt_run(d):
 
 
 def build_translation_run(d):
-    TT.train_translation(translation_config(d, epochs=3, bleu_sentences=0), echo=lambda *a: None)
+    TT.train_translation(translation_config(d, epochs=12, bleu_sentences=0), echo=lambda *a: None)
     return d / "run"
 
 

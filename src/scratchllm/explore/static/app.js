@@ -5,6 +5,10 @@
 const $ = (id) => document.getElementById(id);
 const PLOT = { displayModeBar: false, responsive: true };
 const FONT = { family: "system-ui, sans-serif", size: 12, color: "#1f2430" };
+// colour scales: light = little, dark = much; a diverging one (red < 0 < blue) for signed numbers
+const WEIGHTS = [[0, "#f8f9ff"], [0.35, "#a5b8f3"], [1, "#1b2f8a"]];
+const GRADS = [[0, "#fff9ec"], [0.45, "#f9a03f"], [1, "#a61e1e"]];
+const SIGNED = [[0, "#c92a2a"], [0.5, "#f8f9fa"], [1, "#1864ab"]];
 const state = { info: null, view: null, seq: 0, lastInput: 0, runTimer: null, embLoaded: false };
 window.explore = { timings: [], rendered: {} };  // read by the tests and the timing benchmark
 
@@ -42,25 +46,30 @@ function layerOptions(select, n) {
   for (let i = 0; i < n; i++) select.append(el("option", { value: i, text: String(i) }));
 }
 function axisLabels(tokens) { return tokens.map((t, i) => `${i} ${show(t.piece)}`); }
+function pieces(tokens) { return tokens.map((t) => show(t.piece)); }
 
 // one heatmap with numeric axes (tokens may repeat; a categorical axis would merge them)
 function heatmap(div, z, rows, cols, opts = {}) {
   const custom = z.map((row, i) => row.map((_, j) => [rows[i], cols[j], opts.extra ? opts.extra(i, j) : ""]));
   const trace = {
-    type: "heatmap", z, customdata: custom, colorscale: opts.colorscale || "Blues", zmin: opts.zmin, zmax: opts.zmax,
-    zmid: opts.zmid, reversescale: !!opts.reverse, showscale: opts.showscale !== false, xgap: 1, ygap: 1,
-    colorbar: { thickness: 10, len: 0.9 },
+    type: "heatmap", z, customdata: custom, colorscale: opts.colorscale || WEIGHTS, zmin: opts.zmin, zmax: opts.zmax,
+    zmid: opts.zmid, showscale: opts.showscale !== false, xgap: opts.gap ?? 1, ygap: opts.gap ?? 1,
+    colorbar: { thickness: 10, len: 0.9, outlinewidth: 0 },
     hovertemplate: opts.hover || "%{customdata[0]} → %{customdata[1]}<br>%{z:.4f}<extra></extra>",
   };
+  const xticks = opts.xticks || cols.map((c) => c.replace(/^\d+ /, ""));  // the piece; its position is in the hover
+  const cell = opts.cell || 18;
   const layout = {
-    margin: { l: opts.left || 70, r: 10, t: opts.title ? 28 : 8, b: opts.bottom || 60 }, font: FONT,
+    margin: { l: opts.left || 70, r: 10, t: opts.title ? 30 : 8, b: opts.bottom || 50 }, font: FONT,
     title: opts.title ? { text: opts.title, font: { size: 13 }, x: 0.02 } : undefined,
-    height: opts.height || Math.max(220, 28 + 18 * rows.length + (opts.bottom || 60)),
-    xaxis: { tickvals: cols.map((_, j) => j), ticktext: opts.xticks || cols, tickangle: -45, automargin: true,
+    height: opts.height || Math.min(760, Math.max(240, 40 + cell * rows.length + (opts.bottom || 50))),
+    xaxis: { tickvals: cols.map((_, j) => j), ticktext: xticks, tickangle: cols.length > 28 ? -90 : 0,
+             tickfont: { family: "ui-monospace, DejaVu Sans Mono, monospace", size: 11 }, automargin: true,
              title: opts.xtitle ? { text: opts.xtitle, font: { size: 11 } } : undefined },
     yaxis: { tickvals: rows.map((_, i) => i), ticktext: opts.yticks || rows, autorange: "reversed", automargin: true,
+             tickfont: { family: "ui-monospace, DejaVu Sans Mono, monospace", size: 11 },
              title: opts.ytitle ? { text: opts.ytitle, font: { size: 11 } } : undefined },
-    plot_bgcolor: "#fafbfc",
+    plot_bgcolor: "#ffffff",
   };
   return Plotly.react(div, [trace], layout, PLOT);
 }
@@ -97,7 +106,8 @@ function select(view) {
   clearInterval(state.runTimer);
   if (view === "run") { loadRun(); state.runTimer = setInterval(loadRun, 2000); }
   else if (view === "embeddings") { if (!state.embLoaded) loadEmbeddings(); }
-  else if (view !== "translate") refresh();
+  else if (view === "translate") { if (!state.translated) { state.translated = true; translate(); } }
+  else refresh();
   for (const d of document.querySelectorAll(`#view-${view} .js-plotly-plot`)) Plotly.Plots.resize(d);
 }
 
@@ -276,14 +286,15 @@ async function loadBlock(current) {
   const labels = axisLabels(r.tokens);
   const rows = ["entering block 0", ...r.layers.map((_, i) => `after block ${i}`)];
   const norms = [r.layers[0].norm_in, ...r.layers.map((l) => l.norm_out)];
-  heatmap("block-norms", norms, rows, labels, { colorscale: "Viridis", title: "size of the residual stream ‖x‖", left: 110 });
+  heatmap("block-norms", norms, rows, labels, { colorscale: "Viridis", title: "size of the residual stream ‖x‖", left: 110, cell: 30,
+    hover: "%{customdata[0]} · token %{customdata[1]}<br>‖x‖ %{z:.4f}<extra></extra>" });
   const std = r.layers.map((l) => l.ln_1_std), mean = r.layers.map((l) => l.ln_1_mean);
   heatmap("block-stats", std, r.layers.map((_, i) => `ln_1 of block ${i}`), labels, {
-    colorscale: "Viridis", title: "layer norm's input: std (hover: mean)", left: 110,
+    colorscale: "Viridis", title: "layer norm's input: std (hover: mean)", left: 110, cell: 30,
     extra: (i, j) => fmt(mean[i][j]), hover: "%{customdata[0]} · token %{customdata[1]}<br>std %{z:.4f}<br>mean %{customdata[2]}<extra></extra>" });
   const width = r.gelu[0].length, neurons = Array.from({ length: width }, (_, j) => String(j));
   heatmap("block-gelu", r.gelu, labels, neurons, {
-    colorscale: "RdBu", reverse: true, zmid: 0, title: `layer ${layer}: the MLP's ${width} activations after GELU`,
+    colorscale: SIGNED, zmid: 0, gap: 0, title: `layer ${layer}: the MLP's ${width} activations after GELU`,
     xticks: neurons.map((n, j) => (j % Math.ceil(width / 16) === 0 ? n : "")), xtitle: "neuron", height: 120 + 22 * labels.length,
     hover: "token %{customdata[0]}<br>neuron %{customdata[1]}<br>gelu %{z:.4f}<extra></extra>" });
   done("block");
@@ -301,7 +312,7 @@ async function loadBackward(current) {
   const labels = axisLabels(r.tokens);
   const rows = ["embedding", ...r.grad_stream.map((_, i) => `after block ${i}`)];
   heatmap("bw-stream", [r.grad_embedding, ...r.grad_stream], rows, labels, {
-    colorscale: "YlOrRd", title: "‖d loss / d x‖ per layer and token", left: 100,
+    colorscale: GRADS, zmin: 0, title: "‖d loss / d x‖ per layer and token", left: 100, cell: 30,
     hover: "%{customdata[0]} · token %{customdata[1]}<br>‖grad‖ %{z:.3g}<extra></extra>" });
   const prow = [el("tr", {}, el("th", { class: "piece", text: "parameter" }), el("th", { text: "shape" }),
                    el("th", { text: "‖grad‖" }), el("th", { text: "‖weight‖" }))];
@@ -315,7 +326,7 @@ async function loadBackward(current) {
     box.append(el("div", { class: "head" }, el("h4", { text: `layer ${layer} · head ${h}` }), div));
     const z = g.map((row, i) => row.map((v, j) => (j > i ? null : v)));
     const big = Math.max(1e-12, ...z.flat().filter((v) => v !== null).map(Math.abs));
-    heatmap(div, z, labels, labels, { colorscale: "RdBu", reverse: true, zmin: -big, zmax: big, ytitle: "query", xtitle: "key",
+    heatmap(div, z, labels, labels, { colorscale: SIGNED, zmin: -big, zmax: big, ytitle: "query", xtitle: "key",
       hover: "query %{customdata[0]}<br>key %{customdata[1]}<br>d loss / d weight %{z:.3g}<extra></extra>" });
   });
   done("backward");
@@ -419,7 +430,7 @@ async function translate() {
     r.cross_attention.forEach((w, h) => {
       const div = el("div", { class: "plot", id: `cross-${h}` });
       box.append(el("div", { class: "head" }, el("h4", { text: `decoder layer ${r.layer} · head ${h} · cross-attention` }), div));
-      heatmap(div, w, out, src, { zmin: 0, zmax: 1, ytitle: "output token", xtitle: "source token",
+      heatmap(div, w, out, src, { zmin: 0, zmax: 1, ytitle: "output token", xtitle: "source token", cell: 26,
         hover: "writing %{customdata[0]}<br>looks at %{customdata[1]}<br>weight %{z:.4f}<extra></extra>" });
     });
     const rows = [el("tr", {}, el("th", { text: "step" }), el("th", { class: "piece", text: "chosen" }), el("th", { text: "p" }),
