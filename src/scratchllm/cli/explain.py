@@ -276,8 +276,10 @@ def run_gpt(args) -> int:
 
 
 def run_transformer(args) -> int:
+    import sys
+
     from ..explain.transformer import explain_transformer
-    from ..translate import special_ids
+    from ..translate import encode_source, special_ids
 
     if not args.text or not args.text.strip():
         raise ScratchError("--text is empty: give a sentence, e.g. --text \"Ein Hund rennt über die Wiese.\"")
@@ -287,5 +289,10 @@ def run_transformer(args) -> int:
     layer = None if args.layer is None else _in_range(args.layer, "--layer", cfg.n_decoder_layers,
                                                       "the decoder has layers")
     head = None if args.head is None else _in_range(args.head, "--head", cfg.n_head, "each layer has heads")
-    print(explain_transformer(model, tokenizer, args.text, layer=layer, head=head, source=str(args.ckpt)))
+    ids = encode_source(tokenizer, args.text)
+    if len(ids) > cfg.max_len:
+        print(f"note: the sentence is {len(ids)} tokens long; the model reads at most {cfg.max_len}, "
+              f"so it was cut to its first {cfg.max_len}", file=sys.stderr)
+        ids = ids[:cfg.max_len]
+    print(explain_transformer(model, tokenizer, ids, layer=layer, head=head, source=str(args.ckpt)))
     return 0

@@ -1,0 +1,64 @@
+"""A translation worked out: the source pieces, the output built token by token
+(greedy), and for each output token the cross-attention weights over the
+source pieces — which piece of the source it looked at.
+
+The weights are the model's own, read from :func:`scratchllm.explain.trace`
+of one teacher-forced pass over the greedy output (the same computation the
+step-by-step decoder did, all positions at once).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..translate import greedy_decode, special_ids
+from .trace import trace
+
+
+def _piece(tokenizer, i) -> str:
+    return repr(tokenizer.decode([int(i)]))
+
+
+def explain_transformer(model, tokenizer, src_ids, layer=None, head=None, source="") -> str:
+    """The printout of ``scratchllm explain transformer`` for source token ids ``src_ids``."""
+    cfg = model.config
+    _, bos, eos = special_ids(tokenizer)
+    src = list(src_ids)
+    longest = min(cfg.max_len - 1, 2 * len(src) + 10)
+    hyp = greedy_decode(model, [src], bos, eos, max_len=longest)[0]
+    produced = hyp + [eos] if len(hyp) < longest else hyp  # with the EOS that ended it
+    tr = trace(model, (np.array(src), np.array([bos] + produced[:-1])))
+    L = cfg.n_decoder_layers - 1 if layer is None else layer
+    weights = tr[f"dec.{L}.cross_attn.weights"][0].astype(np.float64)  # (H, T, S)
+    shown = weights.mean(axis=0) if head is None else weights[head]  # (T, S)
+    probs = tr["probs"][0]
+
+    pieces = [_piece(tokenizer, i) for i in src]
+    outs = [_piece(tokenizer, i) for i in produced]
+    w = max(7, max(len(p) for p in pieces + outs) + 1)
+    out = []
+    say = out.append
+    say(f"Transformer: {cfg.n_encoder_layers} encoder and {cfg.n_decoder_layers} decoder layers, {cfg.n_head} heads, "
+        f"width {cfg.d_model}, vocabulary {cfg.tgt_vocab_size}" + (f"; checkpoint {source}" if source else "") + ".")
+    say("")
+    say(f"Step 1. The source sentence as the tokenizer's pieces ({len(src)}), each with its id; "
+        "the encoder reads them all at once")
+    say(f"    {'position':>8}  {'piece':<{w}}{'id':>7}")
+    for s, (p, i) in enumerate(zip(pieces, src)):
+        say(f"    {s:>8}  {p:<{w}}{int(i):>7}")
+    say("")
+    say("Step 2. The translation, one token at a time (greedy: the most likely next token, until <eos>); "
+        "each step's decoder sees the source and the tokens so far")
+    say(f"    {'step':>4}  {'token':<{w}}{'id':>7}{'probability':>14}")
+    for t, (tok, i) in enumerate(zip(outs, produced)):
+        say(f"    {t:>4}  {tok:<{w}}{int(i):>7}{float(probs[t, i]):>14.6f}")
+    say(f"    translation: {tokenizer.decode(hyp).strip()}")
+    say("")
+    which = f"averaged over its {cfg.n_head} heads; --head for one" if head is None else f"head {head}"
+    say(f"Step 3. Cross-attention in decoder layer {L} of {cfg.n_decoder_layers} ({which}): for each output token, "
+        "the weight it gives each source piece (a row sums to 1)")
+    say(f"    {'':>4}  {'token':<{w}}" + "".join(f"{s:>8}" for s in range(len(src))) + "   looked most at")
+    for t, tok in enumerate(outs):
+        row = shown[t]
+        best = int(np.argmax(row))
+        say(f"    {t:>4}  {tok:<{w}}" + "".join(f"{x:>8.4f}" for x in row) + f"   {pieces[best]} ({best})")
+    return "\n".join(out)
