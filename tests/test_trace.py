@@ -324,6 +324,10 @@ def test_json_for_a_web_page():
         np.testing.assert_array_equal(arr, tr[name].astype(np.float32))  # −inf included
     plain = tr.as_dict(np.float64, params=True)
     assert plain["grads"]["transformer.h.0.attn.c_attn.weight"].dtype == np.float64
+    some = json.loads(tr.to_json(names=["h.1.attn.weights", "logits"]))
+    assert list(some["values"]) == list(some["grads"]) == ["h.1.attn.weights", "logits"]
+    with pytest.raises(KeyError, match="not recorded"):
+        tr.to_json(names=["h.7.attn.weights"])
 
 
 def test_threads_trace_one_model_at_once():

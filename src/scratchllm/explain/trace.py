@@ -217,26 +217,30 @@ class Trace:
             return self._param_grads[name]
         raise KeyError(f"{name!r} is neither a recorded value nor a parameter of the model")
 
-    def as_dict(self, dtype=np.float32, params: bool = False) -> dict:
+    def as_dict(self, dtype=np.float32, params: bool = False, names=None) -> dict:
         """Plain data: ``{"kind", "loss", "ids", "targets", "values": {name: array},
-        "grads": {name: array}}`` with arrays contiguous in ``dtype``; ``params``
-        adds the parameters' gradients to "grads"."""
+        "grads": {name: array}}`` with arrays contiguous in ``dtype``; ``names``
+        keeps only those values (default: all); ``params`` adds the parameters'
+        gradients to "grads"."""
         cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+        keep = self.names() if names is None else list(names)
+        for n in keep:
+            self[n]  # an unknown name: a KeyError listing what was recorded
         grads = {}
         if self._grads is not None:
-            grads = {n: cast(g) for n, g in self._grads.items()}
+            grads = {n: cast(self._grads[n]) for n in keep}
             if params:
                 grads.update({n: cast(g) for n, g in self._param_grads.items()})
         ids = [np.asarray(i).tolist() for i in self.ids] if self.kind == "transformer" else self.ids.tolist()
         return {"kind": self.kind, "loss": self.loss, "ids": ids,
                 "targets": None if self.targets is None else np.asarray(self.targets).tolist(),
-                "values": {n: cast(v) for n, v in self._values.items()}, "grads": grads}
+                "values": {n: cast(self._values[n]) for n in keep}, "grads": grads}
 
-    def to_json(self, params: bool = False) -> str:
+    def to_json(self, params: bool = False, names=None) -> str:
         """JSON for a web page: as :meth:`as_dict` in float32, each array as
         ``{"shape": [...], "dtype": "float32", "data": base64 of its little-endian
         bytes}`` (JavaScript: ``new Float32Array(bytes.buffer)``; −inf survives)."""
-        d = self.as_dict(np.dtype("<f4"), params=params)
+        d = self.as_dict(np.dtype("<f4"), params=params, names=names)
 
         def pack(a):
             return {"shape": list(a.shape), "dtype": "float32", "data": base64.b64encode(a.tobytes()).decode("ascii")}
