@@ -10,6 +10,9 @@ gradient clipping 1.0.
     python bench/train_gpt.py --quality       # + 2000 steps of ours, val loss curve
     python bench/train_gpt.py --alone 3       # + each alone in 3 fresh processes: ms/step, peak memory
     python bench/train_gpt.py --profile       # + where a step of ours goes
+    python bench/train_gpt.py --layouts 3     # + 2 MPI ranks × 1 thread, 1 process × 2 threads, PyTorch,
+                                              #   each alone in fresh processes, 3 times (needs mpirun)
+    python bench/train_gpt.py --model-scaling # + one rank's step and gradient bytes, default and medium model
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from common import header, table, use_torch_threads  # noqa: E402
 
 from scratchllm.backend import retain_freed_memory  # noqa: E402
 from scratchllm.data import dataset_file, get_batch  # noqa: E402
+from scratchllm.distributed import DistributedBackward, world  # noqa: E402
 from scratchllm.optim import CosineWithWarmup, clip_grad_norm  # noqa: E402
 from scratchllm.sharded import ShardedBackward  # noqa: E402
 from scratchllm.tokenizers import CharTokenizer  # noqa: E402
@@ -63,7 +67,9 @@ class Ours:
     def __init__(self, vocab, train_ids, threads=CFG.threads):
         self.model = build_model(CFG, vocab)
         self.opt = build_optimizer(self.model, CFG)
-        self.backward = ShardedBackward(self.model, threads)
+        w = world()  # under mpirun: each rank its slice of the batch, the gradients summed over MPI
+        self.backward = ShardedBackward(self.model, threads) if w.size == 1 \
+            else DistributedBackward(self.model, threads, w)
         self.sched = CosineWithWarmup(CFG.lr, CFG.min_lr, CFG.warmup_iters, CFG.max_iters)
         self.rng = np.random.default_rng(0)
         self.train_ids, self.it = train_ids, 0
@@ -189,6 +195,8 @@ def alone_child(which: str, steps: int = 60):
         runner = Reference(build_model(CFG, tok.vocab_size), train_ids)
     else:
         runner = Ours(tok.vocab_size, train_ids, threads=int(which[-1]))
+    if world().size > 1:  # ranks: the median step of rank 0 (the ranks wait for one another each step)
+        return ranks_child(runner, steps)
     runner.step()
     before = _vm("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -204,6 +212,87 @@ def alone_child(which: str, steps: int = 60):
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     print(json.dumps({"peak_mib": peak, "step_mib": peak - before, "ms": 1e3 * float(np.median(rounds)),
                       "faults": faults}))
+
+
+def ranks_child(runner, steps: int):
+    for _ in range(5):
+        runner.step()
+    rounds = []
+    for _ in range(steps // 10):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            runner.step()
+        rounds.append((time.perf_counter() - t0) / 10)
+    if world().is_root:
+        print(json.dumps({"ms": 1e3 * float(np.median(rounds))}), flush=True)
+
+
+LAYOUTS = {  # name: command line of the child; each child times one layout alone
+    "2 ranks × 1 thread (mpirun -n 2)": ["mpirun", "-n", "2", sys.executable, __file__, "--alone-child", "ours1"],
+    "1 process × 2 threads (--threads 2)": [sys.executable, __file__, "--alone-child", "ours2"],
+    "pytorch (2 threads)": [sys.executable, __file__, "--alone-child", "pytorch"],
+}
+
+
+def layouts(repeats: int):
+    """The batch split over MPI ranks or over threads, and PyTorch: each alone in fresh processes,
+    the three one after another, ``repeats`` times (so a noisy neighbour spreads over all)."""
+    import shutil
+
+    mpirun = Path(sys.executable).parent / "mpirun"
+    mpirun = str(mpirun) if mpirun.exists() else shutil.which("mpirun")
+    if mpirun is None:
+        print("\nlayouts: no mpirun (pip install -e '.[mpi]'); skipped")
+        return
+    results = {name: [] for name in LAYOUTS}
+    env = dict(os.environ, SCRATCHLLM_MALLOC="default")  # for PyTorch's child; ours apply their own
+    for _ in range(repeats):
+        for name, argv in LAYOUTS.items():
+            argv = [mpirun, *argv[1:]] if argv[0] == "mpirun" else argv
+            child_env = env if "pytorch" in name else dict(os.environ)
+            out = subprocess.run(argv, capture_output=True, text=True, env=child_env, check=True).stdout
+            results[name].append(json.loads(out.strip().splitlines()[-1])["ms"])
+    ms = {name: float(np.median(v)) for name, v in results.items()}
+    tokens = CFG.batch_size * CFG.block_size
+    first, second, ref = LAYOUTS
+    rows = [(name, f"{ms[name]:.1f}", f"{tokens / ms[name] * 1e3:,.0f}", f"{ms[ref] / ms[name]:.2f}",
+             " ".join(f"{v:.1f}" for v in results[name])) for name in LAYOUTS]
+    print(f"\nLayouts, each alone in fresh processes (median over {repeats} runs of the median of 6 rounds of "
+          f"10 steps; batch {CFG.batch_size} × block {CFG.block_size}, the same 2 shards either way)\n")
+    print(table(rows, ["", "ms/step", "tokens/s", "speed vs pytorch", "each run (ms/step)"]))
+    print(f"\nranks / threads (tokens/s): {ms[second] / ms[first]:.2f}")
+
+
+def model_scaling(steps: int = 20):
+    """What a data-parallel step costs one rank with one thread, and what it must exchange:
+    the default (small) and the medium model at batch 12 × 64."""
+    from threadpoolctl import threadpool_limits
+
+    from scratchllm.train import PRESETS
+
+    tok, train_ids, _ = load_data()
+    rows = []
+    for preset in ("small", "medium"):
+        cfg = TrainConfig(**{**CFG.__dict__, "n_layer": PRESETS[preset][0], "n_head": PRESETS[preset][1],
+                             "n_embd": PRESETS[preset][2]})
+        model = build_model(cfg, tok.vocab_size)
+        opt = build_optimizer(model, cfg)
+        rng = np.random.default_rng(0)
+        times = []
+        with threadpool_limits(1, user_api="blas"):
+            for i in range(steps + 2):
+                x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, rng)
+                t0 = time.perf_counter()
+                model.zero_grad()
+                model(x, y)[1].backward()
+                clip_grad_norm(model.parameters(), cfg.grad_clip)
+                opt.step()
+                if i >= 2:
+                    times.append(time.perf_counter() - t0)
+        n = model.num_parameters()
+        rows.append((preset, f"{n:,}", f"{4 * n / 2**20:.1f}", f"{1e3 * float(np.median(times)):.0f}"))
+    print("\nOne rank, one thread, batch 12 × 64: gradient bytes to sum each step (float32) and the step's time\n")
+    print(table(rows, ["model", "parameters", "gradient (MiB)", "ms/step (12 rows, 1 thread)"]))
 
 
 def alone(repeats: int):
@@ -319,10 +408,19 @@ def main():
                     help="also time each alone in N fresh processes (and report its peak memory)")
     ap.add_argument("--alone-child", help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help="also print where a step of ours goes")
+    ap.add_argument("--layouts", type=int, default=3, metavar="N",
+                    help="also time 2 MPI ranks × 1 thread, 1 process × 2 threads and PyTorch, each alone in "
+                         "fresh processes, N times (0: skip; needs mpirun)")
+    ap.add_argument("--model-scaling", action="store_true",
+                    help="also time one rank's step (1 thread) for the default and medium model")
     args = ap.parse_args()
     if args.alone_child:
         return alone_child(args.alone_child)
     speed(args.rounds, args.steps)
+    if args.layouts:
+        layouts(args.layouts)
+    if args.model_scaling:
+        model_scaling()
     if args.alone:
         alone(args.alone)
     if args.profile:
