@@ -203,9 +203,9 @@ def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, to
     say("")
     entries = []
     for name in [n for n, _ in model.named_parameters()]:
-        g = tr.grad(name).reshape(-1)
-        for j in np.argsort(-np.abs(g), kind="stable")[:top]:
-            entries.append((abs(float(g[j])), name, int(j)))
+        size = np.abs(tr.grad(name).reshape(-1))
+        biggest = np.argpartition(-size, top)[:top] if size.size > top else np.arange(size.size)  # O(n): GPT-2 has 38 M
+        entries += [(float(size[j]), name, int(j)) for j in biggest]
     entries.sort(key=lambda e: -e[0])
     params = dict(model.named_parameters())
     say(f"Step 13. The {top} weights with the largest gradients, and each one after an SGD step "
