@@ -5,6 +5,7 @@ import math
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -218,3 +219,80 @@ def test_bad_files(tmp_path, lossless):
     j.write_text(j.read_text().replace('"version": 1', '"version": 99'))
     with pytest.raises(ScratchError, match="version"):
         load(j)
+
+
+# -- training ---------------------------------------------------------------------
+
+def test_expected_counts_match_brute_force():
+    from scratchllm.tokenizers.unigram_train import Lattices
+
+    pieces = ["▁", "▁c", "▁ca", "▁cat", "c", "a", "t", "s", "at", "ats", "ts", "▁t", "ta"]
+    logp = np.log(np.random.default_rng(0).dirichlet(np.ones(len(pieces))))
+    index = {p: i for i, p in enumerate(pieces)}
+    words, counts = ["▁cats", "▁tat", "atsx", "▁c"], [3.0, 1.0, 2.0, 5.0]
+    unk = logp.min() - 10
+    lat = Lattices(words, counts, index, 16)
+    got, loglik = lat.expected_counts(logp, unk, len(pieces))
+    want = np.zeros(len(pieces))
+    want_ll = 0.0
+    for w, n in zip(words, counts):
+        segs = []
+        for cuts in itertools.product([0, 1], repeat=len(w) - 1):
+            b = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [len(w)]
+            parts = [w[x:y] for x, y in zip(b, b[1:])]
+            # a part is a piece, or one character that no piece covers (unknown)
+            if all(p in index or (len(p) == 1 and p not in index) for p in parts):
+                segs.append((parts, sum(logp[index[p]] if p in index else unk for p in parts)))
+        z = sum(math.exp(s) for _, s in segs)
+        want_ll += n * math.log(z)
+        for parts, s in segs:
+            for p in parts:
+                if p in index:
+                    want[index[p]] += n * math.exp(s) / z
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert loglik == pytest.approx(want_ll, rel=1e-12)
+
+
+def quality(text, vocab, tmp_path, **ours_opts):
+    """(tokens/char, log-likelihood/char) of ours and sentencepiece's on the last tenth of text."""
+    lines = text.split("\n")
+    cut = len(lines) * 9 // 10
+    train, held = "\n".join(lines[:cut]), [ln for ln in lines[cut:] if ln.strip()]
+    (tmp_path / "train.txt").write_text(train, encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "train.txt"), model_prefix=str(tmp_path / "ref"),
+                                   vocab_size=vocab, minloglevel=2, num_threads=2)
+    ref = UnigramTokenizer.from_sentencepiece(tmp_path / "ref.model")  # its pieces, our (identical) encoder
+    ours = UnigramTokenizer().train(train, vocab, **ours_opts)
+    out = []
+    for tok in (ours, ref):
+        scores = [tok.unk_score if i == tok.unk_id else tok.score(i) for i in range(tok.vocab_size)]
+        n_tok = n_char = 0
+        ll = 0.0
+        for ln in held:
+            ids = tok.encode(ln)
+            n_tok += len(ids)
+            n_char += len(ln)
+            ll += sum(scores[i] for i in ids)
+        out.append((n_tok / n_char, ll / n_char))
+    return out
+
+
+def test_training_quality_small(tmp_path):
+    (ours_tpc, ours_ll), (ref_tpc, ref_ll) = quality(corpus()[:150_000], 600, tmp_path, workers=1)
+    assert ours_tpc == pytest.approx(ref_tpc, rel=0.02)
+    assert ours_ll == pytest.approx(ref_ll, rel=0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vocab", [4000, 8000])
+@pytest.mark.parametrize("data", ["tinyshakespeare", "multi30k"])
+def test_training_quality_against_sentencepiece(shared_data, tmp_path, data, vocab):
+    import gzip
+
+    if data == "tinyshakespeare":
+        text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    else:
+        text = gzip.open(shared_data / "multi30k" / "train.de.gz", "rt", encoding="utf-8").read()
+    (ours_tpc, ours_ll), (ref_tpc, ref_ll) = quality(text, vocab, tmp_path)
+    assert ours_tpc == pytest.approx(ref_tpc, rel=0.02)
+    assert ours_ll == pytest.approx(ref_ll, rel=0.02)

@@ -46,7 +46,7 @@ PRESETS = {
 class TrainConfig:
     data: str = "builtin"
     data_dir: str = ""  # where registered datasets are looked for (else $SCRATCHLLM_DATA_DIR, the cache)
-    tokenizer: str = "char"  # "char", "bpe", or a tokenizer.json path
+    tokenizer: str = "char"  # "char", "bpe", "unigram", or a tokenizer.json path
     bpe_vocab_size: int = 512
     out: str = "out"
     # model
@@ -93,9 +93,16 @@ def build_tokenizer(cfg: TrainConfig, text: str):
         tok = tokenizers.BPETokenizer()
         tok.train(text, cfg.bpe_vocab_size)
         return tok
+    if cfg.tokenizer == "unigram":
+        # Lossless, so samples decode to the text's own spacing: no normalisation,
+        # spaces kept, and bytes for characters outside the vocabulary (newlines too).
+        tok = tokenizers.UnigramTokenizer(normalization="identity", byte_fallback=True,
+                                          remove_extra_whitespaces=False)
+        tok.train(text, cfg.bpe_vocab_size)
+        return tok
     path = Path(cfg.tokenizer)
     if not path.is_file():
-        raise ScratchError(f"--tokenizer must be 'char', 'bpe' or a tokenizer file; {path} does not exist")
+        raise ScratchError(f"--tokenizer must be 'char', 'bpe', 'unigram' or a tokenizer file; {path} does not exist")
     return tokenizers.load(path)
 
 

@@ -71,6 +71,7 @@ class TranslationConfig:
     val_tgt: str = ""
     out: str = "out-translate"
     vocab_size: int = 8000
+    tokenizer: str = "bpe"  # "bpe" (byte-level) or "unigram" (SentencePiece's, with byte fallback)
     # model: pre-norm, sinusoidal positions, shared embeddings tied to the output
     d_model: int = 256
     n_head: int = 4
@@ -140,11 +141,17 @@ def load_pairs(cfg: TranslationConfig):
     return multi30k("train", data_dir) + multi30k("val", data_dir)
 
 
-def train_tokenizer(src_lines, tgt_lines, vocab_size: int):
-    """A joint byte-level BPE over source and target sentences, with the translation specials."""
-    from .tokenizers import BPETokenizer
+def train_tokenizer(src_lines, tgt_lines, vocab_size: int, kind: str = "bpe"):
+    """A joint tokenizer over source and target sentences, with the translation specials:
+    byte-level BPE, or SentencePiece's unigram model (nmt_nfkc, bytes for unseen characters)."""
+    from .tokenizers import BPETokenizer, UnigramTokenizer
 
-    tok = BPETokenizer(special_tokens=SPECIAL_TOKENS)
+    if kind == "bpe":
+        tok = BPETokenizer(special_tokens=SPECIAL_TOKENS)
+    elif kind == "unigram":
+        tok = UnigramTokenizer(special_tokens=SPECIAL_TOKENS, byte_fallback=True)
+    else:
+        raise ScratchError(f"--tokenizer must be 'bpe' or 'unigram', not {kind!r}")
     return tok.train("\n".join(list(src_lines) + list(tgt_lines)), vocab_size)
 
 
@@ -263,7 +270,7 @@ class TranslationTrainer:
             raise ScratchError(f"--dropout must be in [0, 1), got {cfg.dropout}")
         train_src, train_tgt, self.val_src, self.val_tgt = load_pairs(cfg)
         self.tokenizer = checkpoint.load_tokenizer(self.ckpt_dir) if state is not None \
-            else train_tokenizer(train_src, train_tgt, cfg.vocab_size)
+            else train_tokenizer(train_src, train_tgt, cfg.vocab_size, cfg.tokenizer)
         limit = min(cfg.max_len, cfg.max_tokens)
         self.train_data = PairData(self.tokenizer, train_src, train_tgt, limit)
         self.val_data = PairData(self.tokenizer, self.val_src, self.val_tgt, limit)

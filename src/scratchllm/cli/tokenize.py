@@ -11,7 +11,8 @@ from ..errors import ScratchError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("tokenize", help="train a tokenizer, encode text to tokens, decode ids to text",
-                              description="Sub-word tokenizers: byte-level BPE (as GPT-2's) and characters.")
+                              description="Sub-word tokenizers: byte-level BPE (as GPT-2's), SentencePiece's unigram "
+                                          "model, and characters.")
     sub = p.add_subparsers(dest="action", metavar="<action>", required=True)
 
     t = sub.add_parser("train", help="learn a tokenizer from text and save it as JSON",
@@ -22,12 +23,19 @@ def register(subparsers) -> None:
     t.add_argument("--vocab-size", type=int, default=None,
                    help="tokens in all, special tokens included (bpe: required; char: default all characters)")
     t.add_argument("--out", default="tokenizer.json", help="where to write the tokenizer")
-    t.add_argument("--kind", choices=("bpe", "char"), default="bpe", help="byte-level BPE or characters")
+    t.add_argument("--kind", choices=("bpe", "unigram", "char"), default="bpe",
+                   help="byte-level BPE, SentencePiece's unigram model, or characters")
     t.add_argument("--pattern", default="gpt2",
                    help="bpe split pattern: 'gpt2', 'gpt4' (cl100k), 'none' (no split) or a regex")
     t.add_argument("--special", action="append", default=[], metavar="TOKEN",
                    help="a special token, e.g. '<|endoftext|>' (repeat for more)")
     t.add_argument("--unk", action="store_true", help="char: map unknown characters to <unk> instead of failing")
+    t.add_argument("--normalization", choices=("nmt_nfkc", "identity"), default="nmt_nfkc",
+                   help="unigram: SentencePiece's text normalisation (nmt_nfkc: NFKC, tabs and newlines as spaces)")
+    t.add_argument("--byte-fallback", action="store_true",
+                   help="unigram: unknown characters become byte pieces <0xE2> ... instead of <unk>")
+    t.add_argument("--keep-spaces", action="store_true",
+                   help="unigram: keep runs of spaces and leading/trailing spaces (SentencePiece removes them)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=run_train)
 
@@ -51,8 +59,8 @@ def register(subparsers) -> None:
 
 def _tokenizer_arg(p) -> None:
     p.add_argument("--tokenizer", required=True,
-                   help="a tokenizer file (ours or Hugging Face tokenizer.json) or a folder with tokenizer.json, "
-                        "vocab.json + merges.txt, or GPT-2's encoder.json + vocab.bpe")
+                   help="a tokenizer file (ours, Hugging Face tokenizer.json or a SentencePiece .model) or a "
+                        "folder with tokenizer.json, vocab.json + merges.txt, or GPT-2's encoder.json + vocab.bpe")
 
 
 def run_train(args) -> int:
@@ -64,6 +72,12 @@ def run_train(args) -> int:
         if args.special:
             raise ScratchError("--special applies to --kind bpe only")
         tok = tokenizers.CharTokenizer(unk=args.unk).train(data, args.vocab_size, progress=progress)
+    elif args.kind == "unigram":
+        if args.vocab_size is None:
+            raise ScratchError("--vocab-size is required for a unigram tokenizer (e.g. --vocab-size 8000)")
+        tok = tokenizers.UnigramTokenizer(normalization=args.normalization, byte_fallback=args.byte_fallback,
+                                          special_tokens=args.special, remove_extra_whitespaces=not args.keep_spaces)
+        tok.train(data, args.vocab_size, progress=progress)
     else:
         if args.vocab_size is None:
             raise ScratchError("--vocab-size is required for a BPE tokenizer (e.g. --vocab-size 4096)")
@@ -91,7 +105,7 @@ def run_encode(args) -> int:
 
     tok = tokenizers.load(args.tokenizer)
     text = args.text if args.text is not None else sys.stdin.read()
-    if isinstance(tok, tokenizers.BPETokenizer):
+    if isinstance(tok, (tokenizers.BPETokenizer, tokenizers.UnigramTokenizer)):
         ids = tok.encode(text, allowed_special="all") if args.allow_special else tok.encode(text, disallowed_special=())
     else:
         ids = tok.encode(text)

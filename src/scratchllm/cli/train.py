@@ -11,8 +11,10 @@ from ..errors import ScratchError
 _HELP = {
     "data": "text to learn: 'builtin' (Python's documentation topics), 'tinyshakespeare', a file or a folder",
     "data_dir": "folder holding registered datasets (e.g. DIR/tinyshakespeare/input.txt); else $SCRATCHLLM_DATA_DIR or the cache",
-    "tokenizer": "'char' (one token per character), 'bpe' (train a byte-level BPE), or a tokenizer.json",
-    "bpe_vocab_size": "vocabulary size when --tokenizer bpe",
+    "tokenizer": "'char' (one token per character), 'bpe' (train a byte-level BPE), 'unigram' (train a "
+                 "SentencePiece-style unigram model, lossless: identity normalisation, byte fallback), "
+                 "or a tokenizer file",
+    "bpe_vocab_size": "vocabulary size when --tokenizer bpe or unigram",
     "out": "run directory: token files, checkpoint (OUT/ckpt), log.jsonl, loss.png",
     "block_size": "context length in tokens",
     "grad_accum": "micro-batches per optimizer step (same gradient as a batch this many times bigger)",

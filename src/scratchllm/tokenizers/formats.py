@@ -155,7 +155,7 @@ def _pattern_of(pre, where):
 # -- one entry point ------------------------------------------------------------
 
 def load(path) -> Tokenizer:
-    """A tokenizer from any file we read: ours, HF tokenizer.json, or a folder.
+    """A tokenizer from any file we read: ours, HF tokenizer.json, a SentencePiece .model, or a folder.
 
     A folder may hold tokenizer.json (ours or HF's), vocab.json + merges.txt
     (HF), or encoder.json + vocab.bpe (OpenAI GPT-2).
@@ -171,6 +171,9 @@ def load(path) -> Tokenizer:
         else:
             raise ScratchError(f"{p} has no tokenizer: expected tokenizer.json, vocab.json + merges.txt, "
                                f"or encoder.json + vocab.bpe")
+    if p.suffix == ".model":
+        from .unigram import UnigramTokenizer
+        return UnigramTokenizer.from_sentencepiece(p)
     data = read_json(p)
     if data.get("format") == FORMAT:
         return from_file_dict(data, p)
