@@ -113,7 +113,7 @@ def shown_pieces(page):
 def shown_distribution(page):
     """{token id: probability} as the table next to the bars shows it, and the bars' own values."""
     rows = page.eval_on_selector_all("#next-table tr[data-id]", "els => els.map(e => [Number(e.dataset.id), "
-                                                                 "e.cells[4].textContent])")
+                                                                 "e.cells[5].textContent])")
     bars = page.evaluate("() => { const d = document.getElementById('next-chart').data;"
                          " return [d[1].x, d[0].x]; }")
     return {i: float(p) for i, p in rows}, bars

@@ -182,11 +182,12 @@ async function loadNext(current) {
   ], { barmode: "group", bargap: 0.25, height: 560, margin: { l: 110, r: 20, t: 36, b: 44 }, font: FONT,
        legend: { orientation: "h", x: 0, y: 1.06 }, xaxis: { title: { text: "probability" }, rangemode: "tozero" } }, PLOT);
   const rows = [el("tr", {}, el("th", { class: "piece", text: "token" }), el("th", { text: "id" }),
-                   el("th", { text: "logit" }), el("th", { text: "p (T=1)" }), el("th", { text: "p sampled" }))];
+                   el("th", { text: "logit" }), el("th", { text: "p (T=1)" }),
+                   el("th", { text: `p (T=${fmt(r.settings.temperature, 2)})` }), el("th", { text: "p sampled" }))];
   for (const x of r.candidates) {
     rows.push(el("tr", { class: x.kept ? "" : "cut", "data-id": x.id, "data-p": x.p, "data-p-temperature": x.p_temperature },
                  el("td", { class: "piece", text: show(x.piece) }), el("td", { text: x.id }), el("td", { text: fmt(x.logit, 3) }),
-                 el("td", { text: fmt(x.p_model) }), el("td", { text: fmt(x.p) })));
+                 el("td", { text: fmt(x.p_model) }), el("td", { text: fmt(x.p_temperature) }), el("td", { text: fmt(x.p) })));
   }
   $("next-table").replaceChildren(...rows);
   $("next-kept").textContent = `${r.kept} of ${state.info.vocab_size} tokens can be sampled at these settings.`;

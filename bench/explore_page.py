@@ -1,0 +1,119 @@
+"""How live the explore page feels, measured in a real browser (headless Chromium driven by Playwright).
+
+    python bench/explore_page.py                 # the default GPT's size (scratchllm train), random weights
+    python bench/explore_page.py --ckpt out      # a trained checkpoint
+    python bench/explore_page.py --rounds 10 --chromium /usr/bin/chromium
+
+First page load: from navigation to the first drawing of tokens and the next-token chart (the page's
+own clock: performance.now(), which starts at navigation), in a fresh browser profile (nothing cached)
+and again in a new tab of the same browser (plotly.js cached). Then, for each view, the time from
+the text box's input event to the view drawn (the page waits 120 ms after the last keystroke before
+asking, and that wait is included). The weights do not change any of these times, so a randomly
+initialised model of the default size is as good as a trained one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TEXTS = ["The quick brown fox jumps over the lazy dog, and then it runs far away.",
+         "In the beginning the Universe was created. This has made a lot of people very angry.",
+         "To be or not to be, that is the question: whether 'tis nobler in the mind to suffer"]
+
+
+def default_gpt(d: Path) -> Path:
+    """A GPT of the default size (scratchllm train: 4 layers, width 128, 64 tokens) with a character
+    tokenizer of the built-in corpus, saved as a checkpoint."""
+    import scratchllm as sl
+    from scratchllm.data.corpus import builtin_text
+    from scratchllm.models import GPT, GPTConfig
+    from scratchllm.tokenizers import CharTokenizer
+    from scratchllm.train import TrainConfig
+
+    cfg = TrainConfig()
+    tok = CharTokenizer().train(builtin_text(), vocab_size=10_000)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd), seed=0)
+    sl.save(model, d / "ckpt", tokenizer=tok)
+    return d / "ckpt"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", help="checkpoint or run directory (default: a default-size GPT, random weights)")
+    ap.add_argument("--rounds", type=int, default=6, help="texts typed per view (default: 6)")
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    args = ap.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    from scratchllm.explore import Explorer, serve_in_thread
+
+    work = Path(tempfile.mkdtemp(prefix="explore-bench-"))
+    ckpt = args.ckpt or default_gpt(work)
+    explorer = Explorer(ckpt)
+    server, url = serve_in_thread(explorer)
+    info = explorer.info()
+    print(f"model: {info['kind']}, {info['layers']} layers, {info['heads']} heads, width {info['config'].get('n_embd')}, "
+          f"{info['vocab_size']} tokens, context {info['context']}, {info['parameters']:,} parameters")
+
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    rows = []
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(work / "profile"), executable_path=args.chromium, headless=True, viewport={"width": 1400, "height": 1000},
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"])
+        loads = []
+        for i in range(4):
+            page = ctx.new_page()
+            t0 = time.perf_counter()
+            page.goto(url)
+            page.wait_for_function("document.body.dataset.renderedNext", timeout=30_000)
+            wall = time.perf_counter() - t0
+            ms = page.evaluate("performance.now()")
+            loads.append((ms, wall * 1000))
+            if i < 3:
+                page.close()
+        rows.append(("first page load, fresh profile", loads[0][0], loads[0][1]))
+        warm = [x[0] for x in loads[1:]]
+        rows.append((f"page load, new tab (median of {len(warm)})", statistics.median(warm),
+                     statistics.median(x[1] for x in loads[1:])))
+
+        for view in ("next", "attention", "block", "backward"):
+            key = "rendered" + view[0].upper() + view[1:]
+            if view != "next":
+                n = int(page.evaluate(f"document.body.dataset.{key} || 0"))
+                page.click(f'#tabs button[data-view="{view}"]')
+                page.wait_for_function(f"Number(document.body.dataset.{key} || 0) > {n}", timeout=30_000)
+            times = []
+            for r in range(args.rounds):
+                text = TEXTS[r % len(TEXTS)][: min(60, 30 + 5 * r)]  # within the 64-token context
+                n = int(page.evaluate(f"document.body.dataset.{key} || 0"))
+                page.evaluate("window.explore.timings = []")
+                page.fill("#text", text)
+                try:
+                    page.wait_for_function(f"Number(document.body.dataset.{key} || 0) > {n}", timeout=30_000)
+                except Exception:
+                    sys.exit(f"{view}: {text!r} was not drawn; the page says: {page.text_content('#text-error')}")
+                times.append(page.evaluate(f"window.explore.timings.filter(t => t.view === '{view}').pop().ms"))
+            rows.append((f"text -> {view} drawn (median of {len(times)}, max {max(times):.0f} ms)",
+                         statistics.median(times), None))
+        ctx.close()
+    server.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{'what':<58} {'page clock ms':>14} {'wall ms':>9}")
+    for what, ms, wall in rows:
+        print(f"{what:<58} {ms:>14.0f} {'' if wall is None else f'{wall:.0f}':>9}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
