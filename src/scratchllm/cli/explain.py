@@ -4,6 +4,7 @@
     scratchllm explain charmlp --text "The "
     scratchllm explain positions --ckpt out
     scratchllm explain bpe --tokenizer tok.json "cats"
+    scratchllm explain unigram --tokenizer tok.json "cats"
     scratchllm explain gpt --ckpt out --text "To be or not" --target " "
     scratchllm explain transformer --ckpt out-translate --text "Ein Hund rennt über die Wiese."
 """
@@ -24,6 +25,7 @@ on paper: inputs, weights, sums, activations, scores, the answer.
   scratchllm explain classifier 32 107 56 11.2 --label leaf    … and one training step by hand
   scratchllm explain positions                    the sinusoidal position table and its formula
   scratchllm explain bpe --tokenizer tok.json "cats"    byte-pair merges, one at a time
+  scratchllm explain unigram --tokenizer tok.json "cats"    every segmentation, and why Viterbi picks one
   scratchllm explain gpt --ckpt out --text "To be or not"     a GPT, layer by layer, head by head
   scratchllm explain gpt --ckpt out --text "To be or not" --target " "    … and its backward pass
   scratchllm explain transformer --ckpt DIR --text "Ein Hund rennt."    which source piece each word looked at"""
@@ -73,6 +75,16 @@ def register(subparsers) -> None:
     b.add_argument("--tokenizer", required=True, metavar="PATH",
                    help="a BPE tokenizer file, or a folder with one (tokenizer.json, GPT-2's encoder.json + vocab.bpe)")
     b.set_defaults(func=run_bpe)
+
+    u = sub.add_parser("unigram", help="a unigram (SentencePiece) tokenizer's segmentation of a text",
+                       description="The lattice of a text (every piece that matches, with its log-probability), "
+                                   "every segmentation with its log-probability, and the Viterbi table that picks "
+                                   "the best, e.g. `scratchllm explain unigram --tokenizer tok.json \"cats\"`.")
+    u.add_argument("text", help="the text (a word, or a few)")
+    u.add_argument("--tokenizer", required=True, metavar="PATH",
+                   help="a unigram tokenizer file (ours or a SentencePiece .model)")
+    u.add_argument("--top", default="20", metavar="N", help="how many segmentations to list (default: 20)")
+    u.set_defaults(func=run_unigram)
     _register_gpt(sub)
     _register_transformer(sub)
 
@@ -127,6 +139,15 @@ def run_bpe(args) -> int:
     from ..explain.bpe import explain_bpe
 
     print(explain_bpe(tokenizers.load(args.tokenizer), args.text, source=str(args.tokenizer)))
+    return 0
+
+
+def run_unigram(args) -> int:
+    from .. import tokenizers
+    from ..explain.unigram import explain_unigram
+
+    top = classify_cli.number(args.top, "--top", int, 1)
+    print(explain_unigram(tokenizers.load(args.tokenizer), args.text, top=top, source=str(args.tokenizer)))
     return 0
 
 

@@ -368,7 +368,15 @@ class UnigramTokenizer(Tokenizer):
                                f"' cat' as '▁cat')") from None
 
     def score(self, i: int) -> float:
+        """The piece's score as stored (its log-probability)."""
         return self._pieces[self._check_ids([i])[0]][1]
+
+    def lattice_score(self, i: int) -> float:
+        """The score a node of piece i has in the lattice: user-defined pieces get their bonus, <unk> min - 10."""
+        if i == self.unk_id:
+            return self.unk_score
+        hit = self._table.get(self._pieces[self._check_ids([i])[0]][0])
+        return hit[1] if hit else self.score(i)
 
     def piece_type(self, i: int) -> str:
         return TYPE_NAMES[self._pieces[self._check_ids([i])[0]][2]]

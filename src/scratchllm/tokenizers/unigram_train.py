@@ -457,6 +457,9 @@ def train_unigram(tok, data, vocab_size: int, *, character_coverage: float = 0.9
     finally:
         shards.close()
         bar.close()
+    if len(final) < n_normal:
+        raise ScratchError(f"the text allows at most {len(final) + len(meta)} pieces, fewer than vocab_size "
+                           f"{vocab_size}: lower it or give more text")
     tok._build(meta + [(p, s, NORMAL) for p, s in final], tok.normalizer, tok.byte_fallback)
     return tok
 
