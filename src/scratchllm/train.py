@@ -190,7 +190,9 @@ def trim_log(path: Path, step: int):
     """Drop JSONL log lines past ``step`` (the steps a crash threw away before a resume)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    from .plot import read_log  # the one reader of run logs: a corrupt line is named, not a traceback
+
+    keep = [json.dumps(r) for r in read_log(path) if r["step"] <= step]
     path.write_text("".join(ln + "\n" for ln in keep))
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import ScratchError
+from . import check_output_dir
 from .classify import number
 
 DEFAULT_DIR = "out/charmlp"
@@ -148,6 +149,7 @@ def run_train(args) -> int:
     max_chars = number(args.max_chars, "--max-chars", int, 0)
     if lr <= 0:
         raise ScratchError(f"--lr must be above 0, got {args.lr}")
+    check_output_dir(args.out)  # before the training, not after it
 
     text = load_text(args.data)
     if max_chars:

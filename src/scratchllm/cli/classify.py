@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import ScratchError
+from . import Parser, check_output_dir
 
 DEFAULT_DIR = "out/classifier"
 EXAMPLE = "32 107 56 11.2"
@@ -31,7 +32,7 @@ output is the answer.
   scratchllm explain classifier {EXAMPLE}   see every multiplication it does"""
 
 
-class _DefaultVerbParser(argparse.ArgumentParser):
+class _DefaultVerbParser(Parser):
     """Reads `classify 32 107 56 11.2` as `classify predict 32 107 56 11.2`."""
 
     def parse_known_args(self, args=None, namespace=None):
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("classify", help="leaf or flower? train the classifier or ask it",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=lambda args: _no_verb(p))
-    sub = p.add_subparsers(dest="action", metavar="{train,predict}", parser_class=argparse.ArgumentParser)
+    sub = p.add_subparsers(dest="action", metavar="{train,predict}", parser_class=Parser)
     p.__class__ = _DefaultVerbParser  # the first word picks a sub-verb, or is the first number
 
     t = sub.add_parser("train", help="train from a fixed seed and save (about a second)",
@@ -152,6 +153,7 @@ def run_train(args) -> int:
     lr = number(args.lr, "--lr", float)
     examples = number(args.examples, "--examples", int, 20)
     hidden = [number(h, "--hidden", int, 1) for h in args.hidden.split(",")]
+    check_output_dir(args.out)
     if lr <= 0:
         raise ScratchError(f"--lr must be above 0, got {args.lr}")
 

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..errors import ScratchError
+from . import check_output_dir
 
 DESCRIPTION = """\
 Write a GPT checkpoint (e.g. the out/ of `scratchllm train`) as a Hugging Face
@@ -30,6 +31,7 @@ def run(args) -> int:
     from .. import checkpoint
     from ..hf import save_hf_gpt2
 
+    check_output_dir(args.hf)
     model = checkpoint.load(args.ckpt)
     if getattr(model, "kind", None) != "gpt":
         raise ScratchError(f"{args.ckpt} holds a {type(model).__name__}; only a GPT can be exported as GPT-2")

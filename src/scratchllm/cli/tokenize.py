@@ -1,7 +1,6 @@
 """``scratchllm tokenize``: train a tokenizer, or show how one cuts text into tokens."""
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -16,7 +15,6 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="action", metavar="<action>", required=True)
 
     t = sub.add_parser("train", help="learn a tokenizer from text and save it as JSON",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Learn a tokenizer from a text file or folder (streamed), 'builtin' "
                                    "(Python's documentation topics) or a registered dataset name.")
     t.add_argument("--data", default="builtin", help="text file, folder, 'builtin' or a dataset name")
@@ -65,7 +63,9 @@ def _tokenizer_arg(p) -> None:
 
 def run_train(args) -> int:
     from .. import tokenizers
+    from . import check_output_file
 
+    check_output_file(args.out)  # before the training, not after it
     progress = not args.no_progress and sys.stderr.isatty()
     data = _training_data(args.data)
     if args.kind == "char":

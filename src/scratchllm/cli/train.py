@@ -1,12 +1,12 @@
 """``scratchllm train``: a GPT on the built-in corpus, or on your text."""
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ScratchError
+from . import add_config_options, check_output_dir
 
 _HELP = {
     "data": "text to learn: 'builtin' (Python's documentation topics), 'tinyshakespeare', a file or a folder",
@@ -15,7 +15,7 @@ _HELP = {
                  "SentencePiece-style unigram model, lossless: identity normalisation, byte fallback), "
                  "or a tokenizer file",
     "bpe_vocab_size": "vocabulary size when --tokenizer bpe or unigram",
-    "out": "run directory: token files, checkpoint (OUT/ckpt), log.jsonl, loss.png",
+    "out": "run directory: token files, checkpoint (OUT/ckpt), log.jsonl, loss.png (with matplotlib)",
     "block_size": "context length in tokens",
     "grad_accum": "micro-batches per optimizer step (same gradient as a batch this many times bigger)",
     "max_iters": "optimizer steps in total (a resumed run continues to this many)",
@@ -36,15 +36,8 @@ def register(sub):
 
     p = sub.add_parser("train", help="train a GPT (defaults: a small char-level GPT on the built-in corpus)",
                        description="Train a GPT. With no arguments: 4 layers, width 128, char-level, on the "
-                                   "built-in corpus (Python's own documentation text), a few minutes on 2 cores.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(TrainConfig):
-        if f.name in _SKIP:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = type(f.default)
-        p.add_argument(flag, type=kind, default=None, metavar=f.name.upper() if kind is not str else None,
-                       help=_HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {f.default})")
+                                   "built-in corpus (Python's own documentation text), a few minutes on 2 cores.")
+    add_config_options(p, TrainConfig, _HELP, _SKIP)
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size: " +
                    ", ".join(f"{k} = {v[0]} layers, {v[1]} heads, width {v[2]}" for k, v in PRESETS.items()))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -76,6 +69,7 @@ def _config(args):
             raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if not 0 <= cfg.dropout < 1:
         raise ScratchError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    check_output_dir(cfg.out)  # before the data and the tokenizer, not after them
     return cfg
 
 
@@ -88,7 +82,6 @@ def run(args):
 
 def _run(args):
     from ..generate import generate
-    from ..plot import plot_run
     from ..train import Trainer
 
     cfg = _config(args)
@@ -104,7 +97,7 @@ def _run(args):
           f"{len(trainer.train_ids):,} training tokens; run directory {cfg.out}{ranks}")
     trainer.fit()
     print(f"checkpoint: {trainer.ckpt_dir}")
-    plot_run(cfg.out, quiet=True)
+    print(_curves_line(cfg.out))
     if trainer.cfg.sample_tokens and trainer.step >= trainer.cfg.max_iters:
         print("--- sample ---")
         tok = trainer.tokenizer
@@ -114,9 +107,26 @@ def _run(args):
     return 0
 
 
-def run_plot(args):
+def _curves_line(run) -> str:
+    """Where the loss curves are: loss.png when matplotlib draws it, else the log and how to draw it."""
     from ..plot import plot_run
 
+    try:
+        png = plot_run(run, quiet=True)
+    except ScratchError as e:
+        return f"loss curves: none drawn ({e})"
+    if png is not None:
+        return f"loss curves: {png}"
+    return (f"loss curves: {Path(run) / 'log.jsonl'}, one line per evaluation; for {Path(run) / 'loss.png'}: "
+            f"pip install matplotlib (the plot extra), then scratchllm plot {run}")
+
+
+def run_plot(args):
+    from ..plot import plot_run
+    from . import check_output_file
+
+    if args.output:
+        check_output_file(args.output)
     path = plot_run(args.run, args.output)
     print(path)
     return 0

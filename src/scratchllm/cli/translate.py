@@ -12,6 +12,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ScratchError
+from ..files import write_atomic
+from . import add_config_options, check_output_dir, check_output_file
 
 DEFAULT_OUT = "out-translate"
 
@@ -62,13 +64,7 @@ def _register_train(sub):
                                    "pairs: Multi30k German -> English by default, or --src/--tgt files. A joint BPE "
                                    "tokenizer is learned first; val loss and val BLEU are printed after each epoch; "
                                    "Ctrl-C saves a checkpoint that --resume continues exactly.")
-    for f in fields(TranslationConfig):
-        if f.name in _SKIP:
-            continue
-        kind = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                       metavar=f.name.upper() if kind is not str else None,
-                       help=_HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {f.default if f.default != '' else 'none'})")
+    add_config_options(p, TranslationConfig, _HELP, _SKIP)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
@@ -100,6 +96,7 @@ def _run_train(args):
     from ..translation_train import TranslationTrainer
 
     cfg = _train_config(args)
+    check_output_dir(cfg.out)  # before the data and the tokenizer, not after them
     trainer = TranslationTrainer(cfg, resume=args.resume)
     if not trainer.world.is_root:  # rank 0 alone speaks, saves and translates the examples
         trainer.fit()
@@ -192,6 +189,8 @@ def run_translate(args):
         raise ScratchError("give either --text SENTENCE or --input FILE")
     if args.output and not args.input:
         raise ScratchError("--output goes with --input FILE")
+    if args.output:
+        check_output_file(args.output)  # before the translating, not after it
     model, tokenizer = _load(args)
     if args.text:
         for line in _translate(model, tokenizer, args.text, args, progress=False):
@@ -206,7 +205,7 @@ def run_translate(args):
         out[i] = hyp
     text = "".join(line + "\n" for line in out)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        write_atomic(args.output, text)
         print(f"{len(lines)} lines translated to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -237,6 +236,8 @@ def run_eval(args):
         raise ScratchError("give both --src and --ref (line-aligned files)")
     if args.src and args.split:
         raise ScratchError("give either --split or --src/--ref, not both")
+    if args.output:
+        check_output_file(args.output)
     model, tokenizer = _load(args)
     if args.src:
         src, refs = load_parallel(args.src, args.ref)
@@ -246,7 +247,7 @@ def run_eval(args):
         src, refs = multi30k(name, args.data_dir)
     hyps = _translate(model, tokenizer, src, args, progress=not args.no_progress)
     if args.output:
-        Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        write_atomic(args.output, "".join(h + "\n" for h in hyps))
     print(f"{name}: {len(src)} sentences, beam {args.beam}")
     print(bleu_details(hyps, refs))
     return 0

@@ -5,12 +5,12 @@ A corpus is tokenised once; training then reads windows straight from disk.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ScratchError
+from ..files import write_atomic
 
 FORMAT = "scratchllm-tokens"
 VERSION = 1
@@ -27,12 +27,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_token_bin(ids, path, vocab_size: int | None = None) -> Path:
     """Store ids as uint16 (vocabulary ≤ 65536) or uint32, with a JSON sidecar."""
     ids = np.asarray(ids)
@@ -45,11 +39,11 @@ def write_token_bin(ids, path, vocab_size: int | None = None) -> Path:
     dtype = token_dtype(vocab_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, ids.astype(dtype).tobytes())
+    write_atomic(path, ids.astype(dtype).tobytes())
     meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.name,
             "count": int(ids.size), "vocab_size": vocab_size}
     # The sidecar is written last: its presence means the ids are complete.
-    _atomic_write(sidecar_path(path), json.dumps(meta, indent=1).encode())
+    write_atomic(sidecar_path(path), json.dumps(meta, indent=1).encode())
     return path
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import ScratchError
+from ..files import write_atomic
 
 FORMAT = "scratchllm-tokenizer"
 VERSION = 1
@@ -88,9 +88,7 @@ class Tokenizer:
         """Write the tokenizer as one JSON file (written whole, then renamed)."""
         path = Path(path)
         data = {"format": FORMAT, "version": VERSION, "type": self.type_name, **self.to_dict()}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
