@@ -109,6 +109,7 @@ def test_charsmap_compiled_here_reads_back():
     assert {k.decode(): v.decode() for k, v in decompile_charsmap(data).items()} == mapping
     n = Normalizer(data, add_dummy_prefix=False, remove_extra_whitespaces=False)
     assert n.apply_map("aab\x01ﬁé\t") == "bXfie "  # longest key first
+    assert n.apply_map("aab\x01\t") == "bX "          # the same on ASCII text
 
 
 # -- the lattice ----------------------------------------------------------------

@@ -34,11 +34,11 @@ agree on ordinary text but not on every rare character. A model read from a
 from __future__ import annotations
 
 import functools
+import re
 import struct
 import unicodedata
 
 import numpy as np
-import regex
 
 from ..errors import ScratchError
 
@@ -251,8 +251,8 @@ class Normalizer:
         self.add_dummy_prefix = bool(add_dummy_prefix)
         self.remove_extra_whitespaces = bool(remove_extra_whitespaces)
         self.escape_whitespaces = bool(escape_whitespaces)
-        self._single, self._multi, self._region = _compiled(self.charsmap)
-        self._spaces = regex.compile(" {2,}")
+        self._single, self._multi, self._region, self._ascii = _compiled(self.charsmap)
+        self._spaces = re.compile(" {2,}")
 
     def apply_map(self, text: str) -> str:
         """Longest match first at each position; most text needs only str.translate.
@@ -260,6 +260,10 @@ class Normalizer:
         Keys of several characters (a letter + combining accents, a kana +
         voicing mark) are tried only inside a run of such trailing marks.
         """
+        if self._ascii is not None and text.isascii():
+            # ASCII text: the map's ASCII part in one bytes.translate (no key of several characters is ASCII)
+            table, delete = self._ascii
+            return text.encode("ascii").translate(table, delete).decode("ascii")
         if self._region is None:
             return text.translate(self._single) if self._single else text
         out = []
@@ -325,8 +329,19 @@ def _compiled(charsmap: bytes):
             single[ord(key)] = value
         elif len(key) <= _MAX_KEY:
             multi[key] = value
+    # ASCII text meets only the ASCII keys when every longer key holds a non-ASCII character
+    # (as in sentencepiece's maps: a letter + a combining mark); when those map to at most
+    # one ASCII character each, one bytes.translate does the whole map.
+    ascii_map = {k: v for k, v in single.items() if k < 128}
+    ascii_fast = None
+    if all(len(v) <= 1 and v.isascii() for v in ascii_map.values()) and not any(k.isascii() for k in multi):
+        table = bytearray(range(256))
+        for k, v in ascii_map.items():
+            if v:
+                table[k] = ord(v)
+        ascii_fast = (bytes(table), bytes(k for k, v in ascii_map.items() if not v))
     if not multi:
-        return single, multi, None
+        return single, multi, None, ascii_fast
     tails = sorted({c for k in multi for c in k[1:]})
-    region = regex.compile("(?s).[" + "".join(regex.escape(c) for c in tails) + "]+")
-    return single, multi, region
+    region = re.compile("(?s).[" + "".join(re.escape(c) for c in tails) + "]+")
+    return single, multi, region, ascii_fast

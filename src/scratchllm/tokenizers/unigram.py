@@ -29,9 +29,8 @@ from __future__ import annotations
 import base64
 import math
 import random
+from itertools import chain, islice
 from typing import Iterable
-
-import regex
 
 from ..errors import ScratchError
 from .base import Tokenizer
@@ -44,7 +43,6 @@ UNK_PENALTY = 10.0
 TYPE_NAMES = {NORMAL: "normal", UNKNOWN: "unknown", CONTROL: "control", USER_DEFINED: "user_defined",
               UNUSED: "unused", BYTE: "byte"}
 _TYPES = {v: k for k, v in TYPE_NAMES.items()}
-_WORDS = regex.compile(f"{SPACE}[^{SPACE}]*|[^{SPACE}]+")
 _CACHE_ENTRIES = 1 << 18
 
 
@@ -136,7 +134,9 @@ class UnigramTokenizer(Tokenizer):
         self.clear_cache()
 
     def clear_cache(self) -> None:
-        self._cache = _WordCache(self._encode_word)
+        """Forget the cached segmentations of words: "cat" (after a "▁") and bare ones (at the start)."""
+        self._cache = _WordCache(lambda w: self._encode_word(SPACE + w))
+        self._bare = _WordCache(self._encode_word)
 
     # -- the lattice -----------------------------------------------------------
     def lattice(self, s: str) -> list[list[tuple[int, int, float]]]:
@@ -220,7 +220,7 @@ class UnigramTokenizer(Tokenizer):
         """
         allowed = self._special_set(allowed_special, "allowed_special")
         disallowed = self._special_set(disallowed_special, "disallowed_special") - allowed
-        if disallowed:
+        if disallowed and any(sp in text for sp in disallowed):
             found = self._special_re(disallowed).search(text)
             if found:
                 raise ScratchError(
@@ -229,7 +229,7 @@ class UnigramTokenizer(Tokenizer):
         rng = None
         if alpha is not None:
             rng = seed if isinstance(seed, random.Random) else random.Random(seed)
-        if not allowed:
+        if not allowed or not any(sp in text for sp in allowed):
             return self._encode_text(text, alpha, rng)
         ids: list[int] = []
         pos = 0
@@ -249,8 +249,9 @@ class UnigramTokenizer(Tokenizer):
             return self._ids_of_path(s, self._sample(s, alpha, rng))
         if not self._by_word:
             return self._ids_of_path(s, self._viterbi(s))
-        get = self._cache.__getitem__
-        ids = [i for w in _WORDS.findall(s) for i in get(w)]
+        parts = s.split(SPACE)  # every part but the first followed a "▁"
+        ids = list(self._bare[parts[0]]) if parts[0] else []
+        ids.extend(chain.from_iterable(map(self._cache.__getitem__, islice(parts, 1, None))))
         if not self.byte_fallback and self.unk_id in ids:
             ids = [i for k, i in enumerate(ids) if not (i == self.unk_id and k and ids[k - 1] == self.unk_id)]
         return ids
