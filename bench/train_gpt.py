@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -217,6 +218,16 @@ def alone_child(which: str, steps: int = 60):
 def ranks_child(runner, steps: int):
     for _ in range(5):
         runner.step()
+    w, sums = world(), []
+    ordered_sum = w.ordered_sum
+
+    def timed_sum(*args):
+        t0 = time.perf_counter()
+        out = ordered_sum(*args)
+        sums.append(time.perf_counter() - t0)
+        return out
+
+    w.ordered_sum = timed_sum
     rounds = []
     for _ in range(steps // 10):
         t0 = time.perf_counter()
@@ -224,7 +235,7 @@ def ranks_child(runner, steps: int):
             runner.step()
         rounds.append((time.perf_counter() - t0) / 10)
     if world().is_root:
-        print(json.dumps({"ms": 1e3 * float(np.median(rounds))}), flush=True)
+        print(json.dumps({"ms": 1e3 * float(np.median(rounds)), "sum_ms": 1e3 * float(np.median(sums))}), flush=True)
 
 
 LAYOUTS = {  # name: command line of the child; each child times one layout alone
@@ -244,14 +255,16 @@ def layouts(repeats: int):
     if mpirun is None:
         print("\nlayouts: no mpirun (pip install -e '.[mpi]'); skipped")
         return
-    results = {name: [] for name in LAYOUTS}
+    results, sum_ms = {name: [] for name in LAYOUTS}, []
     env = dict(os.environ, SCRATCHLLM_MALLOC="default")  # for PyTorch's child; ours apply their own
     for _ in range(repeats):
         for name, argv in LAYOUTS.items():
             argv = [mpirun, *argv[1:]] if argv[0] == "mpirun" else argv
             child_env = env if "pytorch" in name else dict(os.environ)
             out = subprocess.run(argv, capture_output=True, text=True, env=child_env, check=True).stdout
-            results[name].append(json.loads(out.strip().splitlines()[-1])["ms"])
+            record = json.loads(out.strip().splitlines()[-1])
+            results[name].append(record["ms"])
+            sum_ms.extend([record["sum_ms"]] if "sum_ms" in record else [])
     ms = {name: float(np.median(v)) for name, v in results.items()}
     tokens = CFG.batch_size * CFG.block_size
     first, second, ref = LAYOUTS
@@ -260,7 +273,8 @@ def layouts(repeats: int):
     print(f"\nLayouts, each alone in fresh processes (median over {repeats} runs of the median of 6 rounds of "
           f"10 steps; batch {CFG.batch_size} × block {CFG.block_size}, the same 2 shards either way)\n")
     print(table(rows, ["", "ms/step", "tokens/s", "speed vs pytorch", "each run (ms/step)"]))
-    print(f"\nranks / threads (tokens/s): {ms[second] / ms[first]:.2f}")
+    print(f"\nranks / threads (tokens/s): {ms[second] / ms[first]:.2f}; of a 2-rank step, the gradient sum over MPI "
+          f"(rank 0, waiting for rank 1 included): {np.median(sum_ms):.2f} ms")
 
 
 def model_scaling(steps: int = 20):
@@ -271,7 +285,7 @@ def model_scaling(steps: int = 20):
     from scratchllm.train import PRESETS
 
     tok, train_ids, _ = load_data()
-    rows = []
+    rows, steps_s = [], {}
     for preset in ("small", "medium"):
         cfg = TrainConfig(**{**CFG.__dict__, "n_layer": PRESETS[preset][0], "n_head": PRESETS[preset][1],
                              "n_embd": PRESETS[preset][2]})
@@ -291,8 +305,40 @@ def model_scaling(steps: int = 20):
                     times.append(time.perf_counter() - t0)
         n = model.num_parameters()
         rows.append((preset, f"{n:,}", f"{4 * n / 2**20:.1f}", f"{1e3 * float(np.median(times)):.0f}"))
+        steps_s[preset] = (4 * n, float(np.median(times)))
     print("\nOne rank, one thread, batch 12 × 64: gradient bytes to sum each step (float32) and the step's time\n")
     print(table(rows, ["model", "parameters", "gradient (MiB)", "ms/step (12 rows, 1 thread)"]))
+    ranks = (2, 4, 8, 16, 32, 64)
+    print(f"\nModelled efficiency on {LINK_GBIT:g} Gb/s Ethernet ({LINK_EFF:.0%} of it, {LATENCY_S * 1e6:.0f} µs a message), "
+          "12 rows per rank: compute / (compute + gradient sum), the sum not overlapped with compute\n")
+    rows = []
+    for preset, (nbytes, t) in steps_s.items():
+        for name, cost in (("ordered chain + broadcast (bit-exact)", chain_seconds),
+                           ("ring all-reduce (order left to the library)", ring_seconds)):
+            rows.append((preset, name) + tuple(f"{t / (t + cost(nbytes, r)):.0%} ({1e3 * cost(nbytes, r):.0f} ms)"
+                                               for r in ranks))
+    print(table(rows, ["model", "gradient sum"] + [f"{r} ranks" for r in ranks]))
+
+
+LINK_GBIT, LINK_EFF, LATENCY_S = 10.0, 0.9, 50e-6  # 10 Gb/s Ethernet, TCP
+
+
+def chain_seconds(nbytes: int, ranks: int) -> float:
+    """distributed.World.ordered_sum: a chain through the ranks in chunks, then MPICH's broadcast of a large
+    message (scatter + ring allgather, ≈ 2 × the bytes through each link)."""
+    from scratchllm.distributed import CHUNK
+
+    bw = LINK_GBIT * 1e9 / 8 * LINK_EFF
+    chunk = min(4 * CHUNK, nbytes)
+    chain = (math.ceil(nbytes / chunk) + ranks - 2) * (chunk / bw + LATENCY_S)  # k chunks through N − 1 hops
+    bcast = 2 * nbytes * (ranks - 1) / ranks / bw + (ranks + np.log2(ranks)) * LATENCY_S
+    return chain + bcast
+
+
+def ring_seconds(nbytes: int, ranks: int) -> float:
+    """A ring all-reduce (reduce-scatter + allgather): 2 (N−1)/N × the bytes through each link."""
+    bw = LINK_GBIT * 1e9 / 8 * LINK_EFF
+    return 2 * nbytes * (ranks - 1) / ranks / bw + 2 * (ranks - 1) * LATENCY_S
 
 
 def alone(repeats: int):

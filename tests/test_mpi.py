@@ -112,12 +112,18 @@ def test_one_process_is_a_world_of_one():
 
 
 # ---- through mpirun -----------------------------------------------------------------------
+# The CLI with the chain's messages cut small, so that these tiny models' gradients travel in many pieces.
+SMALL_CHUNKS = ["-c", "import sys; import scratchllm.distributed as D; D.CHUNK = 500; from scratchllm.cli import main; "
+                "sys.exit(main(sys.argv[1:]))"]
+
+
 @needs_mpi
-def test_gpt_two_ranks_equal_two_threads_bit_for_bit(corpus):
-    proc, _ = mpirun(corpus, ranks("-m", "scratchllm", "train", *GPT, "--max-iters", "4", "--out", "ranks", n=2))
+@pytest.mark.parametrize("n", [2, 3])  # 3: a rank in the middle of the chain receives, adds and passes on
+def test_gpt_n_ranks_equal_n_threads_bit_for_bit(corpus, n):
+    proc, _ = mpirun(corpus, ranks(*SMALL_CHUNKS, "train", *GPT, "--max-iters", "4", "--out", "ranks", n=n))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("step 3: train loss") == 1  # rank 0 alone logs
-    assert cli(corpus, "train", *GPT, "--max-iters", "4", "--threads", "2", "--out", "threads") == 0
+    assert cli(corpus, "train", *GPT, "--max-iters", "4", "--threads", str(n), "--out", "threads") == 0
     assert_bit_identical(corpus / "ranks", corpus / "threads")
     logs = [(corpus / r / "log.jsonl").read_text().splitlines() for r in ("ranks", "threads")]
     assert [json.loads(x)["val_loss"] for x in logs[0]] == [json.loads(x)["val_loss"] for x in logs[1]]
@@ -148,7 +154,7 @@ def test_transformer_two_ranks_equal_two_threads_bit_for_bit(tmp_path):
     args = ["translate-train", "--src", "s.txt", "--tgt", "t.txt", "--vocab-size", "280", "--d-model", "16",
             "--n-head", "2", "--n-layers", "1", "--d-ff", "32", "--max-tokens", "120", "--max-steps", "4",
             "--bleu-sentences", "2", "--no-progress"]  # dropout 0.1 (the default)
-    proc, _ = mpirun(tmp_path, ranks("-m", "scratchllm", *args, "--out", "ranks", n=2))
+    proc, _ = mpirun(tmp_path, ranks(*SMALL_CHUNKS, *args, "--out", "ranks", n=2))
     assert proc.returncode == 0, proc.stderr
     assert cli(tmp_path, *args, "--threads", "2", "--out", "threads") == 0
     assert_bit_identical(tmp_path / "ranks", tmp_path / "threads")

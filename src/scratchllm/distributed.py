@@ -47,7 +47,8 @@ INSTALL = 'pip install "scratchllm[mpi]" (mpi4py and MPICH), then start with tha
 # What launchers set in each process: MPICH and Intel MPI (PMI), Open MPI, MVAPICH.
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-CHUNK = 1 << 18  # elements per message of the chain (1 MiB of float32)
+CHUNK = 1 << 16  # elements per message of the chain (256 KiB of float32): small enough that the chain
+# fills quickly past many ranks, large enough that a message's latency is a fraction of its time (bench/RESULTS.md)
 POLL_S = 2e-4  # sleep between tests of a pending message
 
 
