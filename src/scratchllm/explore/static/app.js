@@ -59,14 +59,19 @@ function heatmap(div, z, rows, cols, opts = {}) {
   };
   const xticks = opts.xticks || cols.map((c) => c.replace(/^\d+ /, ""));  // the piece; its position is in the hover
   const cell = opts.cell || 18;
+  // every tick label costs the browser dearly (64 of them: ~4× the time of the whole heatmap), so a long
+  // text gets a label every few tokens; each cell's hover names its tokens all the same
+  const every = (n) => (n <= 24 ? 1 : Math.ceil(n / 16));
+  const xs = cols.map((_, j) => j).filter((j) => j % every(cols.length) === 0);
+  const ys = rows.map((_, i) => i).filter((i) => i % every(rows.length) === 0);
   const layout = {
     margin: { l: opts.left || 70, r: 10, t: opts.title ? 30 : 8, b: opts.bottom || 50 }, font: FONT,
     title: opts.title ? { text: opts.title, font: { size: 13 }, x: 0.02 } : undefined,
     height: opts.height || Math.min(760, Math.max(240, 40 + cell * rows.length + (opts.bottom || 50))),
-    xaxis: { tickvals: cols.map((_, j) => j), ticktext: xticks, tickangle: cols.length > 28 ? -90 : 0,
+    xaxis: { tickvals: xs, ticktext: xs.map((j) => xticks[j]), tickangle: xs.length > 12 && xs.some((j) => xticks[j].length > 3) ? -90 : 0,
              tickfont: { family: "ui-monospace, DejaVu Sans Mono, monospace", size: 11 }, automargin: true,
              title: opts.xtitle ? { text: opts.xtitle, font: { size: 11 } } : undefined },
-    yaxis: { tickvals: rows.map((_, i) => i), ticktext: opts.yticks || rows, autorange: "reversed", automargin: true,
+    yaxis: { tickvals: ys, ticktext: ys.map((i) => (opts.yticks || rows)[i]), autorange: "reversed", automargin: true,
              tickfont: { family: "ui-monospace, DejaVu Sans Mono, monospace", size: 11 },
              title: opts.ytitle ? { text: opts.ytitle, font: { size: 11 } } : undefined },
     plot_bgcolor: "#ffffff",
@@ -116,7 +121,7 @@ let timer = null;
 function onText() {
   state.lastInput = performance.now();
   clearTimeout(timer);
-  timer = setTimeout(refresh, 120);
+  timer = setTimeout(refresh, 80);
 }
 async function refresh() {
   const seq = ++state.seq;
@@ -296,7 +301,7 @@ async function loadBlock(current) {
   const width = r.gelu[0].length, neurons = Array.from({ length: width }, (_, j) => String(j));
   heatmap("block-gelu", r.gelu, labels, neurons, {
     colorscale: SIGNED, zmid: 0, gap: 0, title: `layer ${layer}: the MLP's ${width} activations after GELU`,
-    xticks: neurons.map((n, j) => (j % Math.ceil(width / 16) === 0 ? n : "")), xtitle: "neuron", height: 120 + 22 * labels.length,
+    xtitle: "neuron", height: 120 + 22 * labels.length,
     hover: "token %{customdata[0]}<br>neuron %{customdata[1]}<br>gelu %{z:.4f}<extra></extra>" });
   done("block");
 }
