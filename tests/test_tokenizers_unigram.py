@@ -297,3 +297,13 @@ def test_training_quality_against_sentencepiece(shared_data, tmp_path, data, voc
     (ours_tpc, ours_ll), (ref_tpc, ref_ll) = quality(text, vocab, tmp_path)
     assert ours_tpc == pytest.approx(ref_tpc, rel=0.02)
     assert ours_ll == pytest.approx(ref_ll, rel=0.02)
+
+
+def test_two_workers_learn_what_one_does():
+    text = corpus()[:250_000]
+    one = UnigramTokenizer().train(text, 800, workers=1)
+    two = UnigramTokenizer().train(text, 800, workers=2)
+    a = {one.id_to_token(i): one.score(i) for i in range(one.vocab_size)}
+    b = {two.id_to_token(i): two.score(i) for i in range(two.vocab_size)}
+    assert a.keys() == b.keys()
+    assert [b[p] for p in a] == pytest.approx(list(a.values()), abs=1e-4)

@@ -214,18 +214,26 @@ _KEEP = {0xFF5E}  # FULLWIDTH TILDE stays, as in sentencepiece's map
 def nmt_nfkc_map() -> dict[str, str]:
     """nmt_nfkc as a per-character map: NFKC plus the rules above."""
     out = {}
-    for cp in range(1, 0x110000):
-        if 0xD800 <= cp <= 0xDFFF or cp in _KEEP:
+    for lo in range(0, 0x110000, 128):
+        cps = [cp for cp in range(max(lo, 1), lo + 128) if not 0xD800 <= cp <= 0xDFFF and cp not in _KEEP]
+        # A block that NFKC leaves as it is holds no character NFKC changes alone (only
+        # the spaces and controls of the rules above need a look there).
+        block = "".join(map(chr, cps))
+        whole = unicodedata.is_normalized("NFKC", block)
+        if whole and block.isprintable():  # no control or space character either
             continue
-        c = chr(cp)
-        if cp in _DROP:
-            v = ""
-        elif cp in _TO_SPACE or (unicodedata.category(c) == "Zs" and c != " "):
-            v = " "
-        else:
-            v = unicodedata.normalize("NFKC", c)
-        if v != c:
-            out[c] = v
+        for cp in cps:
+            c = chr(cp)
+            if cp in _DROP:
+                v = ""
+            elif cp in _TO_SPACE or (c != " " and unicodedata.category(c) == "Zs"):
+                v = " "
+            elif whole:
+                continue
+            else:
+                v = unicodedata.normalize("NFKC", c)
+            if v != c:
+                out[c] = v
     return out
 
 

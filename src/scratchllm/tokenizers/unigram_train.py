@@ -128,15 +128,15 @@ def suffix_array(a: np.ndarray, depth: int) -> np.ndarray:
     """Start positions of the suffixes of a, sorted by their first `depth` symbols
     (prefix doubling: ranks by 1, 2, 4 ... symbols)."""
     n = len(a)
-    _, rank = np.unique(a, return_inverse=True)
-    rank = rank.astype(np.int64) + 1
+    rank = a.astype(np.int64) + 1                # code points are ranks already (0 < rank <= 0x110000)
+    top = int(rank.max()) + 1
     h = 1
-    sa = np.argsort(rank, kind="stable")
+    sa = np.argsort(rank)
     while h < depth:
         second = np.zeros(n, dtype=np.int64)
         second[:n - h] = rank[h:]
-        key = rank * (n + 2) + second
-        sa = np.argsort(key, kind="stable")
+        key = rank * (max(n, top) + 2) + second
+        sa = np.argsort(key)
         k = key[sa]
         new = np.empty(n, dtype=np.int64)
         new[sa] = np.cumsum(np.concatenate([[1], k[1:] != k[:-1]]))
@@ -162,19 +162,16 @@ def seed_pieces(sentences, required: dict[str, int], seed_size: int, max_len: in
         alive &= pad[sa[:-1] + j] == pad[sa[1:] + j]
         lcp[1:] += alive
     # vmax[p]: the longest valid piece starting at p (up to max_len).
-    chars, inverse = np.unique(a, return_inverse=True)
-    cls = np.empty(len(chars), dtype=np.int64)   # script class; -1 bad (boundary, unknown), -2 "▁"
+    table = np.zeros(0x110000, dtype=np.int32)   # script class; -1 bad (boundary, unknown), -2 "▁"
     names: dict[str, int] = {}
-    for k, cp in enumerate(chars.tolist()):
-        c = chr(cp)
-        if cp == 0 or c == UNK_CHAR:
-            cls[k] = -1
+    for c in set(text):
+        if c in ("\0", UNK_CHAR):
+            table[ord(c)] = -1
         elif c == SPACE:
-            cls[k] = -2
+            table[ord(c)] = -2
         else:
-            key = script_of(c) if split_by_script else "any"
-            cls[k] = names.setdefault(key, len(names))
-    cl = cls[inverse]
+            table[ord(c)] = names.setdefault(script_of(c) if split_by_script else "any", len(names))
+    cl = table[a].astype(np.int64)
     # run[p]: how many characters from p on share p's script (none for bad or "▁").
     brk = np.ones(n + 1, dtype=bool)
     brk[1:n] = (cl[1:] != cl[:-1]) | (cl[1:] < 0)
@@ -371,44 +368,88 @@ def _logsumexp_segments(x, seg):
 # -- the trainer ------------------------------------------------------------------------------
 
 class _Shards:
-    """The word lattices split over worker processes (forked, so each inherits its part)."""
+    """The word lattices split between this process and ``workers - 1`` forked ones.
+
+    Each process builds and keeps its own part (so the building is shared too);
+    per EM step only the scores go out and the counts come back.
+    """
 
     def __init__(self, words, counts, index, max_len, workers):
         k = max(1, min(workers, len(words) // 2000 or 1))
+        if "fork" not in multiprocessing.get_all_start_methods():
+            k = 1
         order = np.argsort([-len(w) for w in words], kind="stable")
         parts = [order[i::k] for i in range(k)]  # alternate, so long words spread evenly
-        self.parts = [Lattices([words[i] for i in p], [counts[i] for i in p], index, max_len) for p in parts]
-        self.pool = None
-        global _SHARDS
-        _SHARDS = self.parts
-        if k > 1 and "fork" in multiprocessing.get_all_start_methods():
-            self.pool = multiprocessing.get_context("fork").Pool(k)
+        self.conns, self.procs = [], []
+        ctx = multiprocessing.get_context("fork") if k > 1 else None
+        for part in parts[1:]:
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(theirs, [words[i] for i in part], [counts[i] for i in part],
+                                                     index, max_len), daemon=True)
+            proc.start()
+            theirs.close()
+            self.conns.append(mine)
+            self.procs.append(proc)
+        self.local = Lattices([words[i] for i in parts[0]], [counts[i] for i in parts[0]], index, max_len)
 
-    def map(self, fn, *args):
-        if self.pool is None:
-            return [fn(i, *args) for i in range(len(self.parts))]
-        return self.pool.starmap(fn, [(i, *args) for i in range(len(self.parts))])
+    def map(self, op, *args):
+        for c in self.conns:
+            c.send((op, args))
+        out = [_OPS[op](self.local, *args)]
+        for c in self.conns:
+            try:
+                r = c.recv()
+            except EOFError:
+                raise RuntimeError("a training worker process died (out of memory?)") from None
+            if isinstance(r, BaseException):
+                raise r
+            out.append(r)
+        return out
 
     def close(self):
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
+        for c in self.conns:
+            try:
+                c.send(None)
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
 
 
-_SHARDS: list = []
+def _serve(conn, words, counts, index, max_len):
+    try:
+        lat = Lattices(words, counts, index, max_len)
+    except BaseException as e:  # reported at the first request
+        lat, error = None, e
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        op, args = msg
+        try:
+            if lat is None:
+                raise error
+            conn.send(_OPS[op](lat, *args))
+        except BaseException as e:
+            conn.send(e)
 
 
-def _shard_estep(i, logp, unk_score, n):
-    return _SHARDS[i].expected_counts(logp, unk_score, n)
+def _estep(lat, logp, unk_score, n):
+    return lat.expected_counts(logp, unk_score, n)
 
 
-def _shard_usage(i, logp, unk_score, n):
-    lat = _SHARDS[i]
+def _usage(lat, logp, unk_score, n):
+    """How often each piece is on the best paths (weighted by word counts), and the word count."""
     score, unk = lat.scores(logp, unk_score)
     nodes, owner, _ = lat.viterbi(score)
     p = lat.piece[nodes]
     ok = (p >= 0) & ~unk[nodes]
     return np.bincount(p[ok], weights=lat.counts[owner[ok]], minlength=n), float(lat.counts.sum())
+
+
+_OPS = {"estep": _estep, "usage": _usage}
 
 
 def train_unigram(tok, data, vocab_size: int, *, character_coverage: float = 0.9995, seed_size: int = 1_000_000,
@@ -465,7 +506,9 @@ def train_unigram(tok, data, vocab_size: int, *, character_coverage: float = 0.9
 
 
 def _split_words(s: str) -> list[str]:
-    return regex.findall(f"{SPACE}[^{SPACE}]*|[^{SPACE}]+", s)
+    """s cut before each "▁": "▁the▁cat" -> "▁the", "▁cat"."""
+    parts = s.split(SPACE)
+    return ([parts[0]] if parts[0] else []) + [SPACE + p for p in parts[1:]]
 
 
 def _unk_score(logp) -> float:
@@ -474,7 +517,7 @@ def _unk_score(logp) -> float:
 
 def _em_step(shards, logp):
     """One E-step and M-step: new log-probabilities (-inf for dropped pieces)."""
-    results = shards.map(_shard_estep, logp, _unk_score(logp), len(logp))
+    results = shards.map("estep", logp, _unk_score(logp), len(logp))
     expected = sum(r[0] for r in results)
     keep = np.isfinite(logp) & (expected >= MIN_EXPECTED)
     total = digamma(float(expected[keep].sum()))
@@ -504,7 +547,7 @@ def _prune(shards, seeds, logp, desired, shrinking, max_len):
     for k, w in zip(nodes.tolist(), owner.tolist()):
         if always_keep[w] and has_alt[w] and not unk[k]:
             alternatives[w].append(int(lat.piece[k]))
-    results = shards.map(_shard_usage, logp, _unk_score(logp), len(logp))
+    results = shards.map("usage", logp, _unk_score(logp), len(logp))
     freq = sum(r[0] for r in results)
     vsum = sum(r[1] for r in results)
     total = float(freq.sum())
