@@ -36,7 +36,8 @@ def register(sub):
 
     p = sub.add_parser("train", help="train a GPT (defaults: a small char-level GPT on the built-in corpus)",
                        description="Train a GPT. With no arguments: 4 layers, width 128, char-level, on the "
-                                   "built-in corpus (Python's own documentation text), a few minutes on 2 cores.")
+                                   "built-in corpus (Python's own documentation text), a few minutes on 2 cores. "
+                                   "Under 'mpirun -n N' the N ranks share each batch (README: several processes).")
     add_config_options(p, TrainConfig, _HELP, _SKIP)
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size: " +
                    ", ".join(f"{k} = {v[0]} layers, {v[1]} heads, width {v[2]}" for k, v in PRESETS.items()))
