@@ -307,3 +307,21 @@ def test_two_workers_learn_what_one_does():
     b = {two.id_to_token(i): two.score(i) for i in range(two.vocab_size)}
     assert a.keys() == b.keys()
     assert [b[p] for p in a] == pytest.approx(list(a.values()), abs=1e-4)
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(byte_fallback=True),
+                                  dict(normalization="identity", byte_fallback=True, remove_extra_whitespaces=False)])
+def test_hugging_face_tokenizer_json(tmp_path, opts):
+    hf_tokenizers = pytest.importorskip("tokenizers")
+    tok = UnigramTokenizer(special_tokens=["<pad>"], **opts).train(corpus()[:100_000], 500)
+    tok.save_hf(tmp_path)
+    hf = hf_tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    back = load(tmp_path)
+    assert isinstance(back, UnigramTokenizer)
+    for text in TEXTS:
+        ids = tok.encode(text, disallowed_special=())
+        assert hf.encode(text, add_special_tokens=False).ids == ids, text
+        assert back.encode(text, disallowed_special=()) == ids, text
+        # HF writes <unk> as itself, and keeps a leading "▁" typed in the text as a space
+        if tok.unk_id not in ids and not text.startswith("▁"):
+            assert hf.decode(ids) == tok.decode(ids), text

@@ -122,6 +122,9 @@ def write_hf(tok: BPETokenizer, directory) -> None:
 
 def from_hf_dict(data: dict, where) -> BPETokenizer:
     model = data.get("model") or {}
+    if model.get("type") == "Unigram":
+        from .unigram_hf import from_hf_dict as unigram_from_hf
+        return unigram_from_hf(data, where)
     if model.get("type", "BPE") != "BPE" or "merges" not in model:
         raise ScratchError(f"{where}: only BPE tokenizers can be read (model type {model.get('type')!r})")
     for key, ok in (("continuing_subword_prefix", ("", None)), ("end_of_word_suffix", ("", None)),
@@ -171,6 +174,9 @@ def load(path) -> Tokenizer:
         else:
             raise ScratchError(f"{p} has no tokenizer: expected tokenizer.json, vocab.json + merges.txt, "
                                f"or encoder.json + vocab.bpe")
+    if p.suffix == ".model":
+        from .unigram import UnigramTokenizer
+        return UnigramTokenizer.from_sentencepiece(p)
     if p.suffix == ".model":
         from .unigram import UnigramTokenizer
         return UnigramTokenizer.from_sentencepiece(p)

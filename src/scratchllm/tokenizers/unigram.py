@@ -436,6 +436,11 @@ class UnigramTokenizer(Tokenizer):
                               add_dummy_prefix=n.add_dummy_prefix, remove_extra_whitespaces=n.remove_extra_whitespaces,
                               trainer_raw=spec), path)
 
+    def save_hf(self, directory) -> None:
+        """Write tokenizer.json (model "Unigram") and tokenizer_config.json for Hugging Face into a folder."""
+        from .unigram_hf import write_hf
+        write_hf(self, directory)
+
     def train(self, text_or_iterable, vocab_size: int, **kw) -> "UnigramTokenizer":
         """Learn pieces and scores by EM until the vocabulary has vocab_size pieces (see unigram_train)."""
         from .unigram_train import train_unigram
