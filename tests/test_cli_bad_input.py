@@ -300,3 +300,14 @@ def test_plot_draws_a_translation_run(tmp_path):
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert main(["plot", str(tmp_path)]) == 0
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_translate_output_into_a_new_folder_is_made(workdir, capsys):
+    """--output under a folder that does not exist yet: the folder is made, the file written whole."""
+    (workdir / "in.txt").write_text("ein hund\n\nrennt\n")
+    code = main(["translate", "--ckpt", "translator", "--input", "in.txt", "--output", "new/deeper/out.txt",
+                 "--beam", "1", "--no-progress"])
+    capsys.readouterr()
+    assert code == 0
+    assert len((workdir / "new" / "deeper" / "out.txt").read_text().splitlines()) == 3
+    assert sorted(p.name for p in (workdir / "new" / "deeper").iterdir()) == ["out.txt"]
