@@ -1,7 +1,12 @@
 """Tokenizer speed on tinyshakespeare: BPE training vs Hugging Face `tokenizers`,
-GPT-2 encoding vs `tiktoken`.
+GPT-2 encoding vs `tiktoken`; unigram training and encoding vs `sentencepiece`.
 
-    python bench/tokenizers.py [--data ../shared/data] [--rounds 5]
+    python bench/tokenizers.py [--data ../shared/data] [--rounds 5] [--unigram-rounds 3]
+    python bench/tokenizers.py --translate-steps 1500     # + Multi30k BLEU, BPE vs unigram
+
+The translation comparison trains `scratchllm translate-train`'s default model
+twice, with a BPE and with a unigram tokenizer of 8000 pieces, for the same
+number of steps (one thread each, one after the other), then scores test2016.
 
 Ours and the reference run in the same process, alternating round by round;
 each figure is the median over rounds. Prints a Markdown table.
@@ -78,6 +83,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--unigram-vocab", type=int, default=8000)
+    ap.add_argument("--unigram-rounds", type=int, default=3, help="rounds of the unigram rows (0: skip them)")
+    ap.add_argument("--translate-steps", type=int, default=0,
+                    help="also train translate-train with BPE and with unigram for this many steps each (slow)")
+    ap.add_argument("--translate-out", type=Path, default=ROOT / "out" / "bench-tokenizers-translate")
     args = ap.parse_args()
 
     import json
@@ -134,6 +144,107 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+
+    if args.unigram_rounds:
+        unigram_section(text, args.unigram_rounds, args.unigram_vocab)
+    if args.translate_steps:
+        translation_section(args.data, args.translate_steps, args.translate_out)
+
+
+def unigram_section(text: str, rounds: int, vocab_size: int) -> None:
+    """Unigram training and encoding, ours vs sentencepiece (both trained in this process)."""
+    import io
+
+    import sentencepiece as spm
+
+    from scratchllm.tokenizers import UnigramTokenizer
+
+    lines = text.split("\n")
+
+    def train_sp():
+        buf = io.BytesIO()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
+                                       model_type="unigram", num_threads=2, minloglevel=2)
+        return spm.SentencePieceProcessor(model_proto=buf.getvalue())
+
+    trained = {}
+    fns = {"ours, 2 workers": lambda: trained.__setitem__("ours", UnigramTokenizer().train(text, vocab_size)),
+           "ours, 1 worker": lambda: UnigramTokenizer().train(text, vocab_size, workers=1),
+           "sentencepiece": lambda: trained.__setitem__("sp", train_sp())}
+    t = medians(fns, rounds)
+    ours, sp = trained["ours"], trained["sp"]
+    tpc = {k: len(enc(text)) / len(text) for k, enc in (("ours", ours.encode), ("sp", sp.encode))}
+    overlap = len({ours.id_to_token(i) for i in range(ours.vocab_size)}
+                  & {sp.id_to_piece(i) for i in range(sp.get_piece_size())}) / vocab_size
+
+    # encoding: sentencepiece's own model, read by ours, so both cut identically
+    import tempfile
+
+    ref = sp
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "m.model").write_bytes(sp.serialized_model_proto())
+        mine = UnigramTokenizer.from_sentencepiece(Path(d) / "m.model")
+    out = {}
+    e = medians({"cold": lambda: out.__setitem__("cold", mine.encode(text)),
+                 "warm": lambda: out.__setitem__("warm", mine.encode(text)),
+                 "sp": lambda: out.__setitem__("sp", ref.encode(text)),
+                 "lines": lambda: out.__setitem__("lines", [mine.encode(ln) for ln in lines]),
+                 "sp lines": lambda: out.__setitem__("sp lines", ref.encode(lines))},
+                rounds, before={"cold": mine.clear_cache})
+    n = len(out["sp"])
+    same = out["cold"] == out["warm"] == out["sp"] and out["lines"] == out["sp lines"]
+    tok_s = {k: n / v / 1e6 for k, v in e.items()}
+    print(f"\nunigram, tinyshakespeare, vocab {vocab_size}; sentencepiece {spm.__version__}; "
+          f"{rounds} rounds, medians\n")
+    print("| task | ours | sentencepiece | ours vs sentencepiece speed | note |")
+    print("|---|---|---|---|---|")
+    print(f"| train unigram, 2 workers | {t['ours, 2 workers']:.2f} s | {t['sentencepiece']:.2f} s (2 threads) | "
+          f"{t['sentencepiece'] / t['ours, 2 workers']:.2f}x | tokens/char: ours {tpc['ours']:.4f}, "
+          f"sentencepiece {tpc['sp']:.4f}; {overlap:.1%} of the pieces the same |")
+    print(f"| train unigram, 1 worker | {t['ours, 1 worker']:.2f} s | | "
+          f"{t['sentencepiece'] / t['ours, 1 worker']:.2f}x | |")
+    print(f"| encode whole text, empty cache | {tok_s['cold']:.2f} M tok/s | {tok_s['sp']:.2f} M tok/s | "
+          f"{e['sp'] / e['cold']:.2f}x | sentencepiece's model; {n:,} tokens; ids identical: "
+          f"{'yes' if same else 'NO'} |")
+    print(f"| encode whole text, warm cache | {tok_s['warm']:.2f} M tok/s | {tok_s['sp']:.2f} M tok/s | "
+          f"{e['sp'] / e['warm']:.2f}x | |")
+    print(f"| encode line by line, warm cache | {tok_s['lines']:.2f} M tok/s | {tok_s['sp lines']:.2f} M tok/s | "
+          f"{e['sp lines'] / e['lines']:.2f}x | {len(lines):,} calls; sentencepiece: one call with the list |")
+
+
+def translation_section(data: Path, steps: int, out: Path) -> None:
+    """BPE vs unigram for translate-train: same model, same number of steps, test2016 BLEU."""
+    import json
+
+    from threadpoolctl import threadpool_limits
+
+    from scratchllm.data import multi30k
+    from scratchllm.metrics import bleu_details
+    from scratchllm.translate import translate_texts
+    from scratchllm.translation_train import TranslationConfig, TranslationTrainer
+
+    threadpool_limits(1, user_api="blas")
+    de, en = multi30k("test2016", str(data))
+    rows = []
+    for kind in ("bpe", "unigram"):
+        cfg = TranslationConfig(data_dir=str(data), out=str(out / kind), tokenizer=kind, epochs=10_000,
+                                max_steps=steps, progress=False)
+        t0 = time.perf_counter()
+        trainer = TranslationTrainer(cfg, echo=lambda line: print(line, flush=True))
+        trainer.fit()
+        minutes = (time.perf_counter() - t0) / 60
+        hyps = translate_texts(trainer.model, trainer.tokenizer, de, beam_size=4, length_penalty=0.6, batch_size=32)
+        score = bleu_details(hyps, en)
+        tokens = sum(len(trainer.tokenizer.encode(s, disallowed_special=())) for s in de)
+        rows.append((kind, minutes, trainer.train_tokens / max(trainer.train_seconds, 1e-9), tokens, score))
+        (out / kind / "test2016.hyp.en").write_text("".join(h + "\n" for h in hyps))
+    print(f"\nMulti30k de->en, translate-train defaults, {steps} steps each, 1 thread, test2016 beam 4\n")
+    print("| tokenizer | minutes (incl. tokenizer training) | train tokens/s | test2016 German tokens | test2016 BLEU |")
+    print("|---|---:|---:|---:|---|")
+    for kind, minutes, tps, tokens, score in rows:
+        print(f"| {kind} | {minutes:.1f} | {tps:,.0f} | {tokens:,} | {score} |")
+    (out / "results.json").write_text(json.dumps([{"tokenizer": k, "minutes": m, "tokens_per_s": t,
+                                                   "test_tokens": n, "bleu": s.score} for k, m, t, n, s in rows]))
 
 
 if __name__ == "__main__":
