@@ -183,12 +183,12 @@ def training_step(model, measured, label: int, lr: float) -> dict:
                  "grad_weight": module.weight.grad.astype(np.float64),
                  "grad_bias": module.bias.grad.astype(np.float64)}
         if k > 0:  # this layer's inputs are the previous layer's activations
-            act, act_in, act_out = pieces[i - 1]
-            ones = Tensor(act_in.data, requires_grad=True)
-            act(ones).backward(np.ones_like(act_in.data))          # d h / d s, elementwise, by the engine
+            act, act_in, _ = pieces[i - 1]
+            s_leaf = Tensor(act_in.data, requires_grad=True)
+            act(s_leaf).backward(np.ones_like(act_in.data))        # d h / d s, elementwise, by the engine
             prev = layers[-1]
             prev["d_outputs"] = grad_out[i - 1][0].astype(np.float64)  # d loss / d h
-            prev["act_slope"] = ones.grad[0].astype(np.float64)         # d h / d s
+            prev["act_slope"] = s_leaf.grad[0].astype(np.float64)       # d h / d s
         layers.append(layer)
 
     probs = np.exp(a[0] - a[0].max()).astype(np.float64)
