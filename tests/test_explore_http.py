@@ -35,16 +35,24 @@ def trace(model, ids, targets=None):
 
 
 # ---- checkpoints and servers, built once for this file -------------------------------------------
+_RUNS = {}  # the runs below, built once per test session and shared with test_explore_browser.py
+
+
 def build_gpt_run(d):
     """A small character-level GPT trained a few steps: a run directory with ckpt/ and log.jsonl."""
-    cfg = gpt_config(d, n_layer=2, n_head=2, n_embd=16, block_size=32, max_iters=12, eval_interval=4)
-    T.train(cfg, echo=lambda *a: None)
-    return d / "run"
+    if "gpt" not in _RUNS:
+        cfg = gpt_config(d, n_layer=2, n_head=2, n_embd=16, block_size=32, max_iters=12, eval_interval=4)
+        T.train(cfg, echo=lambda *a: None)
+        _RUNS["gpt"] = d / "run"
+    return _RUNS["gpt"]
 
 
 def build_translation_run(d):
-    TT.train_translation(translation_config(d, epochs=12, bleu_sentences=0), echo=lambda *a: None)
-    return d / "run"
+    """A small Transformer that has learned some of the made-up language of test_translation_train."""
+    if "transformer" not in _RUNS:
+        TT.train_translation(translation_config(d, epochs=12, bleu_sentences=0), echo=lambda *a: None)
+        _RUNS["transformer"] = d / "run"
+    return _RUNS["transformer"]
 
 
 class Client:

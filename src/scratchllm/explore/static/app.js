@@ -142,6 +142,8 @@ function renderTokens(tokens, selected) {
     const chip = el("span", { class: "token" + (i === selected ? " selected" : ""), "data-id": t.id, "data-index": i,
                               title: `position ${i}, id ${t.id}` },
                     el("span", { class: "piece", text: show(t.piece) }), el("span", { class: "id", text: t.id }));
+    // in the attention view a token is a query: clicking it writes out its softmax
+    if (state.view === "attention" && state.attention) chip.addEventListener("click", () => softmaxDetail(state.detailHead || 0, i));
     box.append(chip);
   });
 }
