@@ -311,3 +311,15 @@ def test_translate_output_into_a_new_folder_is_made(workdir, capsys):
     assert code == 0
     assert len((workdir / "new" / "deeper" / "out.txt").read_text().splitlines()) == 3
     assert sorted(p.name for p in (workdir / "new" / "deeper").iterdir()) == ["out.txt"]
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only user mistakes and refusals of the file system become one line; a bug is not hidden."""
+    from scratchllm.cli import classify
+
+    def broken(args):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(classify, "run_predict", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        main(["classify", "32", "107", "56", "11.2"])
