@@ -325,3 +325,8 @@ def test_hugging_face_tokenizer_json(tmp_path, opts):
         # HF writes <unk> as itself, and keeps a leading "▁" typed in the text as a space
         if tok.unk_id not in ids and not text.startswith("▁"):
             assert hf.decode(ids) == tok.decode(ids), text
+
+
+def test_encode_batch_in_worker_processes(lossless):
+    texts = [t for t in TEXTS if "<|endoftext|>" not in t] * 3
+    assert lossless.encode_batch(texts, workers=2) == [lossless.encode(t) for t in texts]

@@ -20,9 +20,15 @@ As sentencepiece does it:
 - control pieces (``<s>``, ``</s>``, special tokens) are never read from
   text unless ``allowed_special`` says so (as the BPE tokenizer).
 
+``decode(encode(s)) == s`` when nothing is normalised away: with
+``normalization="identity"``, ``remove_extra_whitespaces=False`` and
+``byte_fallback=True`` (what ``scratchllm train --tokenizer unigram`` uses).
+With sentencepiece's defaults, decode gives the normalised text: NFKC forms,
+tabs and newlines as spaces, runs of spaces as one (see normalize.py).
+
 ``from_sentencepiece(path)`` reads a sentencepiece ``.model`` file (our own
-protobuf reader, sentencepiece_model.py); ``save_sentencepiece`` writes one.
-Training: unigram_train.py.
+protobuf reader, sentencepiece_model.py); ``save_sentencepiece`` writes one;
+``save_hf`` a Hugging Face tokenizer.json. Training: unigram_train.py.
 """
 from __future__ import annotations
 
@@ -447,7 +453,7 @@ class UnigramTokenizer(Tokenizer):
         return train_unigram(self, text_or_iterable, vocab_size, **kw)
 
     def __getstate__(self):
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_special_res")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_bare", "_special_res")}
         return state
 
     def __setstate__(self, state):
