@@ -72,6 +72,8 @@ class Client:
     def post(self, name, body, status=200):
         code, _, data = self.request("POST", "/api/" + name, body)
         assert code == status, data
+        if name == "generate":  # newline-delimited JSON, one line per token
+            return [json.loads(line) for line in data.decode().splitlines()]
         return json.loads(data)
 
     def get(self, name):
@@ -359,6 +361,7 @@ def test_parallel_requests_give_the_numbers_of_sequential_ones(gpt):
     texts = ["the cat sat", "the dog sat on the log", "on the mat", "the log"]
     jobs = [(name, {"text": t, "layer": 1}) for t in texts for name in ("attention", "backward", "next", "block")]
     jobs += [("step", {"text": t, "lr": 0.3}) for t in texts]
+    jobs += [("generate", {"text": t, "max_new_tokens": 20, "seed": 5, "temperature": 1.2}) for t in texts]
     sequential = [client.post(name, body) for name, body in jobs]
     for _ in range(2):
         with ThreadPoolExecutor(8) as pool:
