@@ -7,10 +7,14 @@ import scratchllm as sl
 from scramble import scramble  # tests/ is on sys.path
 from scratchllm.models.gpt import GPT, GPTConfig
 
-torch = pytest.importorskip("torch")
-from torch_gpt import TorchGPT  # noqa: E402  (tests/ is on sys.path)
+try:
+    import torch
+    from torch_gpt import TorchGPT  # tests/ is on sys.path
 
-torch.set_num_threads(2)
+    torch.set_num_threads(2)
+except ImportError:  # torch is a test extra: the finite-difference and KV-cache checks still run
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch (test extra) is not installed")
 
 SMALL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
 VARIANTS = {
@@ -34,6 +38,7 @@ def grad_atol(ref_grad):
 
 
 # ---- parity with PyTorch ------------------------------------------------------
+@needs_torch
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_logits_loss_and_gradients_match_torch(variant):
     cfg = GPTConfig(**SMALL, **VARIANTS[variant])
@@ -60,6 +65,7 @@ def test_logits_loss_and_gradients_match_torch(variant):
         np.testing.assert_allclose(p.grad, g.numpy(), rtol=1e-4, atol=grad_atol(g), err_msg=name)
 
 
+@needs_torch
 def test_eval_mode_with_dropout_matches_torch():
     cfg = GPTConfig(**SMALL, dropout=0.3)
     model = scramble(GPT(cfg, seed=3)).eval()
@@ -70,6 +76,7 @@ def test_eval_mode_with_dropout_matches_torch():
     assert not np.allclose(model(ids).data, model(ids).data)  # dropout really is on in training
 
 
+@needs_torch
 def test_adamw_training_trajectory_matches_torch():
     cfg = GPTConfig(**SMALL)
     model = scramble(GPT(cfg, seed=5))
