@@ -136,3 +136,50 @@ def test_a_gpt_checkpoint_is_a_one_line_error(tmp_path, capsys):
     sl.save(GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8)), tmp_path / "gpt")
     code, _, err = run(capsys, "--ckpt", tmp_path / "gpt", "--text", SENTENCE)
     assert code == 2 and "not a transformer" in err and "explain gpt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_position_works_out_one_heads_cross_attention(ckpt, capsys):
+    """--position: the query, each source piece's key, q·k, ×1/√D, softmax and the values' sum of one
+    head, as explain gpt prints self-attention; parsed back against softmax(q·kᵀ/√D) from the modules."""
+    model, tok = sl.load(ckpt), sl.checkpoint.load_tokenizer(ckpt)
+    _, bos, _ = special_ids(tok)
+    code, out, _ = run(capsys, "--ckpt", ckpt, "--text", SENTENCE, "--layer", 1, "--head", 1, "--position", 2)
+    assert code == 0
+    src = np.array(encode_source(tok, SENTENCE))
+    ids, _ = printed_output(out)
+    weights, _ = by_hand(model, src, np.array([bos] + ids[:-1]), layer=1)
+    lines = section(out, 4)
+    num = r"[+-]?\d+\.\d+"
+    rows = [re.search(rf"key\s+(\d+) .*score ({num})\s+e\^\(score−max\) ({num})\s+weight ({num})$", line)
+            for line in lines]
+    rows = [m for m in rows if m]
+    assert [int(m[1]) for m in rows] == list(range(len(src)))  # every source piece
+    printed = np.array([float(m[4]) for m in rows])
+    np.testing.assert_allclose(printed, weights[1, 2], atol=6e-7)
+    assert abs(printed.sum() - 1) <= len(src) * 5e-7  # the printed weights sum to 1 within rounding
+    assert float(re.search(rf"the weights sum to ({num})", "\n".join(lines))[1]) == pytest.approx(1, abs=1e-6)
+    D = model.config.d_model // model.config.n_head
+    products = [re.search(rf"= ({num});  × ({num}) = ({num})\s+model's score ({num})$", line) for line in lines]
+    products = [m for m in products if m]
+    assert len(products) == len(src) and float(products[0][2]) == pytest.approx(1 / np.sqrt(D), abs=1e-4)
+    for m in products:  # q·k × 1/√D is the model's score
+        assert float(m[3]) == pytest.approx(float(m[4]), abs=1e-4)
+    # the same trace drives explain gpt's self-attention printing: one implementation of the arithmetic
+    assert "  softmax: weight = e^(score − max)" in out and "= y of head 1:" in out
+
+    tr = sl.explain.trace(model, (src, np.array([bos] + ids[:-1])))
+    np.testing.assert_allclose(printed, tr["dec.1.cross_attn.weights"][0, 1, 2], atol=5e-7)
+
+    # --full: the weighted sum of the printed values is the printed y of the head
+    code, out, _ = run(capsys, "--ckpt", ckpt, "--text", SENTENCE, "--layer", 0, "--position", 0, "--full")
+    lines = section(out, 4)
+    vs = [re.match(rf"\s+({num}) × v\s+\d+ '.*?'\s+((?:\s*{num})+)$", line) for line in lines]
+    vs = [m for m in vs if m]
+    assert len(vs) == len(src)
+    total = sum(float(m[1]) * np.array(m[2].split(), dtype=float) for m in vs)
+    y = np.array(re.search(r"= y of head 0:\s+(.*)$", out, re.M)[1].split(), dtype=float)
+    assert len(y) == D
+    np.testing.assert_allclose(total, y, atol=2e-4)
+
+    code, _, err = run(capsys, "--ckpt", ckpt, "--text", SENTENCE, "--position", 999)
+    assert code == 2 and "--position 999 is out of range" in err and len(err.strip().splitlines()) == 1

@@ -281,6 +281,8 @@ def dropout(x: Tensor, p: float, training: bool = True, rng=None) -> Tensor:
     if rng is None:
         raise ValueError("dropout in training needs an explicit numpy.random.Generator (rng=...)")
     keep = rng.random(x.shape, dtype=xp.float32) >= p
+    if _tape.active is not None:  # a trace of a training pass keeps the mask drawn
+        _tape.active.dropout_mask(keep, x.dtype)
     mask = keep.astype(x.dtype)
     mask *= 1 / (1 - p)
     return _op(x.data * mask, (x,), lambda g: (g * mask,))

@@ -201,8 +201,8 @@ class Dropout(Module):
         self.rng = rng
 
     def forward(self, x):
-        if tape.active is not None:
-            return x  # a trace is of the model in evaluation mode, whatever its flag says
+        if tape.active is not None:  # a trace decides: evaluation mode, or a training pass on its own generator
+            return tape.active.dropout(self, x)
         rng = getattr(_thread, "dropout_rng", None) or self.rng or _default_rng
         return F.dropout(x, self.p, self.training, rng)
 

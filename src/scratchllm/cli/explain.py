@@ -212,6 +212,10 @@ def _register_transformer(sub):
     t.add_argument("--text", required=True, help="the sentence to translate")
     t.add_argument("--layer", default=None, metavar="L", help="the decoder layer shown (default: the last)")
     t.add_argument("--head", default=None, metavar="H", help="one head instead of the average over heads")
+    t.add_argument("--position", default=None, metavar="P",
+                   help="an output step, from 0: adds its cross-attention in one head (--head, default 0) worked "
+                        "out term by term — the query, each source piece's key, q·k, ×1/√D, softmax, the values' sum")
+    t.add_argument("--full", action="store_true", help="every number of each vector in that worked example")
     t.set_defaults(func=run_transformer)
 
 
@@ -315,5 +319,9 @@ def run_transformer(args) -> int:
         print(f"note: the sentence is {len(ids)} tokens long; the model reads at most {cfg.max_len}, "
               f"so it was cut to its first {cfg.max_len}", file=sys.stderr)
         ids = ids[:cfg.max_len]
-    print(explain_transformer(model, tokenizer, ids, layer=layer, head=head, source=str(args.ckpt)))
+    position = None
+    if args.position is not None:  # checked against the translation's length once it is made
+        position = classify_cli.number(args.position, "--position", int, 0)
+    print(explain_transformer(model, tokenizer, ids, layer=layer, head=head, position=position, full=args.full,
+                              source=str(args.ckpt)))
     return 0

@@ -19,15 +19,50 @@ from ..optim import SGD
 from .trace import trace
 
 
-def _tok(tokenizer, i: int) -> str:
+def token_text(tokenizer, i: int) -> str:
     return repr(tokenizer.decode([int(i)]))
 
 
-def _vec(v, full=False, n=8, fmt="{:+.4f}") -> str:
+def vec(v, full=False, n=8, fmt="{:+.4f}") -> str:
     v = np.asarray(v, dtype=np.float64).reshape(-1)
     shown = v if full else v[:n]
     text = " ".join(fmt.format(x) for x in shown)
     return text + (f" … ({len(v) - n} more)" if len(v) > len(shown) else "")
+
+
+def attention_arithmetic(q, k, v, scores, weights, y, head, query_label, key_labels, w, full=False) -> list:
+    """One query's attention written out, as lines: the query ``q`` (D,), each
+    key ``k`` (N, D), the products q·k term by term, × 1/√D, the softmax, and
+    the weighted sum of the values ``v`` (N, D). ``scores``, ``weights`` (N,)
+    and ``y`` (D,) are the model's own (from a trace), printed beside the
+    arithmetic done here; ``w`` is the width of the label column."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    D, n = len(q), len(k)
+    out = []
+    say = out.append
+    say(f"    query of {query_label}:  q = {vec(q, full)}")
+    for j in range(n):
+        say(f"    key   {j:>3} {key_labels[j]:<{w}} k = {vec(k[j], full)}")
+    scale = 1 / math.sqrt(D)
+    say(f"  scores: q·k = Σ q_d × k_d over the {D} numbers, then × 1/√{D} = {scale:.6f}")
+    for j in range(n):
+        terms = [f"({a:+.3f}×{b:+.3f})" for a, b in zip(q, k[j])]
+        shown = " + ".join(terms if full else terms[:3]) + ("" if full or D <= 3 else f" + … ({D - 3} more)")
+        dot = float(q @ k[j])
+        say(f"    key {j:>3} {key_labels[j]:<{w}} {shown} = {dot:+.4f};  × {scale:.4f} = {dot * scale:+.4f}"
+            f"   model's score {float(scores[j]):+.6f}")
+    top_s = float(np.max(scores))
+    e = np.exp(scores.astype(np.float64) - top_s)
+    say(f"  softmax: weight = e^(score − max) / Σ e^(score − max), max = {top_s:+.4f}, Σ = {e.sum():.6f}")
+    for j in range(n):
+        say(f"    key {j:>3} {key_labels[j]:<{w}} score {float(scores[j]):+.6f}  e^(score−max) {e[j]:.6f}  "
+            f"weight {float(weights[j]):.6f}")
+    say(f"    the weights sum to {float(np.asarray(weights, dtype=np.float64).sum()):.6f}")
+    say("  the weighted sum of the values: y = Σ weight × v")
+    for j in range(n):
+        say(f"    {float(weights[j]):.6f} × v {j:>3} {key_labels[j]:<{w}} {vec(v[j], full)}")
+    say(f"    = y of head {head}:            {vec(y, full)}")
+    return out
 
 
 def _mean_std(v):
@@ -49,7 +84,7 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
         targets = np.full(T, -100, dtype=np.int64)
         targets[P] = target
     tr = trace(model, ids, targets)
-    names = [_tok(tokenizer, i) for i in ids]
+    names = [token_text(tokenizer, i) for i in ids]
     w = max(6, max(len(s) for s in names) + 1)
     out = []
     say = out.append
@@ -70,9 +105,9 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     pos_what = "its row of the learned table wpe" if learned else "the fixed sinusoidal row of its position"
     say(f"Step 2. Embeddings: each token's row of wte ({V} × {C}) plus {pos_what} = the row entering block 0")
     for t, s in enumerate(names):
-        say(f"    {t:>3} {s:<{w}} token     {_vec(tr['tok_emb'][0, t], full)}")
-        say(f"    {'':>3} {'':<{w}} position  {_vec(tr['pos_emb'][t], full)}")
-        say(f"    {'':>3} {'':<{w}} = x       {_vec(tr['emb'][0, t], full)}")
+        say(f"    {t:>3} {s:<{w}} token     {vec(tr['tok_emb'][0, t], full)}")
+        say(f"    {'':>3} {'':<{w}} position  {vec(tr['pos_emb'][t], full)}")
+        say(f"    {'':>3} {'':<{w}} = x       {vec(tr['emb'][0, t], full)}")
 
     say("")
     say(f"Step 3. The {L} blocks at position {P} {names[P]}: x + attention(ln_1(x)), then + MLP(ln_2(x)); "
@@ -88,58 +123,36 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     say("")
     say(f"Step 4. Attention in layer {layer}, head {head}, for position {P} {names[P]} "
         f"(--layer, --head, --position): it sees positions 0 … {P}")
-    q = tr[f"h.{layer}.attn.q"][0, head, P].astype(np.float64)  # (D,)
-    k = tr[f"h.{layer}.attn.k"][0, head, :P + 1].astype(np.float64)  # (P+1, D)
-    v = tr[f"h.{layer}.attn.v"][0, head, :P + 1].astype(np.float64)
+    q = tr[f"h.{layer}.attn.q"][0, head, P]  # (D,)
+    k = tr[f"h.{layer}.attn.k"][0, head, :P + 1]  # (P+1, D)
+    v = tr[f"h.{layer}.attn.v"][0, head, :P + 1]
     scores = tr[f"h.{layer}.attn.scores"][0, head, P, :P + 1]
     weights = tr[f"h.{layer}.attn.weights"][0, head, P, :P + 1]
-    say(f"    query of {names[P]}:  q = {_vec(q, full)}")
-    for j in range(P + 1):
-        say(f"    key   {j:>3} {names[j]:<{w}} k = {_vec(k[j], full)}")
-    scale = 1 / math.sqrt(D)
-    say(f"  scores: q·k = Σ q_d × k_d over the {D} numbers, then × 1/√{D} = {scale:.6f}")
-    for j in range(P + 1):
-        terms = [f"({a:+.3f}×{b:+.3f})" for a, b in zip(q, k[j])]
-        shown = " + ".join(terms if full else terms[:3]) + ("" if full or D <= 3 else f" + … ({D - 3} more)")
-        dot = float(q @ k[j])
-        say(f"    key {j:>3} {names[j]:<{w}} {shown} = {dot:+.4f};  × {scale:.4f} = {dot * scale:+.4f}"
-            f"   model's score {float(scores[j]):+.6f}")
-    top_s = float(np.max(scores))
-    e = np.exp(scores.astype(np.float64) - top_s)
-    say(f"  softmax: weight = e^(score − max) / Σ e^(score − max), max = {top_s:+.4f}, Σ = {e.sum():.6f}")
-    for j in range(P + 1):
-        say(f"    key {j:>3} {names[j]:<{w}} score {float(scores[j]):+.6f}  e^(score−max) {e[j]:.6f}  "
-            f"weight {float(weights[j]):.6f}")
-    say(f"    the weights sum to {float(weights.astype(np.float64).sum()):.6f}")
-    say("  the weighted sum of the values: y = Σ weight × v")
-    for j in range(P + 1):
-        say(f"    {float(weights[j]):.6f} × v {j:>3} {names[j]:<{w}} {_vec(v[j], full)}")
     y_head = tr[f"h.{layer}.attn.y"][0, P, head * D:(head + 1) * D]
-    say(f"    = y of head {head}:            {_vec(y_head, full)}")
-
+    out += attention_arithmetic(q, k, v, scores, weights, y_head, head, names[P], names[:P + 1], w, full)
     say("")
     say(f"Step 5. The {H} heads side by side (y, {H} × {D} = {C} numbers), then the output projection "
         f"c_proj ({C} × {C}) mixes them")
     y = tr[f"h.{layer}.attn.y"][0, P]
     for h in range(H):
-        say(f"    head {h}: {_vec(y[h * D:(h + 1) * D], full, n=4)}")
-    say(f"    out = y · c_projᵀ + b = {_vec(tr[f'h.{layer}.attn.out'][0, P], full)}")
+        say(f"    head {h}: {vec(y[h * D:(h + 1) * D], full, n=4)}")
+    say(f"    out = y · c_projᵀ + b = {vec(tr[f'h.{layer}.attn.out'][0, P], full)}")
 
     say("")
     say(f"Step 6. The residual add (layer {layer}, position {P}): the block's input plus the attention's output")
     x_prev = tr["emb"] if layer == 0 else tr[f"h.{layer - 1}.resid_2"]
-    say(f"    x         {_vec(x_prev[0, P], full)}")
-    say(f"    + out     {_vec(tr[f'h.{layer}.attn.out'][0, P], full)}")
-    say(f"    = x       {_vec(tr[f'h.{layer}.resid_1'][0, P], full)}")
+    say(f"    x         {vec(x_prev[0, P], full)}")
+    say(f"    + out     {vec(tr[f'h.{layer}.attn.out'][0, P], full)}")
+    say(f"    = x       {vec(tr[f'h.{layer}.resid_1'][0, P], full)}")
     say(f"    then ln_2, the MLP ({C} → {4 * C} with GELU → {C}) and a second residual add:")
-    say(f"    + mlp     {_vec(tr[f'h.{layer}.mlp.out'][0, P], full)}")
-    say(f"    = x       {_vec(tr[f'h.{layer}.resid_2'][0, P], full)}")
+    say(f"    + mlp     {vec(tr[f'h.{layer}.mlp.out'][0, P], full)}")
+    say(f"    = x       {vec(tr[f'h.{layer}.resid_2'][0, P], full)}")
 
     say("")
     f_in, f_out = _mean_std(tr[f"h.{L - 1}.resid_2"][0, P]), _mean_std(tr["ln_f"][0, P])
     say(f"Step 7. The final layer norm ln_f at position {P}: mean {f_in[0]:+.4f} std {f_in[1]:.4f} → "
         f"mean {f_out[0]:+.4f} std {f_out[1]:.4f}, then scale and shift")
-    say(f"    ln_f      {_vec(tr['ln_f'][0, P], full)}")
+    say(f"    ln_f      {vec(tr['ln_f'][0, P], full)}")
 
     logits = tr["logits"][0, P].astype(np.float64)
     probs = tr["probs"][0, P].astype(np.float64)
@@ -149,7 +162,7 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
         f"probability = softmax(logits); the top {len(order)}")
     say(f"    {'rank':>4}  {'token':<{w}}{'id':>7}{'logit':>12}{'probability':>14}")
     for r, i in enumerate(order, 1):
-        say(f"    {r:>4}  {_tok(tokenizer, i):<{w}}{int(i):>7}{logits[i]:>+12.4f}{probs[i]:>14.6f}")
+        say(f"    {r:>4}  {token_text(tokenizer, i):<{w}}{int(i):>7}{logits[i]:>+12.4f}{probs[i]:>14.6f}")
     say(f"    the other {V - len(order)} tokens share {max(0.0, 1 - probs[order].sum()):.6f}")
 
     say("")
@@ -162,7 +175,7 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
         "'sampled' is what generate draws from")
     say(f"    {'rank':>4}  {'token':<{w}}{'id':>7}{'p':>11}" + "".join(f"{n:>11}" for n, _ in steps))
     for r, i in enumerate(order, 1):
-        say(f"    {r:>4}  {_tok(tokenizer, i):<{w}}{int(i):>7}{probs[i]:>11.6f}"
+        say(f"    {r:>4}  {token_text(tokenizer, i):<{w}}{int(i):>7}{probs[i]:>11.6f}"
             + "".join(f"{d[i]:>11.6f}" for _, d in steps))
     final = steps[-1][1]
     say(f"    generate keeps {int((final > 0).sum())} of {V} tokens")
@@ -182,14 +195,14 @@ def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, to
     out = []
     say = out.append
     say("")
-    say(f"Step 10. The loss: the token that should follow is {_tok(tokenizer, target)} (id {target}), "
+    say(f"Step 10. The loss: the token that should follow is {token_text(tokenizer, target)} (id {target}), "
         f"with probability {probs[target]:.6f}; loss = −log p = {tr.loss:.6f}")
     say("")
     say("Step 11. The backward pass starts at the logits: d loss / d logit = p − one-hot(target), "
         f"the {top} largest in size")
     say(f"    {'token':<{w}}{'id':>7}{'p':>12}{'one-hot':>9}{'gradient':>16}")
     for i in np.argsort(-np.abs(g_logits), kind="stable")[:top]:
-        say(f"    {_tok(tokenizer, i):<{w}}{int(i):>7}{probs[i]:>12.6f}{int(i == target):>9}{g_logits[i]:>+16.6e}")
+        say(f"    {token_text(tokenizer, i):<{w}}{int(i):>7}{probs[i]:>12.6f}{int(i == target):>9}{g_logits[i]:>+16.6e}")
 
     say("")
     say("Step 12. The gradient reaching the residual stream, |d loss / d x| per token: the loss sits at "
@@ -228,6 +241,6 @@ def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, to
     twin_trace = trace(twin, ids, targets)
     new_p = float(twin_trace["probs"][0, P, target])
     say("")
-    say(f"Step 14. One SGD step with lr {lr:g}, taken on a copy of the model: p({_tok(tokenizer, target)}) "
+    say(f"Step 14. One SGD step with lr {lr:g}, taken on a copy of the model: p({token_text(tokenizer, target)}) "
         f"{probs[target]:.6f} → {new_p:.6f}, loss {tr.loss:.6f} → {twin_trace.loss:.6f}")
     return out

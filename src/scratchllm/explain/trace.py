@@ -21,7 +21,16 @@ anyway, and the parameters' gradients go to a store of the trace's own
 
 A trace sees the model in evaluation mode (no dropout), whatever its
 ``training`` flag says, and changes nothing in it; tracing the same model
-from several threads at once is safe.
+from several threads at once is safe. ``train=True`` traces one training
+pass instead: every Dropout module draws its mask from a generator of the
+trace's own, ``numpy.random.default_rng(seed)`` (the masks of a training
+forward run under ``nn.dropout_generator(default_rng(seed))``), with
+probability ``p`` if given, else the module's own; the model's flags and
+generators are left alone. Each dropout then adds ``{site}.in`` (its input),
+``{site}.mask`` (1 kept, 0 dropped: drawn, not computed, so its gradient
+reads 0) and ``{site}.out`` (the kept values × 1/(1−p), the dropped 0).
+``dropout_sites=True`` records ``in`` and ``out`` in evaluation mode too
+(there they are equal: Dropout hands its input on).
 
 Names for a GPT (B batch, T time, H heads, D head size, C width, V vocabulary):
 ``tok_emb`` (B,T,C), ``pos_emb`` (T,C), ``emb`` (B,T,C) their sum entering the
@@ -31,6 +40,8 @@ first block, ``h.{i}.ln_1``, ``h.{i}.attn.q`` / ``.k`` / ``.v`` (B,H,T,D),
 heads side by side, ``h.{i}.attn.out`` after the output projection,
 ``h.{i}.resid_1``, ``h.{i}.ln_2``, ``h.{i}.mlp.fc`` (B,T,4C), ``h.{i}.mlp.gelu``,
 ``h.{i}.mlp.out``, ``h.{i}.resid_2``, ``ln_f``, ``logits`` (B,T,V), ``probs``.
+Dropout sites: ``drop`` (on ``tok_emb + pos_emb``, its output is ``emb``),
+``h.{i}.attn.drop`` (its output is ``h.{i}.attn.out``), ``h.{i}.mlp.drop``.
 
 Names for a Transformer (S source length): ``enc.tok_emb`` (B,S,C) the rows
 of the source embedding (before the ·√C), ``enc.pos_emb`` (S,C), ``enc.in`` (the
@@ -42,7 +53,10 @@ sum entering the first layer), per layer ``enc.{i}.norm1``,
 ``dec.{i}.cross_attn.*`` (weights (B,H,T,S), target × source) between its
 self-attention and its feed-forward (``norm3``, ``resid_3``), ``dec.norm``,
 ``logits``, ``probs``. A residual ``resid_k`` is the sum x + sub-layer; in a
-post-norm model the following ``norm_k`` is that sum normalised.
+post-norm model the following ``norm_k`` is that sum normalised. Dropout
+sites: ``enc.drop`` and ``dec.drop`` (on embeddings + positions, their
+outputs ``enc.in`` and ``dec.in``), ``enc.{i}.drop_k`` / ``dec.{i}.drop_k``
+on the output of sub-layer k before it joins ``resid_k``.
 
 ``probs`` is softmax(logits) taken here with :func:`scratchllm.functional.softmax`;
 its gradient is that of the same loss written as −mean log probs[target]
@@ -69,8 +83,10 @@ __all__ = ["trace", "Trace"]
 class _Recorder:
     """What a thread's modules and ops hand over during one traced pass."""
 
-    def __init__(self, model, want_grads: bool):
+    def __init__(self, model, want_grads: bool, train=False, rng=None, p=None, dropout_sites=False):
         self.paths = {id(m): path for path, m in model.named_modules()}
+        self.train, self.rng, self.p = train, rng, p  # dropout: training mode, its generator, p if overridden
+        self.dropout_sites = train or dropout_sites
         self.scope = [""]  # module paths, the innermost last
         self.values = {}  # path name -> Tensor or ndarray, in the order computed
         self.want_grads = want_grads
@@ -113,6 +129,20 @@ class _Recorder:
         if t.requires_grad:
             self.retain[id(t)] = None
 
+    def dropout(self, module, x):
+        """A Dropout module's forward under the trace: its input handed on
+        (evaluation mode), or one training pass drawing from the trace's
+        generator; F.dropout hands over the mask it draws (``dropout_mask``)."""
+        if not self.dropout_sites:
+            return x
+        self.record("in", x)
+        y = F.dropout(x, module.p if self.p is None else self.p, self.train, self.rng)
+        self.record("out", y)
+        return y
+
+    def dropout_mask(self, keep, dtype):
+        self.values[self._name("mask")] = keep.astype(dtype)  # 1 kept, 0 dropped
+
     def attention(self, q, k, v, scores, weights):
         """The attention op's inputs and internals (arrays); returns the
         function its backward calls with their gradients."""
@@ -129,7 +159,11 @@ class _Recorder:
 
 # ---- names ----------------------------------------------------------------------
 _ATTN = r"(q|k|v|scores|weights|y)"
+_DROP = r"(in|mask|out)"
 _GPT_NAMES = [
+    (rf"transformer\.drop\.{_DROP}", r"drop.\1"),
+    (rf"transformer\.h\.(\d+)\.attn\.resid_dropout\.{_DROP}", r"h.\1.attn.drop.\2"),
+    (rf"transformer\.h\.(\d+)\.mlp\.dropout\.{_DROP}", r"h.\1.mlp.drop.\2"),
     (r"transformer\.wte", "tok_emb"),
     (r"(pos_emb|emb|logits)", r"\1"),
     (r"transformer\.h\.(\d+)\.(ln_1|resid_1|ln_2)", r"h.\1.\2"),
@@ -148,6 +182,7 @@ def _layer_names(path: str, short: str, attentions: dict, norms: str, resids: st
         (rf"{path}\.(\d+)\.({norms}|{resids}|ff\.act)", rf"{short}.\1.\2"),
         *[(rf"{path}\.(\d+)\.{attr}\.{_ATTN}", rf"{short}.\1.{name}.\2") for attr, name in attentions.items()],
         *[(rf"{path}\.(\d+)\.{attr}", rf"{short}.\1.{name}.out") for attr, name in attentions.items()],
+        (rf"{path}\.(\d+)\.dropout(\d)\.{_DROP}", rf"{short}.\1.drop_\2.\3"),
         (rf"{path}\.(\d+)\.linear1", rf"{short}.\1.ff.fc"),
         (rf"{path}\.(\d+)\.linear2", rf"{short}.\1.ff.out"),
         (rf"{path}\.(\d+)", rf"{short}.\1.out"),
@@ -157,6 +192,8 @@ def _layer_names(path: str, short: str, attentions: dict, norms: str, resids: st
 _TRANSFORMER_NAMES = [
     (r"src_embed", "enc.tok_emb"),
     (r"tgt_embed", "dec.tok_emb"),
+    (rf"dropout\.{_DROP}", r"enc.drop.\1"),  # one Dropout module for both sides: the encoder's runs first
+    (rf"dropout\.{_DROP}#2", r"dec.drop.\1"),
     (r"(enc|dec)\.(pos_emb|in)", r"\1.\2"),
     *_layer_names(r"encoder\.layers", "enc", {"self_attn": "self_attn"}, "norm1|norm2", "resid_1|resid_2"),
     *_layer_names(r"decoder\.layers", "dec", {"self_attn": "self_attn", "multihead_attn": "cross_attn"},
@@ -171,7 +208,7 @@ _NAMES = {"gpt": [(re.compile(p + "$"), r) for p, r in _GPT_NAMES],
 
 def _public_name(kind: str, path: str):
     """The documented name of a recorded value, or None for values not shown
-    (packed projections, dropout, and values that repeat another in eval mode)."""
+    (packed projections, a module's output that another name holds)."""
     for pattern, repl in _NAMES[kind]:
         if pattern.match(path):
             return pattern.sub(repl, path)
@@ -182,8 +219,9 @@ def _public_name(kind: str, path: str):
 class Trace:
     """Values and gradients of one pass; see the module's docstring for the names."""
 
-    def __init__(self, kind, values, grads, param_grads, loss, ids, targets):
+    def __init__(self, kind, values, grads, param_grads, loss, ids, targets, train=False, seed=None, p=None):
         self.kind = kind  # "gpt" or "transformer"
+        self.train, self.seed, self.p = train, seed, p  # a training pass: dropout's seed, p if overridden
         self._values = values  # name -> ndarray
         self._grads = grads  # name -> ndarray, or None without targets
         self._param_grads = param_grads  # parameter name -> ndarray, or None
@@ -275,15 +313,19 @@ def _all_param_names(model):
     return names
 
 
-def trace(model, ids, targets=None) -> Trace:
+def trace(model, ids, targets=None, *, train=False, seed=0, p=None, dropout_sites=False) -> Trace:
     """Run ``model`` once on ``ids`` and record every value (and, with
     ``targets``, every gradient of the loss). A GPT takes ids (B, T) or (T,)
     and targets of the same shape (−100 = no target there); a Transformer
     takes ``(src_ids, tgt_in_ids)`` and ``targets=tgt_out_ids`` (pad = no target).
-    The model is traced in evaluation mode and left as it was."""
+    The model is traced in evaluation mode, or with ``train`` in training mode
+    (dropout drawn from ``default_rng(seed)``, with probability ``p`` in place
+    of the modules' own if given), and left as it was."""
     kind = getattr(model, "kind", None)
     if kind not in _NAMES:
         raise ScratchError(f"trace reads a GPT or a Transformer, not a {kind or type(model).__name__}")
+    if p is not None and not 0 <= p < 1:
+        raise ScratchError(f"dropout probability p must be in [0, 1), got {p}")
     if kind == "transformer":
         if not isinstance(ids, (tuple, list)) or len(ids) != 2:
             raise ScratchError("a Transformer is traced on a pair: trace(model, (src_ids, tgt_in_ids), targets=...)")
@@ -299,7 +341,8 @@ def trace(model, ids, targets=None) -> Trace:
     if tape.active is not None:
         raise ScratchError("this thread is already recording a trace")
 
-    rec = _Recorder(model, want_grads=targets is not None)
+    rec = _Recorder(model, want_grads=targets is not None, train=train, p=p, dropout_sites=dropout_sites,
+                    rng=xp.random.default_rng(seed) if train else None)
     tape.active = rec
     try:
         with enable_grad() if targets is not None else no_grad():
@@ -338,7 +381,8 @@ def trace(model, ids, targets=None) -> Trace:
         for name, p in _all_param_names(model).items():
             g = param_store.get(id(p))
             param_grads[name] = g if g is not None else xp.zeros_like(p.data)
-    return Trace(kind, values, grads, param_grads, None if loss is None else float(loss.item()), inputs, targets)
+    return Trace(kind, values, grads, param_grads, None if loss is None else float(loss.item()), inputs, targets,
+                 train=train, seed=seed if train else None, p=p)
 
 
 def _add_probs(values, grads, targets, ignore):

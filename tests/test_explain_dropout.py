@@ -1,0 +1,196 @@
+"""Dropout seen at work: ``trace(..., train=True)`` records each Dropout's input,
+the mask it drew and its output as the model's own modules compute them — the
+same numbers as an ordinary training-mode forward drawing from a generator with
+the same seed, bit for bit — without touching the model; `scratchllm explain
+dropout` prints them, and its numbers parse back to those of that forward."""
+import re
+import threading
+
+import numpy as np
+import pytest
+
+import scratchllm as sl
+from scramble import scramble  # tests/ is on sys.path
+from scratchllm import functional as F
+from scratchllm.cli import main
+from scratchllm.explain import trace
+from scratchllm.models import GPT, GPTConfig, Transformer, TransformerConfig
+from scratchllm.nn import Dropout, dropout_generator
+from scratchllm.tokenizers import CharTokenizer
+
+TINY = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+NUM = r"[+-]?\d+\.\d+"
+
+
+def gpt(seed=0, **kw):
+    return scramble(GPT(GPTConfig(**{**TINY, **kw}), seed=seed), seed=seed)
+
+
+def batch(cfg, B=2, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, cfg.vocab_size, (B, cfg.block_size)), rng.integers(0, cfg.vocab_size, (B, cfg.block_size))
+
+
+def gpt_sites(n_layer):
+    return ["drop"] + [f"h.{i}.{w}.drop" for i in range(n_layer) for w in ("attn", "mlp")]
+
+
+def training_forward(model, ids, targets, seed):
+    """An ordinary training-mode forward, module by module, its Dropouts drawing from default_rng(seed):
+    each dropout's (input, output), the logits and the loss."""
+    model.train()
+    sites = {}
+    with dropout_generator(np.random.default_rng(seed)):
+        h = model.transformer
+        x_in = h.wte(ids) + h.wpe(np.arange(ids.shape[1]))
+        x = h.drop(x_in)
+        sites["drop"] = (x_in, x)
+        for i, block in enumerate(h.h):
+            y = block.attn.c_proj(F.self_attention(block.attn.c_attn(block.ln_1(x)), model.config.n_head))
+            a = block.attn.resid_dropout(y)
+            sites[f"h.{i}.attn.drop"] = (y, a)
+            x = x + a
+            m = block.mlp.c_proj(F.gelu(block.mlp.c_fc(block.ln_2(x))))
+            d = block.mlp.dropout(m)
+            sites[f"h.{i}.mlp.drop"] = (m, d)
+            x = x + d
+        logits = F.linear(h.ln_f(x), model.lm_head.weight)
+        loss = F.cross_entropy(logits, targets)
+    return sites, logits, loss
+
+
+# ---- the trace of a training pass ------------------------------------------------------
+def test_training_trace_is_a_training_forward_bit_for_bit():
+    model = gpt(dropout=0.3)
+    ids, targets = batch(model.config)
+    tr = trace(model, ids, targets, train=True, seed=5)
+    assert tr.train and tr.seed == 5
+    sites, logits, loss = training_forward(model, ids, targets, seed=5)
+    np.testing.assert_array_equal(tr["logits"], logits.data)
+    assert tr.loss == loss.item()
+    # and the model's own forward, in training mode under the same generator
+    with dropout_generator(np.random.default_rng(5)):
+        _, loss2 = model.train()(ids, targets)
+    assert tr.loss == loss2.item()
+
+    draws = np.random.default_rng(5)  # the masks: uniform draws u, kept where u ≥ p, in the order of the pass
+    names = gpt_sites(model.config.n_layer)
+    assert [n[:-5] for n in tr.names() if n.endswith(".mask")] == names
+    for name in names:
+        before, after = sites[name]
+        np.testing.assert_array_equal(tr[f"{name}.in"], before.data, err_msg=name)
+        np.testing.assert_array_equal(tr[f"{name}.out"], after.data, err_msg=name)
+        keep = draws.random(before.shape, dtype=np.float32) >= 0.3
+        np.testing.assert_array_equal(tr[f"{name}.mask"], keep.astype(np.float32), err_msg=name)
+        out, x = tr[f"{name}.out"].astype(np.float64), tr[f"{name}.in"].astype(np.float64)
+        assert np.all(out[~keep] == 0)
+        np.testing.assert_allclose(out[keep] * (1 - 0.3), x[keep], rtol=1e-6, atol=1e-7)  # kept × (1 − p) = in
+    np.testing.assert_array_equal(tr["emb"], tr["drop.out"])
+    np.testing.assert_array_equal(tr["h.1.attn.out"], tr["h.1.attn.drop.out"])
+
+
+def test_training_trace_gradients_are_backwards():
+    model = gpt(dropout=0.2)
+    ids, targets = batch(model.config)
+    tr = trace(model, ids, targets, train=True, seed=3)
+    model.zero_grad()
+    with dropout_generator(np.random.default_rng(3)):
+        _, loss = model.train()(ids, targets)
+    loss.backward()
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(tr.grad(name), p.grad, err_msg=name)
+    mask = tr["h.0.mlp.drop.mask"]
+    # d loss / d input = d loss / d output × mask / (1 − p): zero where dropped
+    assert np.all(tr.grad("h.0.mlp.drop.in")[mask == 0] == 0)
+    np.testing.assert_allclose(tr.grad("h.0.mlp.drop.in")[mask == 1] * 0.8, tr.grad("h.0.mlp.drop.out")[mask == 1],
+                               rtol=1e-5, atol=1e-9)
+    assert not tr.grad("h.0.mlp.drop.mask").any()  # drawn, not computed
+
+
+def test_same_seed_same_masks_and_the_model_is_left_alone():
+    model = gpt(dropout=0.25)
+    ids, targets = batch(model.config)
+    gen = model.transformer.drop.rng
+    gen_state, default_state = gen.bit_generator.state, sl.nn.default_rng().bit_generator.state
+    model.eval()
+    a = trace(model, ids, targets, train=True, seed=7)
+    b = trace(model, ids, targets, train=True, seed=7)
+    c = trace(model, ids, targets, train=True, seed=8)
+    assert not model.training and not any(m.training for _, m in model.named_modules())
+    assert gen.bit_generator.state == gen_state and sl.nn.default_rng().bit_generator.state == default_state
+    assert all(p.grad is None for p in model.parameters())
+    for name in a.names():
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert not np.array_equal(a["h.0.attn.drop.mask"], c["h.0.attn.drop.mask"])
+    model.train()
+    trace(model, ids, train=True)
+    assert model.training and all(m.training for _, m in model.named_modules())
+
+
+def test_evaluation_mode_is_the_identity():
+    model = gpt(dropout=0.5)
+    ids, targets = batch(model.config)
+    plain = trace(model, ids, targets)
+    tr = trace(model, ids, targets, dropout_sites=True)
+    assert not [n for n in plain.names() if ".drop" in n or n.startswith("drop")]  # eval traces keep their names
+    assert not [n for n in tr.names() if n.endswith(".mask")]  # nothing drawn
+    for name in gpt_sites(model.config.n_layer):
+        np.testing.assert_array_equal(tr[f"{name}.out"], tr[f"{name}.in"], err_msg=name)
+    logits, loss = model.eval()(ids, targets)
+    np.testing.assert_array_equal(tr["logits"], logits.data)
+    assert tr.loss == plain.loss == loss.item()
+
+
+def test_p_overrides_a_model_without_dropout():
+    model = gpt(dropout=0.0)
+    ids, _ = batch(model.config, B=8)
+    assert not [n for n in trace(model, ids, train=True).names() if ".mask" in n]  # p = 0: nothing drawn
+    tr = trace(model, ids, train=True, seed=2, p=0.4)
+    assert all(m.p == 0 for _, m in model.named_modules() if isinstance(m, Dropout))
+    masks = np.concatenate([tr[f"{s}.mask"].reshape(-1) for s in gpt_sites(model.config.n_layer)])
+    N = masks.size
+    assert abs((1 - masks.mean()) - 0.4) <= 4 * np.sqrt(0.4 * 0.6 / N)
+    with pytest.raises(sl.ScratchError, match=r"\[0, 1\)"):
+        trace(model, ids, train=True, p=1.0)
+
+
+def test_threads_trace_training_passes_of_one_model():
+    model = gpt(seed=4, dropout=0.3)
+    inputs = [batch(model.config, seed=s) for s in range(3)]
+    alone = [trace(model, ids, t, train=True, seed=j) for j, (ids, t) in enumerate(inputs)]
+    results = [[None] * 3 for _ in range(2)]
+
+    def work(k):
+        for _ in range(3):
+            for j, (ids, t) in enumerate(inputs):
+                results[k][j] = trace(model, ids, t, train=True, seed=j)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k in range(2):
+        for a, b in zip(alone, results[k]):
+            assert a.names() == b.names() and a.loss == b.loss
+            for name in a.names():
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_transformer_training_trace():
+    cfg = TransformerConfig(src_vocab_size=13, tgt_vocab_size=11, d_model=8, n_head=2, n_encoder_layers=1,
+                            n_decoder_layers=2, d_ff=12, dropout=0.2, max_len=10)
+    model = scramble(Transformer(cfg, seed=1), seed=1)
+    rng = np.random.default_rng(2)
+    src, tgt = rng.integers(3, 13, (2, 6)), rng.integers(3, 11, (2, 5))
+    tr = trace(model, (src, tgt[:, :-1]), targets=tgt[:, 1:], train=True, seed=9)
+    model.train()
+    with dropout_generator(np.random.default_rng(9)):
+        loss = model.loss(src, tgt[:, :-1], tgt[:, 1:])
+    assert tr.loss == loss.item()
+    masks = [n[:-5] for n in tr.names() if n.endswith(".mask")]
+    assert masks == ["enc.drop", "enc.0.drop_1", "enc.0.drop_2", "dec.drop",
+                     *[f"dec.{i}.drop_{k}" for i in range(2) for k in (1, 2, 3)]]
+    np.testing.assert_array_equal(tr["enc.in"], tr["enc.drop.out"])
+    np.testing.assert_array_equal(tr["dec.in"], tr["dec.drop.out"])
+    assert tr["dec.drop.in"].shape == (2, 4, 8) and tr["enc.drop.in"].shape == (2, 6, 8)
