@@ -166,7 +166,7 @@ def test_resume_across_layouts_is_bit_identical(corpus, first):
     """Stopped after 3 steps at one layout (2 ranks, or 1 process × 2 threads), resumed to 6
     at the other: the same as 6 steps never stopped."""
     assert cli(corpus, "train", *GPT, "--max-iters", "6", "--threads", "2", "--out", "full") == 0
-    half = ["train", *GPT, "--out", "run"]
+    half = ["train", *GPT, "--out", "run", "--lr-decay-iters", "6"]  # the full run's schedule, stopped at 3
     if first == "ranks":
         proc, _ = mpirun(corpus, ranks("-m", "scratchllm", *half, "--max-iters", "3", n=2))
         assert proc.returncode == 0, proc.stderr

@@ -35,7 +35,7 @@ def moments(trainer):
 
 @pytest.mark.parametrize("dropout,threads", [(0.0, 1), (0.2, 1), (0.0, 2), (0.2, 2)])
 def test_resume_is_bit_identical(tmp_path, dropout, threads):
-    kw = dict(dropout=dropout, threads=threads)
+    kw = dict(dropout=dropout, threads=threads, lr_decay_iters=6)  # the same schedule, stopped at 3 in run b
     full = T.train(tiny_config(tmp_path / "a", **kw), echo=lambda *a: None)
     T.train(tiny_config(tmp_path / "b", max_iters=3, **kw), echo=lambda *a: None)
     resumed = T.train(tiny_config(tmp_path / "b", max_iters=6, **kw), resume=True, echo=lambda *a: None)
@@ -139,3 +139,88 @@ def test_resume_without_checkpoint_is_clear(tmp_path, capsys):
 def test_threads_below_one_is_an_error(tmp_path):
     with pytest.raises(sl.ScratchError, match="--threads"):
         T.Trainer(tiny_config(tmp_path, threads=0))
+
+
+def quiet(*a):
+    pass
+
+
+def test_resume_to_more_steps_equals_a_fresh_run_with_the_same_schedule(tmp_path):
+    # The cosine schedule's length is its own setting (lr_decay_iters, default: the
+    # first run's max_iters), kept on resume: going on from 6 to 12 steps is, bit
+    # for bit, a fresh 12-step run whose schedule ends at step 6.
+    kw = dict(warmup_iters=2, lr=3e-3, min_lr=3e-4, eval_interval=3)
+    fresh = T.train(tiny_config(tmp_path / "a", max_iters=12, lr_decay_iters=6, **kw), echo=quiet)
+    T.train(tiny_config(tmp_path / "b", max_iters=6, **kw), echo=quiet)
+    resumed = T.train(tiny_config(tmp_path / "b", max_iters=12, **kw), resume=True, echo=quiet)
+    assert resumed.step == fresh.step == 12 and resumed.cfg.lr_decay_iters == 6
+    for k, v in weights(fresh).items():
+        np.testing.assert_array_equal(weights(resumed)[k], v, err_msg=k)
+    for k, v in moments(fresh).items():
+        np.testing.assert_array_equal(moments(resumed)[k], v, err_msg=k)
+    # where the difference would show: a schedule over all 12 steps ends elsewhere
+    longer = T.train(tiny_config(tmp_path / "c", max_iters=12, **kw), echo=quiet)
+    assert longer.cfg.lr_decay_iters == 12
+    assert any(not np.array_equal(v, weights(longer)[k]) for k, v in weights(fresh).items())
+
+
+def test_lr_decay_iters_is_kept_in_the_checkpoint_and_may_be_given_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    (tmp_path / "c.txt").write_text(TEXT)
+    base = ["train", "--data", str(tmp_path / "c.txt"), "--out", str(run), "--n-layer", "1", "--n-head", "2",
+            "--n-embd", "16", "--block-size", "8", "--batch-size", "4", "--eval-interval", "3", "--eval-iters", "1",
+            "--sample-tokens", "0", "--no-progress"]
+
+    def saved():
+        return json.loads((run / "ckpt" / "train_state.json").read_text())["train_config"]["lr_decay_iters"]
+
+    assert main(base + ["--max-iters", "3"]) == 0 and saved() == 3
+    assert main(base + ["--max-iters", "6", "--resume"]) == 0 and saved() == 3
+    assert main(base + ["--max-iters", "9", "--resume", "--lr-decay-iters", "9"]) == 0 and saved() == 9
+    with pytest.raises(sl.ScratchError, match="--lr-decay-iters"):
+        T.Trainer(tiny_config(tmp_path / "bad", lr_decay_iters=-1))
+
+
+def test_a_checkpoint_from_before_lr_decay_iters_keeps_its_schedule(tmp_path):
+    # Saved without the setting: its schedule ran over its max_iters then.
+    T.train(tiny_config(tmp_path, max_iters=3), echo=quiet)
+    state_path = tmp_path / "run" / "ckpt" / "train_state.json"
+    state = json.loads(state_path.read_text())
+    del state["train_config"]["lr_decay_iters"]
+    state_path.write_text(json.dumps(state))
+    assert T.Trainer(tiny_config(tmp_path, max_iters=9), resume=True).cfg.lr_decay_iters == 3
+
+
+def log_steps(run):
+    return [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_resumed_run_logs_its_resume_step_once(tmp_path):
+    T.train(tiny_config(tmp_path, max_iters=3), echo=quiet)
+    T.train(tiny_config(tmp_path, max_iters=6), resume=True, echo=quiet)
+    assert log_steps(tmp_path / "run") == [0, 3, 6]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r.get("resumed", False) for r in log] == [False, True, False]
+
+
+def test_an_interrupted_run_logs_where_it_resumed(tmp_path):
+    cfg = tiny_config(tmp_path, eval_interval=3)
+    trainer = T.Trainer(cfg)
+    real_step = trainer.train_step
+
+    def step_then_interrupt():
+        loss = real_step()
+        if trainer.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    trainer.train_step = step_then_interrupt
+    trainer.fit(echo=quiet)
+    T.train(cfg, resume=True, echo=quiet)
+    assert log_steps(tmp_path / "run") == [0, 3, 4, 6]
+
+
+def test_a_fresh_run_in_an_old_directory_starts_a_fresh_log(tmp_path):
+    T.train(tiny_config(tmp_path, max_iters=6), echo=quiet)
+    T.train(tiny_config(tmp_path, max_iters=3), echo=quiet)
+    assert log_steps(tmp_path / "run") == [0, 3]

@@ -11,8 +11,13 @@ A run directory (``--out``, default ``out/``) holds::
 
 Resuming restores weights, optimizer moments, the step, and the states of the
 batch and dropout generators, so a resumed run is bit-identical to one that
-was never stopped. Evaluation draws from its own generator seeded by the step,
-so evaluating more or less often changes nothing in training.
+was never stopped. The cosine schedule's length is a setting of its own,
+``lr_decay_iters`` (default: the first run's ``max_iters``), kept in the
+checkpoint: a run resumed to a larger ``max_iters`` is bit for bit a fresh run
+with the same ``lr_decay_iters`` and that ``max_iters``. Evaluation draws from
+its own generator seeded by the step, so evaluating more or less often changes
+nothing in training. The log gets one line for the step a run resumed at
+(marked ``"resumed": true``); a run started afresh starts a fresh log.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +69,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
+    lr_decay_iters: int = 0  # the cosine's length in steps; 0: max_iters (of the first run: kept on resume)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -219,6 +225,10 @@ class Trainer:
         self.world = world or current_world()  # MPI ranks (distributed.py), or this process alone
         if resume:
             cfg = self._load_config_for_resume(cfg)
+        if cfg.lr_decay_iters < 0:
+            raise ScratchError(f"--lr-decay-iters must be at least 1 (or 0: --max-iters), not {cfg.lr_decay_iters}")
+        if not cfg.lr_decay_iters:
+            cfg = replace(cfg, lr_decay_iters=cfg.max_iters)  # saved with the run, so a resume keeps it
         self.cfg = cfg
         if cfg.threads < 1:
             raise ScratchError(f"--threads must be at least 1, not {cfg.threads}")
@@ -226,18 +236,22 @@ class Trainer:
             self.tokenizer, self.train_ids, self.val_ids = prepare_data(cfg, self.run)
         self.model = build_model(cfg, self.tokenizer.vocab_size)
         self.opt = build_optimizer(self.model, cfg)
-        self.schedule = CosineWithWarmup(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
+        self.schedule = CosineWithWarmup(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
         self.batch_rng = np.random.default_rng([cfg.seed, 1])
         self.dropout_rng = dropout_rng(self.model)
         self.sharded = ShardedBackward(self.model, cfg.threads) if self.world.size == 1 \
             else DistributedBackward(self.model, cfg.threads, self.world)
         self.step = 0
         self.last_saved = None
+        self.resumed = resume
         if resume:
             self._restore()
         self.log_path = self.run / "log.jsonl"
         if self.world.is_root:
-            trim_log(self.log_path, self.step)
+            if resume:  # lines from the resume step on are redone (or were lost with the steps after the checkpoint)
+                trim_log(self.log_path, self.step - 1)
+            else:  # a run started afresh in an old directory: a fresh log
+                self.log_path.unlink(missing_ok=True)
         self.world.check_same("settings", asdict(cfg) | {"progress": None, "step": self.step,
                                                          "batch_rng": self.batch_rng.bit_generator.state})
         self.world.check_same("data or weights", {"train": self.train_ids, "val": self.val_ids,
@@ -247,6 +261,9 @@ class Trainer:
     def _load_config_for_resume(self, cfg: TrainConfig) -> TrainConfig:
         state = checkpoint.read_train_state(self.ckpt_dir)
         saved = TrainConfig.from_dict({"threads": 1} | state["train_config"])  # runs from before threads: 1
+        # The schedule's length stays the run's own, unless given again (it then changes from
+        # this step on); runs saved before it was a setting decayed over their max_iters.
+        saved.lr_decay_iters = cfg.lr_decay_iters or saved.lr_decay_iters or saved.max_iters
         # The batch was cut into ranks × threads shards; with as many now the run goes on bit for bit.
         shards = state.get("shards", saved.threads)
         saved.threads = max(1, shards // self.world.size)
@@ -321,8 +338,11 @@ class Trainer:
             try:
                 while True:
                     at_end = self.step >= cfg.max_iters
-                    if (self.step % cfg.eval_interval == 0 or at_end) and self.world.is_root:
+                    resumed_here, self.resumed = self.resumed, False
+                    if (self.step % cfg.eval_interval == 0 or at_end or resumed_here) and self.world.is_root:
                         record = self.evaluate() | {"tokens_per_s": round(tps, 1)}
+                        if resumed_here:
+                            record["resumed"] = True
                         append_log(self.log_path, record)
                         bar.write(f"step {self.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
                     if self.step % cfg.eval_interval == 0 or at_end:

@@ -21,6 +21,8 @@ _HELP = {
     "max_iters": "optimizer steps in total (a resumed run continues to this many)",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_iters": "steps of linear learning-rate warmup",
+    "lr_decay_iters": "the learning-rate schedule's length: the cosine from --lr reaches --min-lr at this step and "
+                      "stays there (0: --max-iters); kept on --resume unless given again",
     "threads": "threads that share each batch, each taking a slice of its rows (1: one thread, BLAS uses all cores); "
                "under mpirun, threads per rank, default 1",
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
