@@ -215,6 +215,11 @@ def test_bad_files(tmp_path, lossless):
         UnigramTokenizer.from_sentencepiece(p)
     with pytest.raises(ScratchError, match="does not exist"):
         UnigramTokenizer.from_sentencepiece(tmp_path / "missing.model")
+    (tmp_path / "c.txt").write_text(corpus()[:20_000], encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "c.txt"), model_prefix=str(tmp_path / "bpe"), vocab_size=200,
+                                   model_type="bpe", minloglevel=2)
+    with pytest.raises(ScratchError, match="BPE model; only unigram"):
+        UnigramTokenizer.from_sentencepiece(tmp_path / "bpe.model")
     j = tmp_path / "tok.json"
     lossless.save(j)
     j.write_text(j.read_text().replace('"version": 1', '"version": 99'))
