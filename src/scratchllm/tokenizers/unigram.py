@@ -40,7 +40,7 @@ from typing import Iterable
 
 from ..errors import ScratchError
 from .base import Tokenizer
-from .bpe import BPETokenizer
+from .bpe import BPETokenizer, _PieceCache
 from .normalize import SPACE, Normalizer, charsmap_for
 from .sentencepiece_model import (BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, ModelFile, read_model,
                                   trainer_spec, write_model)
@@ -49,7 +49,6 @@ UNK_PENALTY = 10.0
 TYPE_NAMES = {NORMAL: "normal", UNKNOWN: "unknown", CONTROL: "control", USER_DEFINED: "user_defined",
               UNUSED: "unused", BYTE: "byte"}
 _TYPES = {v: k for k, v in TYPE_NAMES.items()}
-_CACHE_ENTRIES = 1 << 18
 
 
 def byte_piece(b: int) -> str:
@@ -141,8 +140,8 @@ class UnigramTokenizer(Tokenizer):
 
     def clear_cache(self) -> None:
         """Forget the cached segmentations of words: "cat" (after a "▁") and bare ones (at the start)."""
-        self._cache = _WordCache(lambda w: self._encode_word(SPACE + w))
-        self._bare = _WordCache(self._encode_word)
+        self._cache = _PieceCache(lambda w: self._encode_word(SPACE + w))
+        self._bare = _PieceCache(self._encode_word)
 
     # -- the lattice -----------------------------------------------------------
     def lattice(self, s: str) -> list[list[tuple[int, int, float]]]:
@@ -464,21 +463,6 @@ class UnigramTokenizer(Tokenizer):
     def __repr__(self) -> str:
         return (f"UnigramTokenizer(vocab_size={self.vocab_size}, normalization={self.normalization!r}, "
                 f"byte_fallback={self.byte_fallback})")
-
-
-class _WordCache(dict):
-    """Word -> ids; a miss runs Viterbi. A dict subclass so hits stay in C."""
-
-    def __init__(self, compute):
-        super().__init__()
-        self._compute = compute
-
-    def __missing__(self, word):
-        ids = self._compute(word)
-        if len(self) >= _CACHE_ENTRIES:
-            self.clear()
-        self[word] = ids
-        return ids
 
 
 def _bytes_text(data: bytes) -> str:
