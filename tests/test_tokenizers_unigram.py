@@ -335,3 +335,7 @@ def test_hugging_face_tokenizer_json(tmp_path, opts):
 def test_encode_batch_in_worker_processes(lossless):
     texts = [t for t in TEXTS if "<|endoftext|>" not in t] * 3
     assert lossless.encode_batch(texts, workers=2) == [lossless.encode(t) for t in texts]
+    assert lossless.encode_batch(texts) == [lossless.encode(t) for t in texts]
+    assert toy().encode_batch(["cxyzat", "a cat", ""]) == [toy().encode(t) for t in ["cxyzat", "a cat", ""]]
+    with pytest.raises(ScratchError, match="special token"):
+        lossless.encode_batch(["a", "<|endoftext|>"])

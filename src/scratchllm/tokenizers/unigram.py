@@ -245,6 +245,24 @@ class UnigramTokenizer(Tokenizer):
         ids += self._encode_text(text[pos:], alpha, rng)
         return ids
 
+    def encode_batch(self, texts, workers: int = 1, **kw) -> list[list[int]]:
+        """encode() of each text. In one process, with the default options and no special
+        token's text in sight, the per-call checks are done once for the whole list."""
+        texts = list(texts)
+        if workers > 1 or kw or not self._by_word or any(sp in t for t in texts for sp in self.special_tokens):
+            return super().encode_batch(texts, workers, **kw)
+        normalize, bare, cache, unk = self.normalizer.normalize, self._bare, self._cache.__getitem__, self.unk_id
+        out = []
+        for text in texts:
+            parts = normalize(text).split(SPACE)
+            ids = list(bare[parts[0]]) if parts[0] else []
+            for p in islice(parts, 1, None):
+                ids += cache(p)
+            if not self.byte_fallback and unk in ids:
+                ids = [i for k, i in enumerate(ids) if not (i == unk and k and ids[k - 1] == unk)]
+            out.append(ids)
+        return out
+
     def encode_ordinary(self, text: str) -> list[int]:
         return self._encode_text(text, None, None)
 
