@@ -214,6 +214,16 @@ def test_block_view(page, gpt):
     tr = trace(explorer.model, np.array([explorer.tokenizer.encode(TEXT)]))
     z = page.evaluate("document.getElementById('block-gelu').data[0].z")
     np.testing.assert_allclose(z, tr["h.0.mlp.gelu"][0], atol=1e-4)
+    # the table follows one token (the last, or the one clicked) through the blocks
+    page.click("#tokens .token[data-index='4']")
+    page.wait_for_function("document.querySelector('#block-table h3').textContent.includes('position 4')")
+    cells = page.eval_on_selector_all("#block-table tr", "rows => rows.slice(1).map(r => [...r.cells].map(c => c.textContent))")
+    for i, row in enumerate(cells):
+        x_in = tr["emb"][0, 4] if i == 0 else tr[f"h.{i - 1}.resid_2"][0, 4]
+        assert float(row[1]) == pytest.approx(np.linalg.norm(x_in), abs=5e-5)
+        assert float(row[3]) == pytest.approx(x_in.std(), abs=5e-5)
+        assert float(row[4]) == pytest.approx(np.linalg.norm(tr[f"h.{i}.resid_1"][0, 4]), abs=5e-5)
+        assert float(row[7]) == pytest.approx(np.linalg.norm(tr[f"h.{i}.resid_2"][0, 4]), abs=5e-5)
     shot(page, "3-inside-a-block")
 
 

@@ -144,6 +144,7 @@ function renderTokens(tokens, selected) {
                     el("span", { class: "piece", text: show(t.piece) }), el("span", { class: "id", text: t.id }));
     // in the attention view a token is a query: clicking it writes out its softmax
     if (state.view === "attention" && state.attention) chip.addEventListener("click", () => softmaxDetail(state.detailHead || 0, i));
+    if (state.view === "block" && state.block) chip.addEventListener("click", () => blockTable(i));
     box.append(chip);
   });
 }
@@ -294,6 +295,8 @@ async function loadBlock(current) {
   const labels = axisLabels(r.tokens);
   const rows = ["entering block 0", ...r.layers.map((_, i) => `after block ${i}`)];
   const norms = [r.layers[0].norm_in, ...r.layers.map((l) => l.norm_out)];
+  state.block = r;
+  blockTable(state.blockToken !== undefined && state.blockToken < r.tokens.length ? state.blockToken : r.tokens.length - 1);
   heatmap("block-norms", norms, rows, labels, { colorscale: "Viridis", title: "size of the residual stream ‖x‖", left: 110, cell: 30,
     hover: "%{customdata[0]} · token %{customdata[1]}<br>‖x‖ %{z:.4f}<extra></extra>" });
   const std = r.layers.map((l) => l.ln_1_std), mean = r.layers.map((l) => l.ln_1_mean);
@@ -306,6 +309,23 @@ async function loadBlock(current) {
     xtitle: "neuron", height: 120 + 22 * labels.length,
     hover: "token %{customdata[0]}<br>neuron %{customdata[1]}<br>gelu %{z:.4f}<extra></extra>" });
   done("block");
+}
+
+// one token's path through the blocks, layer by layer (click a token above to pick another)
+function blockTable(t) {
+  const r = state.block;
+  state.blockToken = t;
+  const rows = [el("tr", {}, el("th", { text: "block" }), el("th", { text: "‖x‖ in" }), el("th", { text: "ln_1 mean" }),
+                   el("th", { text: "ln_1 std" }), el("th", { text: "‖x‖ after attention" }), el("th", { text: "ln_2 mean" }),
+                   el("th", { text: "ln_2 std" }), el("th", { text: "‖x‖ after MLP" }))];
+  r.layers.forEach((l, i) => rows.push(el("tr", {}, el("td", { text: i }), el("td", { text: fmt(l.norm_in[t]) }),
+    el("td", { text: fmt(l.ln_1_mean[t]) }), el("td", { text: fmt(l.ln_1_std[t]) }), el("td", { text: fmt(l.norm_mid[t]) }),
+    el("td", { text: fmt(l.ln_2_mean[t]) }), el("td", { text: fmt(l.ln_2_std[t]) }), el("td", { text: fmt(l.norm_out[t]) }))));
+  $("block-table").replaceChildren(
+    el("h3", { text: `The token "${show(r.tokens[t].piece)}" (position ${t}) through the blocks` }),
+    el("div", { class: "formula", text: "x ← x + attention(ln_1(x));  x ← x + MLP(ln_2(x));  ln(x) = (x − mean) / std · scale + shift" }),
+    el("table", { class: "numbers" }, ...rows));
+  renderTokens(r.tokens, t);
 }
 
 // ---- 4. backward and one step --------------------------------------------------------------------
