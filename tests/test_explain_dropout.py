@@ -194,3 +194,151 @@ def test_transformer_training_trace():
     np.testing.assert_array_equal(tr["enc.in"], tr["enc.drop.out"])
     np.testing.assert_array_equal(tr["dec.in"], tr["dec.drop.out"])
     assert tr["dec.drop.in"].shape == (2, 4, 8) and tr["enc.drop.in"].shape == (2, 6, 8)
+
+
+# ---- scratchllm explain dropout --------------------------------------------------------
+TEXT = "To be or not to be"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A char-level GPT trained without dropout (p = 0), with weights of a working scale."""
+    tok = CharTokenizer().train(TEXT + ", that is the question.")
+    model = gpt(seed=2, vocab_size=tok.vocab_size, block_size=24, n_embd=16, dropout=0.0)
+    d = tmp_path_factory.mktemp("dropout") / "ckpt"
+    sl.save(model, d, tokenizer=tok)
+    return d
+
+
+def run(capsys, *args):
+    code = main(["explain", "dropout", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def section(out, step):
+    return out.split(f"Step {step}. ", 1)[1].split("\nStep ", 1)[0].splitlines()
+
+
+def with_p(model, p):
+    """The same weights with every Dropout at probability p (a reference for --p)."""
+    for _, m in model.named_modules():
+        if isinstance(m, Dropout):
+            m.p = p
+    return model
+
+
+def softmax64(z):
+    e = np.exp(np.asarray(z, np.float64) - np.max(z))
+    return e / e.sum()
+
+
+def test_printed_mask_and_values_are_a_training_forwards(ckpt, capsys):
+    tok = sl.checkpoint.load_tokenizer(ckpt)
+    ids = np.array(tok.encode(TEXT))[None]
+    code, out, _ = run(capsys, "--ckpt", ckpt, "--text", TEXT, "--p", 0.3, "--seed", 4, "--site", "h.1.mlp.drop",
+                       "--position", 5, "--full")
+    assert code == 0 and "p = 0.3" in out
+    assert all(m.p == 0 for _, m in sl.load(ckpt).named_modules() if isinstance(m, Dropout))  # checkpoint as it was
+    ref = with_p(sl.load(ckpt), 0.3)
+    sites, logits, _ = training_forward(ref, ids, np.zeros_like(ids), seed=4)
+    before, after = (t.data[0, 5].astype(np.float64) for t in sites["h.1.mlp.drop"])
+
+    rows = [re.match(rf"\s+(\d+)\s+({NUM})\s+([01])\s+({NUM})\s+(dropped|= before × ({NUM}))$", line)
+            for line in section(out, 2)]
+    rows = [m for m in rows if m]
+    assert [int(m[1]) for m in rows] == list(range(16))  # --full: every number
+    printed = np.array([[float(m[2]), float(m[3]), float(m[4])] for m in rows])
+    np.testing.assert_allclose(printed[:, 0], before, atol=5.1e-7)
+    np.testing.assert_allclose(printed[:, 2], after, atol=5.1e-7)
+    mask = printed[:, 1] == 1
+    np.testing.assert_array_equal(mask, after != 0)
+    assert all(float(m[6]) == pytest.approx(1 / 0.7, abs=1e-6) for m in rows if m[6])
+    np.testing.assert_allclose(printed[mask, 2] * 0.7, printed[mask, 0], atol=2e-6)  # kept × (1 − p) = before
+    zeroed = re.search(r"zeroed here: (\d+) of 16 numbers(?:, at ([\d, ]+))?", out)
+    assert int(zeroed[1]) == (~mask).sum()
+    assert [int(x) for x in (zeroed[2] or "").replace(",", " ").split()] == list(np.flatnonzero(~mask))
+
+    # Step 1 and 3: the counts dropped, against independent draws of the same generator, in the pass's order
+    draws = np.random.default_rng(4)
+    dropped = {}
+    for name in gpt_sites(2):
+        dropped[name] = int((draws.random(sites[name][0].shape, dtype=np.float32) < 0.3).sum())
+    for line in section(out, 1)[2:]:
+        name, n, k, frac = line.split()[:4]
+        assert int(k) == dropped[name] and int(n) == ids.size * 16 and float(frac) == pytest.approx(int(k) / int(n),
+                                                                                                    abs=5e-5)
+    whole = re.search(r"the whole pass\s+(\d+)\s+(\d+)\s+(\d\.\d+)", out)
+    assert int(whole[1]) == sum(dropped.values()) and int(whole[2]) == 5 * ids.size * 16
+
+    # Step 5: the training column is that forward's softmax, the evaluation column an eval forward's
+    probs_train = softmax64(logits.data[0, -1])
+    probs_eval = softmax64(ref.eval()(ids).data[0, -1])
+    for line in section(out, 5)[2:]:
+        i, e, t = line.rsplit(None, 3)[1:]
+        assert float(e) == pytest.approx(probs_eval[int(i)], abs=1e-6)
+        assert float(t) == pytest.approx(probs_train[int(i)], abs=1e-6)
+
+
+def test_evaluation_mode_leaves_the_values_untouched(ckpt, capsys):
+    tok = sl.checkpoint.load_tokenizer(ckpt)
+    ids = np.array(tok.encode(TEXT))[None]
+    code, out, _ = run(capsys, "--ckpt", ckpt, "--text", TEXT, "--site", "h.0.attn.drop", "--full")
+    assert code == 0 and "shown with p = 0.1" in out  # a model without dropout: the default p, the model untouched
+    lines = section(out, 4)
+    before = np.array(re.findall(NUM, next(line for line in lines if line.lstrip().startswith("before"))), float)
+    after = np.array(re.findall(NUM, next(line for line in lines if line.lstrip().startswith("after "))), float)
+    model = sl.load(ckpt).eval()
+    with sl.no_grad():  # the attention's output entering the dropout, in an ordinary evaluation forward
+        h = model.transformer
+        block = h.h[0]
+        x = h.drop(h.wte(ids) + h.wpe(np.arange(ids.shape[1])))
+        y = block.attn.c_proj(F.self_attention(block.attn.c_attn(block.ln_1(x)), model.config.n_head))
+    np.testing.assert_allclose(before, y.data[0, -1], atol=5.1e-5)
+    np.testing.assert_array_equal(after, before)
+    assert "after = before in 16 of 16 numbers; zeroed: 0" in out
+
+
+def test_a_transformers_masks(capsys, tmp_path):
+    from scratchllm import translation_train as TT
+    from scratchllm.translate import encode_source, special_ids
+
+    tok = TT.train_tokenizer(["Ein Hund rennt."] * 5, ["A dog runs."] * 5, 270)
+    pad, _, _ = special_ids(tok)
+    cfg = TransformerConfig(src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size, d_model=8, n_head=2,
+                            n_encoder_layers=1, n_decoder_layers=1, d_ff=16, dropout=0.25, max_len=12, pad_id=pad,
+                            shared_embeddings=True)
+    sl.save(scramble(Transformer(cfg, seed=0), seed=1), tmp_path / "t", tokenizer=tok)
+    code, out, _ = run(capsys, "--ckpt", tmp_path / "t", "--text", "Ein Hund rennt.", "--site", "enc.0.drop_2",
+                       "--seed", 6, "--full")
+    assert code == 0 and "p = 0.25 (the model's own)" in out
+    S = len(encode_source(tok, "Ein Hund rennt."))
+    draws = np.random.default_rng(6)  # enc.drop, enc.0.drop_1, then this site
+    for _ in range(2):
+        draws.random((1, S, 8), dtype=np.float32)
+    keep = draws.random((1, S, 8), dtype=np.float32)[0, -1] >= 0.25
+    masks = [int(m[1]) for m in (re.match(rf"\s+\d+\s+{NUM}\s+([01])\s", line) for line in section(out, 2)) if m]
+    assert masks == keep.astype(int).tolist()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--text", ""], "--text is empty"),
+    (["--text", TEXT, "--site", "h.7.attn.drop"], "--site 'h.7.attn.drop' is not a dropout"),
+    (["--text", TEXT, "--position", "99"], "--position 99 is out of range"),
+    (["--text", TEXT, "--p", "1"], "--p must be above 0 and below 1"),
+    (["--text", TEXT, "--p", "0"], "--p must be above 0 and below 1"),
+    (["--text", TEXT, "--p", "x"], "--p must be a number"),
+    (["--text", TEXT, "--seed", "-1"], "--seed must be at least 0"),
+    (["--text", "~~~"], "--text"),
+])
+def test_bad_inputs_are_one_line_errors(ckpt, capsys, args, message):
+    code, _, err = run(capsys, "--ckpt", ckpt, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_missing_or_foreign_checkpoint(tmp_path, capsys):
+    code, _, err = run(capsys, "--ckpt", tmp_path / "none", "--text", TEXT)
+    assert code == 2 and "does not exist" in err
+    with pytest.raises(SystemExit) as stop:
+        main(["explain", "dropout", "--help"])
+    assert stop.value.code == 0 and "the mask it drew" in capsys.readouterr().out

@@ -7,6 +7,7 @@
     scratchllm explain unigram --tokenizer tok.json "cats"
     scratchllm explain gpt --ckpt out --text "To be or not" --target " "
     scratchllm explain transformer --ckpt out-translate --text "Ein Hund rennt über die Wiese."
+    scratchllm explain dropout --ckpt out --text "To be or not" --p 0.2
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ on paper: inputs, weights, sums, activations, scores, the answer.
   scratchllm explain unigram --tokenizer tok.json "cats"    every segmentation, and why Viterbi picks one
   scratchllm explain gpt --ckpt out --text "To be or not"     a GPT, layer by layer, head by head
   scratchllm explain gpt --ckpt out --text "To be or not" --target " "    … and its backward pass
-  scratchllm explain transformer --ckpt DIR --text "Ein Hund rennt."    which source piece each word looked at"""
+  scratchllm explain transformer --ckpt DIR --text "Ein Hund rennt."    which source piece each word looked at
+  scratchllm explain dropout --ckpt out --text "To be or not"    dropout's mask in a training pass, off in evaluation"""
 
 
 def register(subparsers) -> None:
@@ -87,6 +89,7 @@ def register(subparsers) -> None:
     u.set_defaults(func=run_unigram)
     _register_gpt(sub)
     _register_transformer(sub)
+    _register_dropout(sub)
 
 
 def _no_verb(parser) -> int:
@@ -204,9 +207,10 @@ def _register_transformer(sub):
     t = sub.add_parser("transformer", help="a translation: each output token and the source pieces it looked at",
                        description="Translate one sentence greedily with an encoder–decoder Transformer and show, "
                                    "for each output token, its probability and the cross-attention weights over "
-                                   "the source pieces (averaged over the heads; --head for one), e.g. "
+                                   "the source pieces (averaged over the heads; --head for one); --position "
+                                   "works out one output token's cross-attention term by term, e.g. "
                                    "`scratchllm explain transformer --ckpt out-translate --text \"Ein Hund rennt "
-                                   "über die Wiese.\"`.")
+                                   "über die Wiese.\" --layer 0 --head 1 --position 2`.")
     t.add_argument("--ckpt", default="out-translate", metavar="DIR",
                    help="a checkpoint of `scratchllm translate-train` (default: out-translate)")
     t.add_argument("--text", required=True, help="the sentence to translate")
@@ -217,6 +221,40 @@ def _register_transformer(sub):
                         "out term by term — the query, each source piece's key, q·k, ×1/√D, softmax, the values' sum")
     t.add_argument("--full", action="store_true", help="every number of each vector in that worked example")
     t.set_defaults(func=run_transformer)
+
+
+DROPOUT_DESCRIPTION = """\
+Dropout in one training pass of a GPT or Transformer, every number the
+model's own: where the model drops, and at one place (--site) and token
+(--position) the values entering the Dropout module, the mask it drew (which
+numbers are zeroed), the kept ones multiplied by 1/(1 − p), the values leaving
+it, the fraction dropped against p, and the same place in evaluation mode,
+where nothing is dropped. The checkpoint is not changed; --p shows another
+probability (a model trained without dropout is shown with p = 0.1).
+
+  scratchllm explain dropout --ckpt out --text "To be or not"
+  scratchllm explain dropout --ckpt out --text "To be or not" --site h.1.mlp.drop --p 0.3 --seed 4
+  scratchllm explain dropout --ckpt out-translate --text "Ein Hund rennt." --site dec.0.drop_2"""
+
+
+def _register_dropout(sub):
+    d = sub.add_parser("dropout", help="dropout's mask and rescaling in one training pass, and eval turning it off",
+                       description=DROPOUT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--ckpt", default="out", metavar="DIR",
+                   help="a GPT checkpoint (ours or a Hugging Face GPT-2 directory) or a translation model's "
+                        "(default: out)")
+    d.add_argument("--text", required=True,
+                   help="the text (a GPT) or the sentence to translate (a Transformer; the decoder reads its "
+                        "greedy translation)")
+    d.add_argument("--site", default=None, metavar="NAME",
+                   help="where to look, as Step 1 lists them (default: h.0.attn.drop, a Transformer's enc.0.drop_1)")
+    d.add_argument("--position", default=None, metavar="P", help="the token looked at, from 0 (default: the last)")
+    d.add_argument("--p", default=None, metavar="P",
+                   help="dropout probability for this pass, 0 < P < 1 (default: the model's own, 0.1 if it has none)")
+    d.add_argument("--seed", default="0", metavar="S", help="seed of the generator the masks are drawn from "
+                                                            "(default: 0)")
+    d.add_argument("--full", action="store_true", help="every number of the vectors, not the first 8")
+    d.set_defaults(func=run_dropout)
 
 
 def _load_checkpoint(ckpt: str, kind: str, other_verb: str):
@@ -324,4 +362,54 @@ def run_transformer(args) -> int:
         position = classify_cli.number(args.position, "--position", int, 0)
     print(explain_transformer(model, tokenizer, ids, layer=layer, head=head, position=position, full=args.full,
                               source=str(args.ckpt)))
+    return 0
+
+
+def run_dropout(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from .. import checkpoint, tokenizers
+    from ..explain.dropout import dropout_sites, explain_dropout
+
+    p = None
+    if args.p is not None:
+        p = classify_cli.number(args.p, "--p", float)
+        if not 0 < p < 1:
+            raise ScratchError(f"--p must be above 0 and below 1, got {args.p}")
+    seed = classify_cli.number(args.seed, "--seed", int, 0)
+    if not args.text or not args.text.strip():
+        raise ScratchError("--text is empty: give some text, e.g. --text \"To be or not\"")
+    if not Path(args.ckpt).exists():
+        raise ScratchError(f"checkpoint directory {args.ckpt!r} does not exist")
+    model = checkpoint.load(args.ckpt)
+    kind = getattr(model, "kind", type(model).__name__)
+    if kind not in ("gpt", "transformer"):
+        raise ScratchError(f"{args.ckpt} holds a {kind} model: explain dropout reads a GPT or a Transformer")
+    tokenizer = tokenizers.load(checkpoint.resolve_dir(args.ckpt))
+    sites = dropout_sites(model)
+    if args.site is not None and args.site not in sites:
+        raise ScratchError(f"--site {args.site!r} is not a dropout of this model; its dropouts: {', '.join(sites)}")
+    cfg = model.config
+    if kind == "gpt":
+        ids = _encode_text(tokenizer, args.text, "--text")
+        if max(ids) >= cfg.vocab_size:
+            raise ScratchError(f"the tokenizer gives id {max(ids)} but the model knows only {cfg.vocab_size} "
+                               "tokens: tokenizer and model do not belong together")
+        if len(ids) > cfg.block_size:
+            print(f"note: the text is {len(ids)} tokens long; the model sees only its last {cfg.block_size}, "
+                  "so it was cut to those", file=sys.stderr)
+            ids = ids[-cfg.block_size:]
+    else:
+        from ..translate import encode_source, special_ids
+
+        special_ids(tokenizer)
+        ids = encode_source(tokenizer, args.text)
+        if len(ids) > cfg.max_len:
+            print(f"note: the sentence is {len(ids)} tokens long; the model reads at most {cfg.max_len}, "
+                  f"so it was cut to its first {cfg.max_len}", file=sys.stderr)
+            ids = ids[:cfg.max_len]
+    position = None if args.position is None else classify_cli.number(args.position, "--position", int, 0)
+    print(explain_dropout(model, tokenizer, ids, site=args.site, position=position, p=p, seed=seed, full=args.full,
+                          source=str(args.ckpt)))
     return 0

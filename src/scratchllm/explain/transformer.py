@@ -22,16 +22,22 @@ def _piece(tokenizer, i) -> str:
     return repr(tokenizer.decode([int(i)]))
 
 
+def greedy_output(model, tokenizer, src):
+    """The greedy translation of ``src`` (ids): (its ids, the output tokens with the EOS that ended
+    it, the BOS id); the decoder's input for a teacher-forced pass over it is [BOS] + output[:-1]."""
+    _, bos, eos = special_ids(tokenizer)
+    longest = min(model.config.max_len - 1, 2 * len(src) + 10)
+    hyp = greedy_decode(model, [list(src)], bos, eos, max_len=longest)[0]
+    return hyp, (hyp + [eos] if len(hyp) < longest else hyp), bos
+
+
 def explain_transformer(model, tokenizer, src_ids, layer=None, head=None, position=None, full=False,
                         source="") -> str:
     """The printout of ``scratchllm explain transformer`` for source token ids ``src_ids``;
     ``position`` (an output step) adds head ``head`` (default 0) of ``layer`` worked out."""
     cfg = model.config
-    _, bos, eos = special_ids(tokenizer)
     src = list(src_ids)
-    longest = min(cfg.max_len - 1, 2 * len(src) + 10)
-    hyp = greedy_decode(model, [src], bos, eos, max_len=longest)[0]
-    produced = hyp + [eos] if len(hyp) < longest else hyp  # with the EOS that ended it
+    hyp, produced, bos = greedy_output(model, tokenizer, src)
     if position is not None and position >= len(produced):
         raise ScratchError(f"--position {position} is out of range: the translation has {len(produced)} tokens "
                            f"(--position 0 … {len(produced) - 1})")
