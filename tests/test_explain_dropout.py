@@ -4,7 +4,6 @@ same numbers as an ordinary training-mode forward drawing from a generator with
 the same seed, bit for bit — without touching the model; `scratchllm explain
 dropout` prints them, and its numbers parse back to those of that forward."""
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -152,29 +151,6 @@ def test_p_overrides_a_model_without_dropout():
     assert abs((1 - masks.mean()) - 0.4) <= 4 * np.sqrt(0.4 * 0.6 / N)
     with pytest.raises(sl.ScratchError, match=r"\[0, 1\)"):
         trace(model, ids, train=True, p=1.0)
-
-
-def test_threads_trace_training_passes_of_one_model():
-    model = gpt(seed=4, dropout=0.3)
-    inputs = [batch(model.config, seed=s) for s in range(3)]
-    alone = [trace(model, ids, t, train=True, seed=j) for j, (ids, t) in enumerate(inputs)]
-    results = [[None] * 3 for _ in range(2)]
-
-    def work(k):
-        for _ in range(3):
-            for j, (ids, t) in enumerate(inputs):
-                results[k][j] = trace(model, ids, t, train=True, seed=j)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    for k in range(2):
-        for a, b in zip(alone, results[k]):
-            assert a.names() == b.names() and a.loss == b.loss
-            for name in a.names():
-                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_transformer_training_trace():

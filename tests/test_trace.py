@@ -330,16 +330,20 @@ def test_json_for_a_web_page():
         tr.to_json(names=["h.7.attn.weights"])
 
 
-def test_threads_trace_one_model_at_once():
-    model = gpt(seed=9)
+@pytest.mark.parametrize("train", [False, True])
+def test_threads_trace_one_model_at_once(train):
+    """Evaluation traces, and training-pass traces (each with its own dropout generator) while the
+    model's own forward, in training mode, draws from the model's generator in between."""
+    model = gpt(seed=9, dropout=0.3 if train else 0.0)
     inputs = [batch(model.config, seed=s) for s in range(4)]
-    alone = [trace(model, ids, t) for ids, t in inputs]
+    alone = [trace(model, ids, t, train=train, seed=j) for j, (ids, t) in enumerate(inputs)]
     results = [[None] * 4 for _ in range(2)]
 
     def work(k):
         for _ in range(3):
             for j, (ids, t) in enumerate(inputs):
-                results[k][j] = trace(model, ids, t) if (j + k) % 2 else (trace(model, ids, t), model(ids))[0]
+                tr = trace(model, ids, t, train=train, seed=j)
+                results[k][j] = tr if (j + k) % 2 else (tr, model(ids))[0]
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
     for th in threads:

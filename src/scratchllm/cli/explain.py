@@ -291,6 +291,35 @@ def _encode_text(tokenizer, text, option):
         raise ScratchError(str(e).replace("the prompt", option).replace("--prompt", option)) from None
 
 
+def _gpt_ids(tokenizer, cfg, text):
+    """A GPT's token ids of ``--text``, cut to the block with a note."""
+    import sys
+
+    ids = _encode_text(tokenizer, text, "--text")
+    if max(ids) >= cfg.vocab_size:
+        raise ScratchError(f"the tokenizer gives id {max(ids)} but the model knows only {cfg.vocab_size} tokens: "
+                           "tokenizer and model do not belong together")
+    if len(ids) > cfg.block_size:
+        print(f"note: the text is {len(ids)} tokens long; the model sees only its last {cfg.block_size}, "
+              "so it was cut to those", file=sys.stderr)
+        ids = ids[-cfg.block_size:]
+    return ids
+
+
+def _source_ids(tokenizer, cfg, text):
+    """A Transformer's source ids of ``--text``, cut to max_len with a note."""
+    import sys
+
+    from ..translate import encode_source
+
+    ids = encode_source(tokenizer, text)
+    if len(ids) > cfg.max_len:
+        print(f"note: the sentence is {len(ids)} tokens long; the model reads at most {cfg.max_len}, "
+              f"so it was cut to its first {cfg.max_len}", file=sys.stderr)
+        ids = ids[:cfg.max_len]
+    return ids
+
+
 def run_gpt(args) -> int:
     import sys
 
@@ -313,14 +342,7 @@ def run_gpt(args) -> int:
     model, tokenizer = _load_checkpoint(args.ckpt, "gpt", "use `scratchllm explain transformer` for a "
                                         "translation model")
     cfg = model.config
-    ids = _encode_text(tokenizer, args.text, "--text")
-    if max(ids) >= cfg.vocab_size:
-        raise ScratchError(f"the tokenizer gives id {max(ids)} but the model knows only {cfg.vocab_size} tokens: "
-                           "tokenizer and model do not belong together")
-    if len(ids) > cfg.block_size:
-        print(f"note: the text is {len(ids)} tokens long; the model sees only its last {cfg.block_size}, "
-              "so it was cut to those", file=sys.stderr)
-        ids = ids[-cfg.block_size:]
+    ids = _gpt_ids(tokenizer, cfg, args.text)
     layer = _in_range(args.layer, "--layer", cfg.n_layer, "the model has layers")
     head = _in_range(args.head, "--head", cfg.n_head, "each layer has heads")
     position = None if args.position is None else _in_range(args.position, "--position", len(ids),
@@ -339,10 +361,8 @@ def run_gpt(args) -> int:
 
 
 def run_transformer(args) -> int:
-    import sys
-
     from ..explain.transformer import explain_transformer
-    from ..translate import encode_source, special_ids
+    from ..translate import special_ids
 
     if not args.text or not args.text.strip():
         raise ScratchError("--text is empty: give a sentence, e.g. --text \"Ein Hund rennt über die Wiese.\"")
@@ -352,11 +372,7 @@ def run_transformer(args) -> int:
     layer = None if args.layer is None else _in_range(args.layer, "--layer", cfg.n_decoder_layers,
                                                       "the decoder has layers")
     head = None if args.head is None else _in_range(args.head, "--head", cfg.n_head, "each layer has heads")
-    ids = encode_source(tokenizer, args.text)
-    if len(ids) > cfg.max_len:
-        print(f"note: the sentence is {len(ids)} tokens long; the model reads at most {cfg.max_len}, "
-              f"so it was cut to its first {cfg.max_len}", file=sys.stderr)
-        ids = ids[:cfg.max_len]
+    ids = _source_ids(tokenizer, cfg, args.text)
     position = None
     if args.position is not None:  # checked against the translation's length once it is made
         position = classify_cli.number(args.position, "--position", int, 0)
@@ -366,7 +382,6 @@ def run_transformer(args) -> int:
 
 
 def run_dropout(args) -> int:
-    import sys
     from pathlib import Path
 
     from .. import checkpoint, tokenizers
@@ -392,23 +407,12 @@ def run_dropout(args) -> int:
         raise ScratchError(f"--site {args.site!r} is not a dropout of this model; its dropouts: {', '.join(sites)}")
     cfg = model.config
     if kind == "gpt":
-        ids = _encode_text(tokenizer, args.text, "--text")
-        if max(ids) >= cfg.vocab_size:
-            raise ScratchError(f"the tokenizer gives id {max(ids)} but the model knows only {cfg.vocab_size} "
-                               "tokens: tokenizer and model do not belong together")
-        if len(ids) > cfg.block_size:
-            print(f"note: the text is {len(ids)} tokens long; the model sees only its last {cfg.block_size}, "
-                  "so it was cut to those", file=sys.stderr)
-            ids = ids[-cfg.block_size:]
+        ids = _gpt_ids(tokenizer, cfg, args.text)
     else:
-        from ..translate import encode_source, special_ids
+        from ..translate import special_ids
 
         special_ids(tokenizer)
-        ids = encode_source(tokenizer, args.text)
-        if len(ids) > cfg.max_len:
-            print(f"note: the sentence is {len(ids)} tokens long; the model reads at most {cfg.max_len}, "
-                  f"so it was cut to its first {cfg.max_len}", file=sys.stderr)
-            ids = ids[:cfg.max_len]
+        ids = _source_ids(tokenizer, cfg, args.text)
     position = None if args.position is None else classify_cli.number(args.position, "--position", int, 0)
     print(explain_dropout(model, tokenizer, ids, site=args.site, position=position, p=p, seed=seed, full=args.full,
                           source=str(args.ckpt)))

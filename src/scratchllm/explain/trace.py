@@ -8,6 +8,8 @@ and, given targets, the gradient of the loss with respect to each of them.
     tr.loss                              # the model's own loss (float)
     tr.grad("h.0.attn.weights")          # d loss / d that value
     tr.grad("transformer.h.0.attn.c_attn.weight")   # … or of a parameter
+    tr = trace(model, ids, targets, train=True, seed=0)   # one training pass: dropout's masks too
+    tr["h.0.attn.drop.mask"]             # 1 kept, 0 dropped
 
 The numbers are the model's own. While a trace is active in a thread, the
 modules and ops of that thread hand it what they compute (``Module.__call__``
