@@ -165,18 +165,36 @@ class UnigramTokenizer(Tokenizer):
         return starts
 
     def _viterbi(self, s: str) -> list[tuple[int, int, int]]:
-        """The best path as (start, end, id) nodes; ties go to the first path found."""
+        """The best path as (start, end, id) nodes; ties go to the first path found.
+
+        The lattice of ``lattice()``, relaxed as it is scanned (the hot loop of encoding).
+        """
+        table, unk_id, unk_score, max_len = self._table, self.unk_id, self.unk_score, self._max_len
         n = len(s)
         best = [0.0] + [None] * n
         back: list = [None] * (n + 1)
-        for i, nodes in enumerate(self.lattice(s)):
+        for i in range(n):
             here = best[i]
-            for j, pid, score in nodes:
-                cand = here + score
-                b = best[j]
+            single = False
+            stop = i + max_len if i + max_len < n else n
+            for j in range(i + 1, stop + 1):
+                hit = table.get(s[i:j], 0)
+                if hit == 0:
+                    break
+                if hit is not None:
+                    cand = here + hit[1]
+                    b = best[j]
+                    if b is None or cand > b:
+                        best[j] = cand
+                        back[j] = (i, hit[0])
+                    if j == i + 1:
+                        single = True
+            if not single:
+                cand = here + unk_score
+                b = best[i + 1]
                 if b is None or cand > b:
-                    best[j] = cand
-                    back[j] = (i, pid)
+                    best[i + 1] = cand
+                    back[i + 1] = (i, unk_id)
         path = []
         j = n
         while j > 0:
