@@ -8,9 +8,10 @@ plain forward pass filtered by the sampler's own functions
 backward pass from :func:`scratchllm.explain.trace` — the same numbers the
 terminal's ``scratchllm explain`` prints, never recomputed here.
 
-Requests run in threads; the model is used by one request at a time (a
-lock), and "take one step" changes a deep copy, so the checkpoint and the
-model serving other requests never change.
+Requests run in threads. Traces and forward passes take turns (a lock);
+generation runs beside them, with its own key/value cache, leaving the model
+in the eval mode it was loaded in; "take one step" changes a deep copy. So
+the checkpoint and the model serving other requests never change.
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ class Explorer:
         else:
             raise ScratchError(f"{ckpt} holds a {getattr(self.model, 'kind', type(self.model).__name__)} model; "
                                "explore shows GPT and Transformer checkpoints")
-        self.lock = threading.Lock()  # one request at a time uses the model
+        self.lock = threading.Lock()  # one trace, forward or copy of the model at a time
         self._traces: OrderedDict = OrderedDict()  # (inputs, targets) -> Trace, the last few
         if self.kind == "transformer":
             from ..translate import special_ids
@@ -356,7 +357,7 @@ class Explorer:
         tr = self._trace(np.asarray([ids], dtype=np.int64))
         layers = []
         for i in range(self.n_layers):
-            stream_in = tr[f"h.{i - 1}.resid_2"][0] if i else self._block_input(tr)  # (T, C) what enters block i
+            stream_in = tr[f"h.{i - 1}.resid_2"][0] if i else tr["emb"][0]  # (T, C) what enters block i
             resid_1 = tr[f"h.{i}.resid_1"][0]
             resid_2 = tr[f"h.{i}.resid_2"][0]
             layers.append({
@@ -368,14 +369,6 @@ class Explorer:
             })
         return {"tokens": self.tokens_of(ids), "layer": layer, "layers": layers,
                 "gelu": rounded(tr[f"h.{layer}.mlp.gelu"][0], 4)}  # (T, 4C)
-
-    def _block_input(self, tr):
-        """The residual stream entering the first block: token rows plus position rows."""
-        names = set(tr.names())
-        for name in ("h.0.in", "emb", "x_in"):
-            if name in names:
-                return tr[name][0]
-        return tr["tok_emb"][0] + tr["pos_emb"][-tr["tok_emb"].shape[1]:]
 
     def _targets(self, body, ids):
         """(inputs, targets, where): the text's own next tokens, or one chosen token after the text."""

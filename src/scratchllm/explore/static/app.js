@@ -255,7 +255,10 @@ async function loadAttention(current) {
       extra: (i, j) => (r.scores[h][i][j] === null ? "masked" : fmt(r.scores[h][i][j], 4)),
       hover: "query %{customdata[0]}<br>key %{customdata[1]}<br>weight %{z:.4f}<br>score q·k/√D %{customdata[2]}<extra></extra>",
     });
-    div.on("plotly_click", (ev) => softmaxDetail(h, ev.points[0].y));
+    div.on("plotly_click", (ev) => {
+      softmaxDetail(h, ev.points[0].y);
+      $("attn-detail").scrollIntoView({ behavior: "smooth", block: "nearest" });
+    });
   });
   const q = state.detailQuery !== undefined && state.detailQuery < r.tokens.length ? state.detailQuery : r.tokens.length - 1;
   softmaxDetail(state.detailHead !== undefined && state.detailHead < r.weights.length ? state.detailHead : 0, q);
