@@ -468,10 +468,9 @@ class UnigramTokenizer(Tokenizer):
     def save_sentencepiece(self, path) -> None:
         """Write a .model file that sentencepiece.SentencePieceProcessor loads and encodes identically."""
         n = self.normalizer
-        ids = {t: next((i for i, (_p, _s, k) in enumerate(self._pieces) if k == t and _p == name), -1)
-               for t, name in ((UNKNOWN, self._pieces[self.unk_id][0]), (1, "<s>"), (2, "</s>"))}
-        spec = trainer_spec(self.vocab_size, self.byte_fallback, self.unk_id, bos_id=ids[1], eos_id=ids[2],
-                            unk_piece=self._pieces[self.unk_id][0])
+        control = {p: i for i, (p, _s, t) in enumerate(self._pieces) if t == CONTROL}
+        spec = trainer_spec(self.vocab_size, self.byte_fallback, self.unk_id, bos_id=control.get("<s>", -1),
+                            eos_id=control.get("</s>", -1), unk_piece=self._pieces[self.unk_id][0])
         write_model(ModelFile(pieces=self._pieces, byte_fallback=self.byte_fallback, unk_surface=self.unk_surface,
                               normalizer_name=self.normalization, charsmap=n.charsmap,
                               add_dummy_prefix=n.add_dummy_prefix, remove_extra_whitespaces=n.remove_extra_whitespaces,

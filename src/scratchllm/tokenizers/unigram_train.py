@@ -97,6 +97,7 @@ def required_characters(sentences, coverage: float) -> dict[str, int]:
     counts = Counter()
     for s in sentences:
         counts.update(s)
+    counts.pop("\0", None)  # never a piece (sentencepiece's tries cannot hold it)
     total = sum(counts.values())
     required = {}
     covered = 0
@@ -471,9 +472,8 @@ def train_unigram(tok, data, vocab_size: int, *, character_coverage: float = 0.9
                            f"+ {len(meta)} fixed pieces; raise vocab_size or lower character_coverage")
     rare = regex.compile("[^" + "".join(regex.escape(c) for c in required) + "]")
     sentences = [rare.sub(UNK_CHAR, s) for s in sentences]
-    bar = tqdm(total=4, desc="unigram: seeds", disable=not progress, leave=False)
+    bar = tqdm(desc="unigram: seed pieces", unit=" round", disable=not progress, leave=False)
     seeds = seed_pieces(sentences, required, seed_size, max_piece_length, split_by_unicode_script)
-    bar.update(1)
     words = Counter()
     for s in sentences:
         words.update(_split_words(s))
@@ -485,12 +485,13 @@ def train_unigram(tok, data, vocab_size: int, *, character_coverage: float = 0.9
         logp = np.full(len(seeds), -np.inf)
         logp[:] = [s for _p, s in seeds]
         desired = int(vocab_size * 1.1)
-        bar.set_description("unigram: EM")
+        bar.set_description(f"unigram: EM, {len(seeds):,} seed pieces")
         while True:
             for _ in range(num_sub_iterations):
                 logp = _em_step(shards, logp)
             alive = int(np.isfinite(logp).sum())
-            bar.set_postfix(pieces=alive)
+            bar.update(1)
+            bar.set_postfix(pieces=alive, goal=desired)
             if alive <= desired:
                 break
             logp = _prune(shards, seeds, logp, desired, shrinking_factor, max_piece_length)
