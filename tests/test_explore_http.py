@@ -417,3 +417,24 @@ def test_cli_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["explore", "--help"])
     assert e.value.code == 0 and "--ckpt" in capsys.readouterr().out
+
+
+def test_byte_level_pieces(tmp_path):
+    """A byte-level BPE model: pieces are the tokens' bytes; part of a UTF-8 character shows as \\x.."""
+    from scratchllm.models import GPT, GPTConfig
+    from scratchllm.tokenizers import BPETokenizer
+
+    tok = BPETokenizer().train("the cat sat on the mat. " * 20, vocab_size=266)
+    sl.save(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8)),
+            tmp_path / "ckpt", tokenizer=tok)
+    server, url = serve_in_thread(Explorer(tmp_path / "ckpt"))
+    try:
+        text = "the mat é😀"
+        r = Client(url).post("tokens", {"text": text})
+        assert [t["id"] for t in r["tokens"]] == tok.encode(text)
+        assert [t["piece"] for t in r["tokens"]][-4:] == ["\\xf0", "\\x9f", "\\x98", "\\x80"]  # 😀, byte by byte
+        shown = "".join(t["piece"] for t in r["tokens"])
+        assert shown.startswith("the mat ") and "\\xc3\\xa9" in shown  # é: two bytes, each its own token
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -159,6 +159,9 @@ class Explorer:
 
     # ---- text -> tokens ---------------------------------------------------------------
     def piece(self, i: int) -> str:
+        """A token's text; a byte-level token holding part of a UTF-8 character shows its bytes (\\xf0)."""
+        if hasattr(self.tokenizer, "decode_bytes"):
+            return self.tokenizer.decode_bytes([int(i)]).decode("utf-8", "backslashreplace")
         return self.tokenizer.decode([int(i)])
 
     def encode(self, text: str, limit: int | None = None) -> list[int]:
