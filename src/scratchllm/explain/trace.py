@@ -30,7 +30,8 @@ forward run under ``nn.dropout_generator(default_rng(seed))``), with
 probability ``p`` if given, else the module's own; the model's flags and
 generators are left alone. Each dropout then adds ``{site}.in`` (its input),
 ``{site}.mask`` (1 kept, 0 dropped: drawn, not computed, so its gradient
-reads 0) and ``{site}.out`` (the kept values × 1/(1−p), the dropped 0).
+reads 0; none where p = 0, as nothing is drawn) and ``{site}.out`` (the kept
+values × 1/(1−p), the dropped 0).
 ``dropout_sites=True`` records ``in`` and ``out`` in evaluation mode too
 (there they are equal: Dropout hands its input on).
 
