@@ -286,3 +286,11 @@ def test_translation_cross_attention(page, transformer):
     z = page.evaluate("document.getElementById('cross-0').data[0].z")
     np.testing.assert_allclose(z, tr["dec.0.cross_attn.weights"][0, 0], atol=1e-6)
     shot(page, "7-translation")
+    page.select_option("#tr-attn", "encoder")  # the encoder's self-attention: source × source
+    rendered(page, "translate", 2)
+    z = page.evaluate("document.getElementById('cross-1').data[0].z")
+    np.testing.assert_allclose(z, tr["enc.0.self_attn.weights"][0, 1], atol=1e-6)
+    open_view(page, "run")  # a translation run's log: batch losses, epoch losses, validation
+    names = page.evaluate("document.getElementById('run-chart').data.map(d => d.name)")
+    assert {"loss of recent batches", "validation loss", "learning rate"} <= set(names)
+    shot(page, "7-translation-run")

@@ -288,6 +288,7 @@ def test_translation_and_its_cross_attention(transformer):
     sentence = "ka ri te lo"
     _, bos, eos = special_ids(explorer.tokenizer)
     src = explorer.tokenizer.encode(sentence, disallowed_special=())
+    traces = {}
     for beam in (1, 3):
         r = client.post("translate", {"text": sentence, "beam": beam, "layer": 0})
         out = greedy_decode(explorer.model, [src], bos, eos)[0] if beam == 1 else \
@@ -295,8 +296,14 @@ def test_translation_and_its_cross_attention(transformer):
         assert [t["id"] for t in r["output"]] == out + [eos]
         assert r["translation"] == explorer.tokenizer.decode(out).strip()
         tr = trace(explorer.model, (np.array([src]), np.array([[bos] + out])), targets=np.array([out + [eos]]))
-        np.testing.assert_allclose(r["cross_attention"], tr["dec.0.cross_attn.weights"][0], atol=1e-6)
-        assert np.array(r["cross_attention"]).shape == (2, len(out) + 1, len(src))
+        np.testing.assert_allclose(r["weights"], tr["dec.0.cross_attn.weights"][0], atol=1e-6)
+        assert np.array(r["weights"]).shape == (2, len(out) + 1, len(src))
+        traces[beam] = tr
+    for which, name in (("encoder", "enc.0.self_attn.weights"), ("decoder", "dec.0.self_attn.weights")):
+        r = client.post("translate", {"text": sentence, "attention": which, "beam": 1})
+        np.testing.assert_allclose(r["weights"], traces[1][name][0], atol=1e-6)
+    assert "attention" in client.post("translate", {"text": sentence, "attention": "sideways"}, status=400)["error"]
+    assert "layer" in client.post("translate", {"text": sentence, "layer": 1}, status=400)["error"]
     # a GPT view on a Transformer, and translation on a GPT, are 400s with a message
     assert "GPT" in client.post("next", {"text": "ka"}, status=400)["error"]
 

@@ -456,7 +456,12 @@ class Explorer:
             raise BadRequest("translation needs a Transformer checkpoint (scratchllm translate-train)")
         text = text_field(body)
         beam = number_field(body, "beam", int, 1, 16, default=1)
-        layer = self._layer_field(body)
+        which = body.get("attention") or "cross"
+        if which not in _ATTENTIONS:
+            raise BadRequest(f"'attention' must be one of {', '.join(_ATTENTIONS)}, not {which!r}")
+        stack = "encoder" if which == "encoder" else "decoder"
+        n = getattr(self.model.config, f"n_{stack}_layers")
+        layer = number_field(body, "layer", int, 0, n - 1, default=0)
         try:
             src = encode_source(self.tokenizer, text)
         except ScratchError as e:
@@ -487,7 +492,12 @@ class Explorer:
                 "translation": self.tokenizer.decode(out).strip(), "beam": beam,
                 "score": None if score is None else round(float(score), 6),
                 "log_prob": round(float(np.log(np.maximum(probs[np.arange(len(tgt_out)), tgt_out], 1e-300)).sum()), 6),
-                "loss": float(tr.loss), "layer": layer, "layers": self.n_layers,
-                "cross_attention": rounded(tr[f"dec.{layer}.cross_attn.weights"][0]),  # (H, T, S)
+                "loss": float(tr.loss), "layer": layer, "layers": n, "attention": which,
+                "weights": rounded(tr[_ATTENTIONS[which].format(layer)][0]),  # (H, rows, columns)
                 "steps": steps}
 
+
+# the Transformer's three attentions: trace name, rows × columns
+_ATTENTIONS = {"cross": "dec.{}.cross_attn.weights",  # output × source
+               "decoder": "dec.{}.self_attn.weights",  # output × output (causal)
+               "encoder": "enc.{}.self_attn.weights"}  # source × source

@@ -162,6 +162,7 @@ function wire() {
   $("translate").addEventListener("click", translate);
   $("tr-text").addEventListener("keydown", (e) => { if (e.key === "Enter") translate(); });
   $("tr-layer").addEventListener("change", translate);
+  $("tr-attn").addEventListener("change", () => { $("tr-layer").value = "0"; translate(); });
 }
 
 // ---- 1. tokens and the next token ----------------------------------------------------------------
@@ -433,9 +434,13 @@ async function loadRun() {
   };
   const traces = [];
   const add = (key, name, extra, kind) => { const s = series(key, kind); if (s.x.length) traces.push({ type: "scatter", mode: "lines+markers", name, ...s, ...extra }); };
-  add("train_loss", "train loss", { line: { color: "#3b5bdb" }, marker: { size: 4 } });
+  // a GPT run logs train_loss, val_loss and lr at each evaluation; a translation run also logs
+  // "train" lines (the loss of recent batches) between its "epoch" lines
+  const batches = r.records.some((x) => x.kind === "train");
+  add("loss", "loss of recent batches", { line: { color: "#a5b8f3", width: 1 }, marker: { size: 2 } }, "train");
+  add("train_loss", batches ? "train loss (epoch)" : "train loss", { line: { color: "#3b5bdb" }, marker: { size: 4 } });
   add("val_loss", "validation loss", { line: { color: "#e8590c" }, marker: { size: 5 } });
-  add("lr", "learning rate", { yaxis: "y2", line: { color: "#adb5bd", dash: "dot" }, marker: { size: 3 } });
+  add("lr", "learning rate", { yaxis: "y2", line: { color: "#adb5bd", dash: "dot" }, marker: { size: 3 } }, batches ? "train" : null);
   Plotly.react("run-chart", traces, {
     height: 480, margin: { l: 60, r: 70, t: 20, b: 50 }, font: FONT, legend: { orientation: "h", y: 1.08 },
     xaxis: { title: { text: "step" } }, yaxis: { title: { text: "cross-entropy (nats per token)" } },
@@ -451,18 +456,26 @@ async function translate() {
   const button = $("translate");
   button.disabled = true;
   try {
-    const r = await api("translate", { text: $("tr-text").value, beam: Number($("tr-beam").value), layer: Number($("tr-layer").value) });
+    const which = $("tr-attn").value;
+    const r = await api("translate", { text: $("tr-text").value, beam: Number($("tr-beam").value), layer: Number($("tr-layer").value),
+                                       attention: which });
+    if ($("tr-layer").options.length !== r.layers) { layerOptions($("tr-layer"), r.layers); $("tr-layer").value = r.layer; }
     $("tr-error").textContent = "";
     $("tr-out").replaceChildren(el("b", { id: "translation", text: r.translation || "(empty)" }),
       ` — log p = ${fmt(r.log_prob, 3)}` + (r.score !== null ? `, beam score ${fmt(r.score, 3)} (length-normalised)` : " (greedy)"));
     const src = axisLabels(r.source), out = axisLabels(r.output);
     const box = $("tr-heads");
     box.replaceChildren();
-    r.cross_attention.forEach((w, h) => {
+    // rows × columns of each attention: cross = output × source, decoder = output × output, encoder = source × source
+    const [qs, ks, what] = { cross: [out, src, "cross-attention"], decoder: [axisLabels(r.inputs), axisLabels(r.inputs), "decoder self-attention"],
+                                 encoder: [src, src, "encoder self-attention"] }[r.attention];
+    const stack = r.attention === "encoder" ? "encoder" : "decoder";
+    r.weights.forEach((w, h) => {
       const div = el("div", { class: "plot", id: `cross-${h}` });
-      box.append(el("div", { class: "head" }, el("h4", { text: `decoder layer ${r.layer} · head ${h} · cross-attention` }), div));
-      heatmap(div, w, out, src, { zmin: 0, zmax: 1, ytitle: "output token", xtitle: "source token", cell: 26,
-        hover: "writing %{customdata[0]}<br>looks at %{customdata[1]}<br>weight %{z:.4f}<extra></extra>" });
+      box.append(el("div", { class: "head" }, el("h4", { text: `${stack} layer ${r.layer} · head ${h} · ${what}` }), div));
+      heatmap(div, w, qs, ks, { zmin: 0, zmax: 1, ytitle: r.attention === "encoder" ? "source token (query)" : "output token (query)",
+        xtitle: r.attention === "cross" ? "source token (key)" : "key", cell: 26,
+        hover: "query %{customdata[0]}<br>key %{customdata[1]}<br>weight %{z:.4f}<extra></extra>" });
     });
     const rows = [el("tr", {}, el("th", { text: "step" }), el("th", { class: "piece", text: "chosen" }), el("th", { text: "p" }),
                      el("th", { class: "piece", text: "the five most likely (p)" }))];
