@@ -264,6 +264,16 @@ def test_embeddings_and_the_run(page, gpt):
     steps = page.evaluate("document.getElementById('run-chart').data[0].x")
     assert steps == [0, 4, 8, 12]
     shot(page, "6-run")
+    # training goes on: a new line in log.jsonl appears on the open page by itself
+    log = explorer.log_path()
+    before = log.read_text()
+    try:
+        with open(log, "a") as f:
+            f.write('{"step": 16, "train_loss": 2.4, "val_loss": 2.45, "lr": 0.0001}\n')
+        page.wait_for_function("document.getElementById('run-chart').data[0].x.length === 5", timeout=10_000)
+        assert page.evaluate("document.getElementById('run-chart').data[0].y[4]") == 2.4
+    finally:
+        log.write_text(before)
 
 
 def test_translation_cross_attention(page, transformer):
