@@ -199,8 +199,9 @@ def trainer_spec(vocab_size: int, byte_fallback: bool, unk_id: int, bos_id: int 
 
 
 def write_model(m: ModelFile, path) -> None:
-    """Serialize m as a .model file (written whole, then renamed)."""
-    import os
+    """Serialize m as a .model file (written whole, or not at all)."""
+    from ..files import write_atomic
+
     out = bytearray()
     for piece, score, kind in m.pieces:
         body = _put(1, piece) + _put(2, float(score)) + (_put(3, kind) if kind != NORMAL else b"")
@@ -212,7 +213,4 @@ def write_model(m: ModelFile, path) -> None:
     for num, _wire, value in m.extra:
         if isinstance(value, bytes) and _wire == 2:
             out += _put(num, value)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(bytes(out))
-    os.replace(tmp, path)
+    write_atomic(path, bytes(out))

@@ -57,11 +57,12 @@ def to_hf_dict(tok) -> dict:
 def write_hf(tok, directory) -> None:
     from pathlib import Path
 
+    from ..files import write_atomic
+
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "tokenizer.json").write_text(json.dumps(to_hf_dict(tok), ensure_ascii=False, indent=1), encoding="utf-8")
+    write_atomic(d / "tokenizer.json", json.dumps(to_hf_dict(tok), ensure_ascii=False, indent=1))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": tok.id_to_token(tok.unk_id)}
-    (d / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    write_atomic(d / "tokenizer_config.json", json.dumps(config, indent=1))
 
 
 def from_hf_dict(data: dict, where):
