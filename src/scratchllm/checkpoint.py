@@ -12,14 +12,11 @@ only when complete, so a crash never leaves half a checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from .errors import ScratchError
+from .files import read_safetensors, replace_dir, staged_dir, write_safetensors
+from .hf import load_hf_gpt2
 
 FORMAT_VERSION = 1
 _KINDS: dict = {}  # kind name -> class with from_config(dict) and config_dict()
@@ -65,37 +62,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_tensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    if not path.is_file():
-        raise ScratchError(f"{path} is missing: the checkpoint is incomplete")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ScratchError(f"{path} is corrupt ({e})") from None
-
-
-def _write_tensors(arrays: dict, path: Path):
-    from safetensors.numpy import save_file
-
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path))
-
-
-def replace_dir(staged: Path, target: Path):
-    """Put a complete ``staged`` directory at ``target``; the old one is
-    kept as ``target.old`` until the new one is in place."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staged, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _stage(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    return read_safetensors(path, missing="is missing: the checkpoint is incomplete")
 
 
 def _write_model(model, tokenizer, d: Path, extra_config=None):
@@ -103,7 +70,7 @@ def _write_model(model, tokenizer, d: Path, extra_config=None):
     if extra_config:
         config.update(extra_config)
     (d / "config.json").write_text(json.dumps(config, indent=2))
-    _write_tensors(model.state_dict(), d / "model.safetensors")
+    write_safetensors(model.state_dict(), d / "model.safetensors")
     if tokenizer is not None:
         tokenizer.save(d / "tokenizer.json")
 
@@ -111,12 +78,9 @@ def _write_model(model, tokenizer, d: Path, extra_config=None):
 def save(model, path, tokenizer=None, extra_config=None) -> Path:
     """Write ``model`` (and its tokenizer) as a checkpoint directory at ``path``."""
     target = Path(path)
-    staged = _stage(target)
-    try:
+    with staged_dir(target) as staged:
         _write_model(model, tokenizer, staged, extra_config)
         replace_dir(staged, target)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     return target
 
 
@@ -125,8 +89,6 @@ def load(path):
     d = resolve_dir(path)
     config = _read_json(d / "config.json")
     if "model_type" in config:  # a Hugging Face directory: GPT-2 is read, others are named in the error
-        from .hf import load_hf_gpt2
-
         return load_hf_gpt2(d)
     kind = config.get("model")
     if kind is None:
@@ -158,16 +120,13 @@ def load_tokenizer(path):
 def save_training(path, model, optimizer, state: dict, tokenizer=None) -> Path:
     """A checkpoint that can resume training: the model plus optimizer moments and ``state``."""
     target = Path(path)
-    staged = _stage(target)
-    try:
+    with staged_dir(target) as staged:
         _write_model(model, tokenizer, staged)
         opt = optimizer.state_dict()
-        _write_tensors(opt["state"], staged / "optimizer.safetensors")
+        write_safetensors(opt["state"], staged / "optimizer.safetensors")
         full = dict(state, optimizer={"step": opt["step"], "groups": opt["groups"]})
         (staged / "train_state.json").write_text(json.dumps(full, indent=1))
         replace_dir(staged, target)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     return target
 
 

@@ -13,13 +13,12 @@ ours are stored (out, in) as in PyTorch's ``Linear``, so those are transposed.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ScratchError
+from .files import read_safetensors, replace_dir, staged_dir, write_safetensors
 
 # ---- the rename table ---------------------------------------------------------------
 # ours (GPT.named_parameters)              HF GPT2LMHeadModel (model.safetensors)   Conv1D: stored (in, out)
@@ -175,45 +174,10 @@ def _shapes(cfg) -> dict:
     return shapes
 
 
-def _read_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(path))
-    except TypeError as e:  # NumPy has no bfloat16
-        if "bfloat16" not in str(e):
-            raise
-        return _read_with_bf16(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ScratchError(f"{path} is not a readable safetensors file ({e})") from None
-
-
-def _read_with_bf16(path: Path) -> dict:
-    """A safetensors file with bfloat16 tensors, widened to float32 (bf16 is the top half of a float32)."""
-    from safetensors import safe_open
-
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
-    header_len = int(raw[:8].view("<u8")[0])
-    header = json.loads(bytes(raw[8:8 + header_len]))
-    out = {}
-    with safe_open(str(path), framework="np") as f:
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info["dtype"] != "BF16":
-                out[name] = f.get_tensor(name)
-                continue
-            lo, hi = info["data_offsets"]
-            half = raw[8 + header_len + lo:8 + header_len + hi].view("<u2")
-            out[name] = (half.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
-    return out
-
-
 def _read_hf_tensors(d: Path) -> dict:
     single, index = d / "model.safetensors", d / "model.safetensors.index.json"
     if single.is_file():
-        return _read_safetensors(single)
+        return read_safetensors(single)
     if index.is_file():  # sharded: a weight map names the file of each tensor
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -223,7 +187,7 @@ def _read_hf_tensors(d: Path) -> dict:
         for shard in sorted(set(weight_map.values())):
             if not (d / shard).is_file():
                 raise ScratchError(f"{d / shard} is missing (named in {index.name})")
-            tensors.update(_read_safetensors(d / shard))
+            tensors.update(read_safetensors(d / shard))
         return tensors
     if (d / "pytorch_model.bin").is_file():
         raise ScratchError(f"{d} has pytorch_model.bin but no model.safetensors; pickle files are never read: "
@@ -260,8 +224,6 @@ def save_hf_gpt2(model, path, tokenizer=None) -> Path:
     replaced as a whole once everything is written; an existing folder that
     is not a GPT-2 directory is refused rather than overwritten.
     """
-    from safetensors.numpy import save_file
-
     if getattr(model, "kind", None) != "gpt" or not hasattr(model, "config"):
         raise ScratchError(f"only a GPT can be exported as GPT-2, not a {type(model).__name__}")
     if tokenizer is not None and not hasattr(tokenizer, "save_hf"):
@@ -271,18 +233,12 @@ def save_hf_gpt2(model, path, tokenizer=None) -> Path:
     config = hf_config_from_gpt(model.config, eos_token_id=eos)
     target = Path(path)
     _check_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_dir(target) as staged:
         (staged / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(to_hf_state_dict(model), str(staged / "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(to_hf_state_dict(model), staged / "model.safetensors", metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_hf(staged)
-        from .checkpoint import replace_dir
-
         replace_dir(staged, target)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     return target
 
 
