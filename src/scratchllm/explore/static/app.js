@@ -11,6 +11,13 @@ const GRADS = [[0, "#fff9ec"], [0.45, "#f9a03f"], [1, "#a61e1e"]];
 const SIGNED = [[0, "#c92a2a"], [0.5, "#f8f9fa"], [1, "#1864ab"]];
 const state = { info: null, view: null, seq: 0, lastInput: 0, runTimer: null, embLoaded: false };
 window.explore = { timings: [], rendered: {} };  // read by the tests and the timing benchmark
+// plotly.js (4.8 MB) loads while the first numbers are fetched and the tokens and tables drawn
+const plotlyReady = new Promise((resolve, reject) => {
+  const tag = document.getElementById("plotly-js");
+  if (window.Plotly) resolve();
+  tag.addEventListener("load", resolve);
+  tag.addEventListener("error", () => reject(new Error("plotly.min.js did not load: the charts cannot be drawn")));
+});
 
 // ---- helpers ---------------------------------------------------------------------------------
 async function api(name, body) {
@@ -113,7 +120,7 @@ function select(view) {
   else if (view === "embeddings") { if (!state.embLoaded) loadEmbeddings(); }
   else if (view === "translate") { if (!state.translated) { state.translated = true; translate(); } }
   else refresh();
-  for (const d of document.querySelectorAll(`#view-${view} .js-plotly-plot`)) Plotly.Plots.resize(d);
+  if (window.Plotly) for (const d of document.querySelectorAll(`#view-${view} .js-plotly-plot`)) Plotly.Plots.resize(d);
 }
 
 // the text changed, or a view opened: redraw what the open view shows
@@ -166,6 +173,19 @@ function wire() {
 }
 
 // ---- 1. tokens and the next token ----------------------------------------------------------------
+function nextTable(r) {
+  const rows = [el("tr", {}, el("th", { class: "piece", text: "token" }), el("th", { text: "id" }),
+                   el("th", { text: "logit" }), el("th", { text: "p (T=1)" }),
+                   el("th", { text: `p (T=${fmt(r.settings.temperature, 2)})` }), el("th", { text: "p sampled" }))];
+  for (const x of r.candidates) {
+    rows.push(el("tr", { class: x.kept ? "" : "cut", "data-id": x.id, "data-p": x.p, "data-p-temperature": x.p_temperature },
+                 el("td", { class: "piece", text: show(x.piece) }), el("td", { text: x.id }), el("td", { text: fmt(x.logit, 3) }),
+                 el("td", { text: fmt(x.p_model) }), el("td", { text: fmt(x.p_temperature) }), el("td", { text: fmt(x.p) })));
+  }
+  $("next-table").replaceChildren(...rows);
+  $("next-kept").textContent = `${r.kept} of ${state.info.vocab_size} tokens can be sampled at these settings.`;
+}
+
 function sliderLabels() {
   $("temperature-out").textContent = Number($("temperature").value).toFixed(2);
   $("top-k-out").textContent = $("top-k").value === "0" ? "off" : $("top-k").value;
@@ -180,6 +200,9 @@ async function loadNext(current) {
   const r = await api("next", { text: text(), ...sampling() });
   if (!current()) return;
   renderTokens(r.tokens);
+  nextTable(r);
+  if (!document.body.dataset.firstNumbers) document.body.dataset.firstNumbers = Math.round(performance.now());
+  await plotlyReady;
   const c = r.candidates.slice().reverse();  // most likely on top of the horizontal bars
   const labels = c.map((x) => `${show(x.piece)}  (${x.id})`);
   Plotly.react("next-chart", [
@@ -190,16 +213,6 @@ async function loadNext(current) {
       marker: { color: "#3b5bdb" }, hovertemplate: "%{y}: p = %{x:.4f}<extra></extra>" },
   ], { barmode: "group", bargap: 0.25, height: 560, margin: { l: 110, r: 20, t: 36, b: 44 }, font: FONT,
        legend: { orientation: "h", x: 0, y: 1.06 }, xaxis: { title: { text: "probability" }, rangemode: "tozero" } }, PLOT);
-  const rows = [el("tr", {}, el("th", { class: "piece", text: "token" }), el("th", { text: "id" }),
-                   el("th", { text: "logit" }), el("th", { text: "p (T=1)" }),
-                   el("th", { text: `p (T=${fmt(r.settings.temperature, 2)})` }), el("th", { text: "p sampled" }))];
-  for (const x of r.candidates) {
-    rows.push(el("tr", { class: x.kept ? "" : "cut", "data-id": x.id, "data-p": x.p, "data-p-temperature": x.p_temperature },
-                 el("td", { class: "piece", text: show(x.piece) }), el("td", { text: x.id }), el("td", { text: fmt(x.logit, 3) }),
-                 el("td", { text: fmt(x.p_model) }), el("td", { text: fmt(x.p_temperature) }), el("td", { text: fmt(x.p) })));
-  }
-  $("next-table").replaceChildren(...rows);
-  $("next-kept").textContent = `${r.kept} of ${state.info.vocab_size} tokens can be sampled at these settings.`;
   done("next");
 }
 
@@ -241,6 +254,7 @@ async function generate() {
 async function loadAttention(current) {
   const layer = Number($("attn-layer").value);
   const r = await api("attention", { text: text(), layer });
+  await plotlyReady;
   if (!current()) return;
   renderTokens(r.tokens);
   state.attention = r;
@@ -294,6 +308,7 @@ function softmaxDetail(h, q) {
 async function loadBlock(current) {
   const layer = Number($("block-layer").value);
   const r = await api("block", { text: text(), layer });
+  await plotlyReady;
   if (!current()) return;
   renderTokens(r.tokens);
   const labels = axisLabels(r.tokens);
@@ -336,6 +351,7 @@ function blockTable(t) {
 async function loadBackward(current) {
   const layer = Number($("bw-layer").value);
   const r = await api("backward", { text: text(), layer, target: $("target").value || null });
+  await plotlyReady;
   if (!current()) return;
   renderTokens(r.tokens);
   state.backward = r;
@@ -390,6 +406,7 @@ async function takeStep() {
 // ---- 5. embeddings -----------------------------------------------------------------------------------
 async function loadEmbeddings() {
   const r = await api("embeddings");
+  await plotlyReady;
   state.embLoaded = true;
   const labels = r.pieces.map(show);
   const few = r.ids.length <= 400;
@@ -422,6 +439,7 @@ async function neighbours(id) {
 // ---- 6. the run --------------------------------------------------------------------------------------
 async function loadRun() {
   const r = await api("run");
+  await plotlyReady;
   if (!r.path) {
     $("run-note").textContent = "No log.jsonl beside this checkpoint: open a run directory (scratchllm explore --ckpt RUN_DIR).";
     return;
@@ -459,6 +477,7 @@ async function translate() {
     const which = $("tr-attn").value;
     const r = await api("translate", { text: $("tr-text").value, beam: Number($("tr-beam").value), layer: Number($("tr-layer").value),
                                        attention: which });
+    await plotlyReady;
     if ($("tr-layer").options.length !== r.layers) { layerOptions($("tr-layer"), r.layers); $("tr-layer").value = r.layer; }
     $("tr-error").textContent = "";
     $("tr-out").replaceChildren(el("b", { id: "translation", text: r.translation || "(empty)" }),
