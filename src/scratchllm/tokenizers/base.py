@@ -26,6 +26,9 @@ class Tokenizer:
 
     type_name = ""  # the "type" field of the file; set by each subclass
     _registry: dict[str, type["Tokenizer"]] = {}
+    # The reader of every file (formats.load) needs the subclasses, so this module
+    # cannot import it; formats.py puts it here when the package is imported.
+    _read_any = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -94,9 +97,7 @@ class Tokenizer:
     def load(cls, path) -> "Tokenizer":
         """Read a tokenizer file or folder (see scratchllm.tokenizers.load).
         On a subclass, it must hold that kind of tokenizer."""
-        from .formats import load
-
-        tok = load(path)
+        tok = Tokenizer._read_any(path)
         if not isinstance(tok, cls):
             raise ScratchError(f"{path} holds a {tok.type_name} tokenizer, not a {cls.type_name} one; "
                                f"load it with scratchllm.tokenizers.load")

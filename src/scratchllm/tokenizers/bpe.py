@@ -30,10 +30,11 @@ import regex
 
 from ..errors import ScratchError
 from .base import Tokenizer
+from .bpe_hf import read_gpt2_files, unmerged_entries, write_hf
 from .bpe_merge import merge_piece
 from .bpe_train import learn_merges
 from .byte_level import BYTE_ORDER, bytes_to_token_str, readable, token_str_to_bytes
-from .patterns import Splitter, count_pretokens, pattern_name, resolve_pattern
+from .patterns import GPT2_PATTERN, Splitter, count_pretokens, pattern_name, resolve_pattern
 from .text_input import iter_text
 
 MERGE_RULES = ("pairs", "ranks")
@@ -282,14 +283,26 @@ class BPETokenizer(Tokenizer):
         return tok
 
     @classmethod
+    def from_file_parts(cls, vocab: dict, merges: list, where, merge_rule: str, specials: dict | None = None,
+                        pattern: str | None = GPT2_PATTERN) -> "BPETokenizer":
+        """:meth:`from_parts` for what another program's files hold (``bpe_hf.py``), with errors
+        naming the file. specials=None: the entries no merge produces (see ``bpe_hf.py``)."""
+        try:
+            if specials is None:
+                specials = unmerged_entries(vocab, merges)
+            return cls.from_parts(vocab, merges, specials, pattern=pattern, merge_rule=merge_rule)
+        except ScratchError as e:
+            raise ScratchError(f"{where}: {e}") from None
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise ScratchError(f"{where}: vocabulary and merges do not fit together ({type(e).__name__}: {e})") from None
+
+    @classmethod
     def from_gpt2(cls, encoder_json, vocab_bpe) -> "BPETokenizer":
         """OpenAI's GPT-2 tokenizer from its encoder.json and vocab.bpe (as tiktoken's "gpt2")."""
-        from .formats import read_gpt2_files
-        return read_gpt2_files(encoder_json, vocab_bpe)
+        return cls.from_file_parts(**read_gpt2_files(encoder_json, vocab_bpe))
 
     def save_hf(self, directory) -> None:
         """Write the files Hugging Face reads (tokenizer.json ...) into a folder."""
-        from .formats import write_hf
         write_hf(self, directory)
 
     def __getstate__(self):
