@@ -30,8 +30,11 @@
 
 The lattices of all words are held as flat NumPy arrays (one entry per
 node: word, start, end, piece); forward, backward and Viterbi run one end
-position at a time over all words at once. With ``workers=2`` the words
-are split between two processes for the E-step and the Viterbi pass.
+position at a time over all words at once. With ``workers=2`` (the
+default) the words are split between this process and a forked one, each
+building and keeping the lattices of its half; per step only the scores go
+out and the counts come back. (Texts of fewer than 4000 distinct words stay
+in one process.)
 """
 from __future__ import annotations
 
