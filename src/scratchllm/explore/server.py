@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
@@ -58,6 +57,7 @@ def static_files() -> dict:
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "scratchllm-explore"
+    timeout = 60  # seconds a connection may sit idle (a body that never arrives ties up one thread only that long)
     explorer: Explorer  # set on the subclass made by make_server
     files: dict
     quiet = True
