@@ -62,3 +62,41 @@ def test_folder_with_a_bad_file_names_it(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
     with pytest.raises(ScratchError, match="bad.txt is not UTF-8"):
         load_text(tmp_path)
+
+
+def _folder(tmp_path):
+    d = tmp_path / "corpus"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_bytes("\ufeffcafé au lait".encode())  # a BOM, and no final newline
+    (d / "sub" / "b.md").write_text("naïve\n", encoding="utf-8")
+    (d / "image.png").write_bytes(b"\x89PNG\x00\xff")               # not text: skipped
+    (d / ".cache").write_text("hidden\n")                            # hidden: skipped
+    return d
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 20])  # reads that cut a character or the BOM in two
+def test_a_tokenizer_sees_a_folder_as_training_does(tmp_path, monkeypatch, chunk):
+    from scratchllm.data import corpus
+    from scratchllm.tokenizers import CharTokenizer
+    from scratchllm.tokenizers.text_input import iter_text
+
+    monkeypatch.setattr(corpus, "CHUNK", chunk)
+    d = _folder(tmp_path)
+    expected = "café au lait\nnaïve\n"  # written out by hand
+    assert load_text(d) == expected
+    assert "".join(iter_text(d)) == expected
+    assert "".join(iter_text(d / "a.txt")) == load_text(d / "a.txt") == "café au lait"
+    assert CharTokenizer().train(d).chars == sorted(set(expected))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 1 << 20])
+def test_a_bad_byte_is_named_by_its_offset_however_the_file_is_read(tmp_path, monkeypatch, chunk):
+    from scratchllm.data import corpus
+    from scratchllm.tokenizers.text_input import iter_text
+
+    monkeypatch.setattr(corpus, "CHUNK", chunk)
+    path = tmp_path / "t.txt"
+    path.write_bytes("né".encode() + b"\xffok")  # n, é (2 bytes), then a byte no UTF-8 text holds
+    for read in (load_text, lambda p: "".join(iter_text(p))):
+        with pytest.raises(ScratchError, match=r"not UTF-8 text \(byte 0xff at offset 3\)"):
+            read(path)
