@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import pkgutil
 import sys
 from dataclasses import fields
@@ -103,6 +104,21 @@ def add_config_options(parser, config_cls, helps: dict, skip=()) -> None:
             text += f" (default: {f.default if f.default != '' else 'none'})"
         parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
                             metavar=f.name.upper() if kind is not str else None, help=text)
+
+
+def number(text, name: str, kind=float, low=None):
+    """An option's value (``name``, as "--lr") as a number: ``kind`` int or float, at least
+    ``low`` if given. A bad one is a one-line error, not argparse's usage dump.
+    Options are read as text and parsed here so every verb words its errors alike."""
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise ScratchError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ScratchError(f"{name} must be a finite number, got {text!r}")
+    if low is not None and value < low:
+        raise ScratchError(f"{name} must be at least {low}, got {text}")
+    return value
 
 
 def check_output_file(path) -> Path:

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import ScratchError
-from . import check_output_dir
-from .classify import number
+from . import check_output_dir, number
 
 DEFAULT_DIR = "out/charmlp"
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import ScratchError
-from . import Parser, check_output_dir
+from . import Parser, check_output_dir, number
 
 DEFAULT_DIR = "out/classifier"
 EXAMPLE = "32 107 56 11.2"
@@ -80,19 +80,6 @@ def _no_verb(parser) -> int:
 
 
 # ---- shared with `scratchllm explain classifier` ---------------------------------------------
-def number(text: str, name: str, kind=float, low=None):
-    """An option's value as a number; a bad one is a one-line error."""
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        raise ScratchError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise ScratchError(f"{name} must be a finite number, got {text!r}")
-    if low is not None and value < low:
-        raise ScratchError(f"{name} must be at least {low}, got {text}")
-    return value
-
-
 def parse_measurement(values) -> list[float]:
     """R G B VOLUME as four checked numbers."""
     names = ("R", "G", "B", "VOLUME")

@@ -15,6 +15,7 @@ import argparse
 
 from ..errors import ScratchError
 from . import charmlp as charmlp_cli
+from . import number
 from . import classify as classify_cli
 
 DESCRIPTION = """\
@@ -101,7 +102,7 @@ def run_classifier(args) -> int:
     from ..explain import explain_classifier
 
     values = classify_cli.parse_measurement(args.values)
-    lr = classify_cli.number(args.lr, "--lr", float)
+    lr = number(args.lr, "--lr", float)
     if lr <= 0:
         raise ScratchError(f"--lr must be above 0, got {args.lr}")
     model, source = classify_cli.load_classifier(args.weights)
@@ -122,10 +123,10 @@ def run_classifier(args) -> int:
 def run_positions(args) -> int:
     from ..explain.positions import explain_learned, explain_sinusoidal
 
-    n_pos = classify_cli.number(args.positions, "--positions", int, 1)
-    n_dims = classify_cli.number(args.dims, "--dims", int, 1)
+    n_pos = number(args.positions, "--positions", int, 1)
+    n_dims = number(args.dims, "--dims", int, 1)
     if args.ckpt is None:
-        print(explain_sinusoidal(classify_cli.number(args.width, "--width", int, 1), n_pos, n_dims))
+        print(explain_sinusoidal(number(args.width, "--width", int, 1), n_pos, n_dims))
         return 0
     from .. import checkpoint
 
@@ -149,7 +150,7 @@ def run_unigram(args) -> int:
     from .. import tokenizers
     from ..explain.unigram import explain_unigram
 
-    top = classify_cli.number(args.top, "--top", int, 1)
+    top = number(args.top, "--top", int, 1)
     print(explain_unigram(tokenizers.load(args.tokenizer), args.text, top=top, source=str(args.tokenizer)))
     return 0
 
@@ -157,7 +158,7 @@ def run_unigram(args) -> int:
 def run_charmlp(args) -> int:
     from ..explain import explain_charmlp
 
-    top = classify_cli.number(args.top, "--top", int, 1)
+    top = number(args.top, "--top", int, 1)
     if not args.text:
         raise ScratchError("--text is empty: give some text, e.g. --text \"The \"")
     model, tok, source = charmlp_cli.load_charmlp(args.weights)
@@ -273,7 +274,7 @@ def _load_checkpoint(ckpt: str, kind: str, other_verb: str):
 
 
 def _in_range(text, option, n, what):
-    value = classify_cli.number(text, option, int, 0)
+    value = number(text, option, int, 0)
     if value >= n:
         raise ScratchError(f"{option} {value} is out of range: {what} {n} ({option} 0 … {n - 1})")
     return value
@@ -326,10 +327,10 @@ def run_gpt(args) -> int:
     from ..explain.gpt import explain_gpt
     from ..generate import check_sampling_args
 
-    temperature = classify_cli.number(args.temperature, "--temperature", float)
-    top_k = None if args.top_k is None else classify_cli.number(args.top_k, "--top-k", int)
-    top_p = None if args.top_p is None else classify_cli.number(args.top_p, "--top-p", float)
-    lr = classify_cli.number(args.lr, "--lr", float)
+    temperature = number(args.temperature, "--temperature", float)
+    top_k = None if args.top_k is None else number(args.top_k, "--top-k", int)
+    top_p = None if args.top_p is None else number(args.top_p, "--top-p", float)
+    lr = number(args.lr, "--lr", float)
     if lr <= 0:
         raise ScratchError(f"--lr must be above 0, got {args.lr}")
     try:
@@ -375,7 +376,7 @@ def run_transformer(args) -> int:
     ids = _source_ids(tokenizer, cfg, args.text)
     position = None
     if args.position is not None:  # checked against the translation's length once it is made
-        position = classify_cli.number(args.position, "--position", int, 0)
+        position = number(args.position, "--position", int, 0)
     print(explain_transformer(model, tokenizer, ids, layer=layer, head=head, position=position, full=args.full,
                               source=str(args.ckpt)))
     return 0
@@ -389,10 +390,10 @@ def run_dropout(args) -> int:
 
     p = None
     if args.p is not None:
-        p = classify_cli.number(args.p, "--p", float)
+        p = number(args.p, "--p", float)
         if not 0 < p < 1:
             raise ScratchError(f"--p must be above 0 and below 1, got {args.p}")
-    seed = classify_cli.number(args.seed, "--seed", int, 0)
+    seed = number(args.seed, "--seed", int, 0)
     if not args.text or not args.text.strip():
         raise ScratchError("--text is empty: give some text, e.g. --text \"To be or not\"")
     if not Path(args.ckpt).exists():
@@ -413,7 +414,7 @@ def run_dropout(args) -> int:
 
         special_ids(tokenizer)
         ids = _source_ids(tokenizer, cfg, args.text)
-    position = None if args.position is None else classify_cli.number(args.position, "--position", int, 0)
+    position = None if args.position is None else number(args.position, "--position", int, 0)
     print(explain_dropout(model, tokenizer, ids, site=args.site, position=position, p=p, seed=seed, full=args.full,
                           source=str(args.ckpt)))
     return 0

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ScratchError
+from . import number
 
 DESCRIPTION = """\
 Continue a prompt with text sampled from a trained model (a scratchllm
@@ -33,17 +34,6 @@ def register(subparsers):
     p.add_argument("--num-samples", default="1", metavar="N", help="how many samples to draw (default: 1)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slower; same text)")
     p.set_defaults(func=run)
-
-
-def _number(text, name, kind):
-    """Parse an option's value; a bad one is a one-line error, not argparse's usage dump."""
-    if text is None:
-        return None
-    try:
-        return kind(text)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ScratchError(f"--{name} must be {what}, not {text!r}") from None
 
 
 class _Stream:
@@ -127,16 +117,12 @@ def run(args):
 
     from ..generate import check_sampling_args, generate
 
-    max_new = _number(args.max_new_tokens, "max-new-tokens", int)
-    temperature = _number(args.temperature, "temperature", float)
-    top_k = _number(args.top_k, "top-k", int)
-    top_p = _number(args.top_p, "top-p", float)
-    seed = _number(args.seed, "seed", int)
-    num_samples = _number(args.num_samples, "num-samples", int)
-    if num_samples < 1:
-        raise ScratchError(f"--num-samples must be ≥ 1, not {num_samples}")
-    if seed is not None and seed < 0:
-        raise ScratchError(f"--seed must be ≥ 0, not {seed}")
+    max_new = number(args.max_new_tokens, "--max-new-tokens", int)
+    temperature = number(args.temperature, "--temperature", float)
+    top_k = None if args.top_k is None else number(args.top_k, "--top-k", int)
+    top_p = None if args.top_p is None else number(args.top_p, "--top-p", float)
+    seed = None if args.seed is None else number(args.seed, "--seed", int, 0)
+    num_samples = number(args.num_samples, "--num-samples", int, 1)
     try:
         check_sampling_args(max_new, temperature, top_k, top_p)
     except ScratchError as e:  # name the option as the user typed it
