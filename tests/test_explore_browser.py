@@ -4,7 +4,6 @@ The page is read as a person sees it — the token chips, the numbers in its tab
 heatmaps it drew — and compared with the library: the trace, the sampler's distribution, an SGD step
 taken here on a copy. Screenshots go to test-artifacts/explore/ (look at them to see the page).
 """
-import copy
 import os
 import shutil
 import tempfile
@@ -13,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import scratchllm as sl
-from scratchllm.explore import Explorer, serve_in_thread
 from scratchllm.tensor import no_grad
 
-from test_explore_http import TEXT, build_gpt_run, build_translation_run, reference_distribution, trace
+from test_explore_http import (TEXT, build_gpt_run, build_translation_run, loss_after_sgd_step,
+                               reference_distribution, serving, trace)
 
 CHROMIUM = os.environ.get("SCRATCHLLM_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "explore"
@@ -53,22 +51,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def gpt(tmp_path_factory):
-    run = build_gpt_run(tmp_path_factory.mktemp("gpt"))
-    explorer = Explorer(run)
-    server, url = serve_in_thread(explorer)
-    yield explorer, url
-    server.shutdown()
-    server.server_close()
+    with serving(build_gpt_run(tmp_path_factory.mktemp("gpt"))) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def transformer(tmp_path_factory):
-    run = build_translation_run(tmp_path_factory.mktemp("tr"))
-    explorer = Explorer(run)
-    server, url = serve_in_thread(explorer)
-    yield explorer, url
-    server.shutdown()
-    server.server_close()
+    with serving(build_translation_run(tmp_path_factory.mktemp("tr"))) as served:
+        yield served
 
 
 @pytest.fixture
@@ -105,6 +95,13 @@ def open_view(page, view):
     return rendered(page, view, n)
 
 
+def open_with(page, url, text):
+    """The page opened, the text typed, the first view drawn."""
+    page.goto(url)
+    rendered(page, "next")
+    type_text(page, "next", text)
+
+
 def shown_pieces(page):
     return page.eval_on_selector_all("#tokens .token", "els => els.map(e => [e.querySelector('.piece').textContent, "
                                                         "Number(e.dataset.id)])")
@@ -121,9 +118,7 @@ def shown_distribution(page):
 
 def test_text_tokens_and_the_temperature_slider(page, gpt):
     explorer, url = gpt
-    page.goto(url)
-    rendered(page, "next")
-    type_text(page, "next", TEXT)
+    open_with(page, url, TEXT)
     ids = explorer.tokenizer.encode(TEXT)
     assert shown_pieces(page) == [[explorer.tokenizer.decode([i]).replace(" ", "␣"), i] for i in ids]
     with no_grad():
@@ -174,9 +169,7 @@ def test_generate_streams_text(page, gpt):
 
 def test_attention_heatmap_shows_the_traces_weights(page, gpt):
     explorer, url = gpt
-    page.goto(url)
-    rendered(page, "next")
-    type_text(page, "next", TEXT)
+    open_with(page, url, TEXT)
     n = open_view(page, "attention")
     page.select_option("#attn-layer", "1")
     rendered(page, "attention", n)
@@ -207,9 +200,7 @@ def test_attention_heatmap_shows_the_traces_weights(page, gpt):
 
 def test_block_view(page, gpt):
     explorer, url = gpt
-    page.goto(url)
-    rendered(page, "next")
-    type_text(page, "next", TEXT)
+    open_with(page, url, TEXT)
     open_view(page, "block")
     tr = trace(explorer.model, np.array([explorer.tokenizer.encode(TEXT)]))
     z = page.evaluate("document.getElementById('block-gelu').data[0].z")
@@ -229,9 +220,7 @@ def test_block_view(page, gpt):
 
 def test_backward_and_one_step(page, gpt):
     explorer, url = gpt
-    page.goto(url)
-    rendered(page, "next")
-    type_text(page, "next", TEXT)
+    open_with(page, url, TEXT)
     open_view(page, "backward")
     ids = explorer.tokenizer.encode(TEXT)
     x, y = np.array([ids[:-1]]), np.array([ids[1:]])
@@ -242,14 +231,7 @@ def test_backward_and_one_step(page, gpt):
     page.click("#step")
     rendered(page, "step")
     shown = float(page.text_content("#loss-after"))
-    model = copy.deepcopy(explorer.model)
-    opt = sl.optim.SGD(model.parameters(), lr=0.05)
-    _, loss = model(x, y)
-    loss.backward()
-    opt.step()
-    with no_grad():
-        _, after = model(x, y)
-    assert shown == pytest.approx(float(after.data), abs=5e-5) and shown < tr.loss
+    assert shown == pytest.approx(loss_after_sgd_step(explorer.model, x, y, 0.05), abs=5e-5) and shown < tr.loss
     shot(page, "4-one-step")
 
 

@@ -1,6 +1,7 @@
 """The explore server over HTTP on an ephemeral port: its numbers are the model's and the trace's,
 bad requests get 400, no path leaves its own files, requests in parallel give the numbers of requests
 one after the other, and the CLI starts, warns and stops cleanly."""
+import contextlib
 import copy
 import http.client
 import json
@@ -80,24 +81,42 @@ class Client:
         return json.loads(data)
 
 
+@contextlib.contextmanager
+def serving(path):
+    """(explorer, url) of a server over ``path`` on an ephemeral port, for the duration of the block."""
+    explorer = Explorer(path)
+    server, url = serve_in_thread(explorer)
+    try:
+        yield explorer, url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def gpt(tmp_path_factory):
     run = build_gpt_run(tmp_path_factory.mktemp("gpt"))
-    explorer = Explorer(run)
-    server, url = serve_in_thread(explorer)
-    yield explorer, Client(url), run
-    server.shutdown()
-    server.server_close()
+    with serving(run) as (explorer, url):
+        yield explorer, Client(url), run
 
 
 @pytest.fixture(scope="module")
 def transformer(tmp_path_factory):
     run = build_translation_run(tmp_path_factory.mktemp("tr"))
-    explorer = Explorer(run)
-    server, url = serve_in_thread(explorer)
-    yield explorer, Client(url), run
-    server.shutdown()
-    server.server_close()
+    with serving(run) as (explorer, url):
+        yield explorer, Client(url), run
+
+
+def loss_after_sgd_step(model, x, y, lr):
+    """The library's own step, taken here on a copy: optim.SGD after a backward of the model's loss."""
+    model = copy.deepcopy(model)
+    opt = sl.optim.SGD(model.parameters(), lr=lr)
+    _, loss = model(x, y)
+    loss.backward()
+    opt.step()
+    with no_grad():
+        _, after = model(x, y)
+    return float(after.data)
 
 
 def ids_of(explorer, text):
@@ -231,14 +250,7 @@ def test_one_step_is_sgds_on_a_copy(gpt):
     r = client.post("step", {"text": TEXT, "lr": 0.05})
     ids = explorer.tokenizer.encode(TEXT)
     x, y = np.array([ids[:-1]]), np.array([ids[1:]])
-    model = copy.deepcopy(explorer.model)
-    opt = sl.optim.SGD(model.parameters(), lr=0.05)
-    _, loss = model(x, y)
-    loss.backward()
-    opt.step()
-    with no_grad():
-        _, after = model(x, y)
-    assert r["loss_after"] == pytest.approx(float(after.data), rel=1e-6)
+    assert r["loss_after"] == pytest.approx(loss_after_sgd_step(explorer.model, x, y, 0.05), rel=1e-6)
     assert r["loss_after"] < r["loss_before"]
     # nothing changed: not the served model, not the checkpoint on disk
     for k, v in explorer.model.state_dict().items():
@@ -432,14 +444,10 @@ def test_byte_level_pieces(tmp_path):
     tok = BPETokenizer().train("the cat sat on the mat. " * 20, vocab_size=266)
     sl.save(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8)),
             tmp_path / "ckpt", tokenizer=tok)
-    server, url = serve_in_thread(Explorer(tmp_path / "ckpt"))
-    try:
+    with serving(tmp_path / "ckpt") as (_, url):
         text = "the mat é😀"
         r = Client(url).post("tokens", {"text": text})
         assert [t["id"] for t in r["tokens"]] == tok.encode(text)
         assert [t["piece"] for t in r["tokens"]][-4:] == ["\\xf0", "\\x9f", "\\x98", "\\x80"]  # 😀, byte by byte
         shown = "".join(t["piece"] for t in r["tokens"])
         assert shown.startswith("the mat ") and "\\xc3\\xa9" in shown  # é: two bytes, each its own token
-    finally:
-        server.shutdown()
-        server.server_close()
