@@ -41,13 +41,11 @@ def _is_loopback(host: str) -> bool:
 
 def run(args):
     from ..explore import Explorer, make_server
+    from . import number
 
-    try:
-        port = int(args.port)
-    except ValueError:
-        raise ScratchError(f"--port must be a whole number, not {args.port!r}") from None
-    if not 0 <= port <= 65535:
-        raise ScratchError(f"--port must be between 0 and 65535, not {port}")
+    port = number(args.port, "--port", int, low=0)
+    if port > 65535:
+        raise ScratchError(f"--port must be at most 65535, got {port}")
     explorer = Explorer(args.ckpt)
     if not _is_loopback(args.host):
         print(f"warning: listening on {args.host}: anyone who can reach this address can use the page "
