@@ -153,6 +153,18 @@ def test_text_tokens_and_the_temperature_slider(page, gpt):
     shot(page, "1-next-token-top-k")
 
 
+def test_clicking_a_candidate_adds_it_to_the_text(page, gpt):
+    explorer, url = gpt
+    open_with(page, url, "the ca")
+    first = page.locator("#next-table tr[data-id]").first
+    token = int(first.get_attribute("data-id"))
+    n = int(page.evaluate("document.body.dataset.renderedNext"))
+    first.click()
+    rendered(page, "next", n)
+    assert page.input_value("#text") == "the ca" + explorer.tokenizer.decode([token])
+    assert shown_pieces(page)[-1][1] == token
+
+
 def test_generate_streams_text(page, gpt):
     explorer, url = gpt
     page.goto(url)

@@ -164,6 +164,15 @@ class Explorer:
             return self.tokenizer.decode_bytes([int(i)]).decode("utf-8", "backslashreplace")
         return self.tokenizer.decode([int(i)])
 
+    def whole_text(self, i: int) -> str | None:
+        """The token's text when it is whole characters (it can be appended to a text), else None."""
+        if hasattr(self.tokenizer, "decode_bytes"):
+            try:
+                return self.tokenizer.decode_bytes([int(i)]).decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        return self.tokenizer.decode([int(i)])
+
     def encode(self, text: str, limit: int | None = None) -> list[int]:
         try:
             if hasattr(self.tokenizer, "special_tokens"):
@@ -229,7 +238,8 @@ class Explorer:
             "tokens": self.tokens_of(ids),
             "settings": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
             "kept": int((p_final > 0).sum()),
-            "candidates": [{"id": int(i), "piece": self.piece(i), "logit": round(float(logits[i]), 6),
+            "candidates": [{"id": int(i), "piece": self.piece(i), "append": self.whole_text(i),
+                            "logit": round(float(logits[i]), 6),
                             "p_model": round(float(p_model[i]), 8), "p_temperature": round(float(p_temp[i]), 8),
                             "p": round(float(p_final[i]), 8), "kept": bool(p_final[i] > 0)} for i in order],
         }

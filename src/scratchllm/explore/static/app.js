@@ -178,12 +178,17 @@ function nextTable(r) {
                    el("th", { text: "logit" }), el("th", { text: "p (T=1)" }),
                    el("th", { text: `p (T=${fmt(r.settings.temperature, 2)})` }), el("th", { text: "p sampled" }))];
   for (const x of r.candidates) {
-    rows.push(el("tr", { class: x.kept ? "" : "cut", "data-id": x.id, "data-p": x.p, "data-p-temperature": x.p_temperature },
-                 el("td", { class: "piece", text: show(x.piece) }), el("td", { text: x.id }), el("td", { text: fmt(x.logit, 3) }),
-                 el("td", { text: fmt(x.p_model) }), el("td", { text: fmt(x.p_temperature) }), el("td", { text: fmt(x.p) })));
+    const row = el("tr", { class: (x.kept ? "" : "cut") + (x.append !== null ? " clickable" : ""), "data-id": x.id, "data-p": x.p,
+                           "data-p-temperature": x.p_temperature, title: x.append !== null ? "click: add this token to the text" : "" },
+                   el("td", { class: "piece", text: show(x.piece) }), el("td", { text: x.id }), el("td", { text: fmt(x.logit, 3) }),
+                   el("td", { text: fmt(x.p_model) }), el("td", { text: fmt(x.p_temperature) }), el("td", { text: fmt(x.p) }));
+    // choosing the next token by hand: it joins the text, and the model is asked again
+    if (x.append !== null) row.addEventListener("click", () => { $("text").value += x.append; onText(); });
+    rows.push(row);
   }
   $("next-table").replaceChildren(...rows);
-  $("next-kept").textContent = `${r.kept} of ${state.info.vocab_size} tokens can be sampled at these settings.`;
+  $("next-kept").textContent = `${r.kept} of ${state.info.vocab_size} tokens can be sampled at these settings. ` +
+    "Click a row to add that token to the text.";
 }
 
 function sliderLabels() {
@@ -425,6 +430,11 @@ async function loadEmbeddings() {
 
 async function neighbours(id) {
   const r = await api("neighbours", { id });
+  // the chosen token in red, its neighbours in orange, on the scatter
+  const n = document.getElementById("emb-chart").data[0].x.length, near = new Set(r.neighbours.map((x) => x.id));
+  const colors = Array.from({ length: n }, (_, i) => (i === r.id ? "#e03131" : near.has(i) ? "#f59f00" : "#3b5bdb"));
+  const sizes = Array.from({ length: n }, (_, i) => (i === r.id ? 12 : near.has(i) ? 9 : 6));
+  Plotly.restyle("emb-chart", { "marker.color": [colors], "marker.size": [sizes] });
   $("nn-title").textContent = `Nearest neighbours of "${show(r.piece)}" (id ${r.id})`;
   const rows = [el("tr", {}, el("th", { class: "piece", text: "token" }), el("th", { text: "id" }), el("th", { text: "cosine" }))];
   for (const n of r.neighbours) {
