@@ -49,7 +49,7 @@ RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 CHUNK = 1 << 16  # elements per message of the chain (256 KiB of float32): small enough that the chain
 # fills quickly past many ranks, large enough that a message's latency is a fraction of its time (bench/RESULTS.md)
-POLL_S = 2e-4  # sleep between tests of a pending message
+SPIN_S, POLL_S = 5e-3, 2e-4  # a wait tests without sleeping for 5 ms (a message due soon), then sleeps between tests
 
 
 class SameOnAllRanks(ScratchError):
@@ -90,8 +90,9 @@ class World:
 
     # ---- waiting without spinning ----------------------------------------------------
     def _wait(self, *requests):
-        while not self.MPI.Request.Testall(list(requests)):
-            time.sleep(POLL_S)
+        requests, spin_until = list(requests), time.perf_counter() + SPIN_S
+        while not self.MPI.Request.Testall(requests):
+            time.sleep(0 if time.perf_counter() < spin_until else POLL_S)
 
     def barrier(self):
         if self.size > 1:
