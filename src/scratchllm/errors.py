@@ -7,3 +7,9 @@ class ScratchError(Exception):
     The message says what was wrong and what to do; no traceback is shown.
     Subclasses ValueError-like use: library callers may catch it as usual.
     """
+
+
+def loss_not_finite(loss, when: str, saved: str, advice: str) -> str:
+    """The one wording of a training run stopped because its loss is no longer a
+    number (NaN or infinite): the loss, when, what is saved, and what to try."""
+    return f"loss became {loss} at {when}; stopped, {saved}. {advice}"

@@ -18,7 +18,8 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..backend import DEFAULT_DTYPE
-from ..errors import ScratchError
+from ..errors import ScratchError, loss_not_finite
+from ..optim import gradient_descent_step
 from ..tensor import Tensor, no_grad
 
 
@@ -147,13 +148,13 @@ def fit(model: CharMLP, train_ids, val_ids, steps=3000, batch_size=64, lr=0.5, m
         loss.backward()
         if optimizer is None:
             step_lr = min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (step - 1) / max(1, steps - 1)))
-            for p in params:
-                p.data -= p.dtype.type(step_lr) * p.grad
+            gradient_descent_step(params, step_lr)
         else:
             optimizer.step()
         recent.append(loss.item())
         if not math.isfinite(recent[-1]):
-            raise ScratchError(f"training diverged at step {step} (loss {recent[-1]}); try a smaller learning rate than {lr}")
+            raise ScratchError(loss_not_finite(recent[-1], f"step {step}", "nothing saved",
+                                               f"Try a smaller learning rate than {lr}."))
         if on_step:
             on_step(step, recent[-1])
         if step % eval_every == 0 or step == steps:

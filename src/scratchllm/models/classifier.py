@@ -21,7 +21,8 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..backend import DEFAULT_DTYPE
-from ..errors import ScratchError
+from ..errors import ScratchError, loss_not_finite
+from ..optim import gradient_descent_step  # p ← p − lr·g, the whole update rule
 from ..tensor import Tensor, no_grad
 from .classifier_data import CLASSES, INPUTS, make_leaves_and_flowers, split
 
@@ -103,13 +104,6 @@ def evaluate(model: Classifier, X, y) -> tuple[float, float]:
     return loss, float((scores.data.argmax(axis=1) == y).mean())
 
 
-def gradient_descent_step(params, lr: float) -> None:
-    """The update rule itself: move each weight a small step against its gradient."""
-    for p in params:
-        if p.grad is not None:
-            p.data -= p.dtype.type(lr) * p.grad
-
-
 def fit(model: Classifier, train, val, epochs=300, batch_size=32, lr=0.1, patience=25,
         rng: np.random.Generator | None = None, on_epoch=None) -> FitResult:
     """Mini-batch gradient descent on ``train`` = (X, y), early stopping on ``val``.
@@ -144,7 +138,8 @@ def fit(model: Classifier, train, val, epochs=300, batch_size=32, lr=0.1, patien
             result.stopped_early = True
             break
     if best_state is None:
-        raise ScratchError(f"training diverged (validation loss {val_loss}); try a smaller learning rate than {lr}")
+        raise ScratchError(loss_not_finite(val_loss, f"epoch {epoch} (validation loss)", "nothing saved",
+                                           f"Try a smaller learning rate than {lr}."))
     model.load_state_dict(best_state)
     return result
 
