@@ -253,6 +253,16 @@ def test_embeddings_and_the_run(page, gpt):
     rendered(page, "next")
     open_view(page, "embeddings")
     page.wait_for_function("document.querySelectorAll('#nn-table tr').length > 1")
+    page.fill("#nn-token", "t")
+    page.press("#nn-token", "Enter")
+    page.wait_for_function("document.getElementById('nn-title').textContent.includes('\"t\"')")
+    W = explorer.model.transformer.wte.weight.data.astype(np.float64)
+    unit = W / np.linalg.norm(W, axis=1, keepdims=True)
+    t = explorer.tokenizer.encode("t")[0]
+    cos = unit @ unit[t]
+    cos[t] = -2
+    shown = page.eval_on_selector_all("#nn-table tr", "rows => rows.slice(1).map(r => Number(r.cells[1].textContent))")
+    assert shown == list(np.argsort(-cos)[:len(shown)])
     shot(page, "5-embeddings")
     open_view(page, "run")
     steps = page.evaluate("document.getElementById('run-chart').data[0].x")

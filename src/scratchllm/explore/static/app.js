@@ -168,6 +168,7 @@ function wire() {
   $("step").addEventListener("click", takeStep);
   $("translate").addEventListener("click", translate);
   $("tr-text").addEventListener("keydown", (e) => { if (e.key === "Enter") translate(); });
+  $("nn-token").addEventListener("change", lookUp);
   $("tr-layer").addEventListener("change", translate);
   $("tr-attn").addEventListener("change", () => { $("tr-layer").value = "0"; translate(); });
 }
@@ -426,6 +427,18 @@ async function loadEmbeddings() {
   $("emb-chart").on("plotly_click", (ev) => neighbours(ev.points[0].customdata));
   neighbours(r.ids[Math.min(r.ids.length - 1, 1)]);
   done("embeddings");
+}
+
+// a token typed by name: its neighbours, if the text is one token
+async function lookUp() {
+  $("nn-error").textContent = "";
+  try {
+    const t = (await api("tokens", { text: $("nn-token").value })).tokens;
+    if (t.length !== 1) throw new Error(`that is ${t.length} tokens (${t.map((x) => show(x.piece)).join(" ")}): type one`);
+    await neighbours(t[0].id);
+  } catch (e) {
+    $("nn-error").textContent = e.message;
+  }
 }
 
 async function neighbours(id) {
