@@ -82,6 +82,14 @@ class Optimizer:
         return self
 
 
+def gradient_descent_step(params, lr: float) -> None:
+    """The update rule itself: move each weight a small step against its gradient,
+    p ← p − lr·g (what :class:`SGD` does without momentum or weight decay)."""
+    for p in params:
+        if p.grad is not None:
+            p.data -= p.dtype.type(lr) * p.grad
+
+
 class SGD(Optimizer):
     """p ← p − lr·b with b ← momentum·b + (g + weight_decay·p) (PyTorch's form)."""
 
