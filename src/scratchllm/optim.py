@@ -140,6 +140,16 @@ class AdamW(Optimizer):
         p.data -= step
 
 
+def adamw_for(model, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, eps: float = 1e-8) -> AdamW:
+    """AdamW over a model's parameters with weight decay on matrices only:
+    biases and LayerNorm gains are not decayed (nanoGPT's rule), as pulling
+    an offset or a gain towards 0 does not keep a model simpler."""
+    params = model.parameters()
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale all gradients together so their global L2 norm is at most ``max_norm``;
     return the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``)."""
@@ -173,3 +183,10 @@ class CosineWithWarmup:
 
 def cosine_with_warmup(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
     return CosineWithWarmup(lr, min_lr, warmup, total)(step)
+
+
+def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
+    """The Transformer paper's schedule scaled to peak ``lr``: lr·min(s/w, √(w/s)) at s = step + 1.
+    It needs no total length, so a run stopped early or lengthened follows it unchanged."""
+    s, w = step + 1, max(1, warmup)
+    return lr * min(s / w, math.sqrt(w / s))

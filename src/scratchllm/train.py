@@ -1,5 +1,8 @@
-"""The GPT training loop: data once into token files, AdamW with warmup +
-cosine, evaluation, JSONL logs, atomic checkpoints and exact resume.
+"""Training a GPT: data once into token files, AdamW with warmup + cosine,
+evaluation every ``eval_interval`` steps. The loop itself (checkpoints and
+exact resume, the JSONL log, the NaN stop, Ctrl-C, the progress bar, MPI
+ranks) is :class:`~scratchllm.loop.TrainingLoop`, which the Transformer's
+trainer shares; this file says what is the GPT's own.
 
 A run directory (``--out``, default ``out/``) holds::
 
@@ -22,21 +25,16 @@ nothing in training. The log gets one line for the step a run resumed at
 from __future__ import annotations
 
 import json
-import math
-import signal
-import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint
-from .distributed import DistributedBackward, SameOnAllRanks, world as current_world
 from .data import get_batch, load_text, read_token_bin, train_val_split, write_token_bin
 from .errors import ScratchError
+from .loop import TrainingLoop
 from .models.gpt import GPT, GPTConfig
-from .optim import AdamW, CosineWithWarmup, clip_grad_norm
-from .sharded import ShardedBackward
+from .optim import AdamW, CosineWithWarmup, adamw_for
 from .tensor import no_grad
 
 PRESETS = {
@@ -82,11 +80,6 @@ class TrainConfig:
     seed: int = 1337
     sample_tokens: int = 300
     progress: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # ---- data -----------------------------------------------------------------------
@@ -150,11 +143,7 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> GPT:
 
 
 def build_optimizer(model: GPT, cfg: TrainConfig) -> AdamW:
-    """Weight decay on matrices only; biases and LayerNorm gains are not decayed."""
-    params = model.parameters()
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return adamw_for(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
 
 
 def estimate_loss(model: GPT, splits: dict, cfg: TrainConfig, step: int) -> dict:
@@ -171,60 +160,23 @@ def estimate_loss(model: GPT, splits: dict, cfg: TrainConfig, step: int) -> dict
     return out
 
 
-# ---- pieces any training loop needs ----------------------------------------------------
-class StopOnInterrupt:
-    """``with StopOnInterrupt() as stop:`` Ctrl-C sets ``stop.requested``
-    instead of raising, so the loop can finish its step, save and leave."""
-
-    requested = False
-
-    def __enter__(self):
-        self.requested = False
-        self._previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._on_signal)
-        return self
-
-    def _on_signal(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
-def trim_log(path: Path, step: int):
-    """Drop JSONL log lines past ``step`` (the steps a crash threw away before a resume)."""
-    if not path.exists():
-        return
-    from .plot import read_log  # the one reader of run logs: a corrupt line is named, not a traceback
-
-    keep = [json.dumps(r) for r in read_log(path) if r["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def append_log(path: Path, record: dict):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def dropout_rng(model):
-    """The generator the model's Dropout modules draw from (built models share one), or None."""
-    from .nn import Dropout
-
-    for _, m in model.named_modules():
-        if isinstance(m, Dropout) and m.rng is not None:
-            return m.rng
-    return None
-
-
 # ---- the run -------------------------------------------------------------------------
-class Trainer:
+class Trainer(TrainingLoop):
+    """A GPT's run: ``max_iters`` steps of random batches, evaluated (and saved)
+    every ``eval_interval`` steps; the loop itself is :class:`~scratchllm.loop.TrainingLoop`."""
+
+    config_class = TrainConfig
+    # Only the length of the run, its bookkeeping and the output may change on resume.
+    resumable = ("max_iters", "eval_interval", "eval_iters", "sample_tokens", "progress", "out")
+
     def __init__(self, cfg: TrainConfig, resume: bool = False, world=None):
-        self.run = Path(cfg.out)
-        self.ckpt_dir = self.run / "ckpt"
-        self.world = world or current_world()  # MPI ranks (distributed.py), or this process alone
-        if resume:
-            cfg = self._load_config_for_resume(cfg)
+        given_decay = cfg.lr_decay_iters
+        cfg, state = self.open_run(cfg, resume, world)
+        if state is not None:
+            # The schedule's length stays the run's own, unless given again (it then changes from
+            # this step on); runs saved before it was a setting decayed over their max_iters.
+            saved = state["train_config"]
+            cfg.lr_decay_iters = given_decay or saved.get("lr_decay_iters") or saved["max_iters"]
         if cfg.lr_decay_iters < 0:
             raise ScratchError(f"--lr-decay-iters must be at least 1 (or 0: --max-iters), not {cfg.lr_decay_iters}")
         if not cfg.lr_decay_iters:
@@ -234,135 +186,69 @@ class Trainer:
             raise ScratchError(f"--threads must be at least 1, not {cfg.threads}")
         with self.world.root_first():  # in a shared folder, rank 0 writes the token files, the others reuse them
             self.tokenizer, self.train_ids, self.val_ids = prepare_data(cfg, self.run)
-        self.model = build_model(cfg, self.tokenizer.vocab_size)
-        self.opt = build_optimizer(self.model, cfg)
+        model = build_model(cfg, self.tokenizer.vocab_size)
+        self.set_model(model, build_optimizer(model, cfg))
         self.schedule = CosineWithWarmup(cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
         self.batch_rng = np.random.default_rng([cfg.seed, 1])
-        self.dropout_rng = dropout_rng(self.model)
-        self.sharded = ShardedBackward(self.model, cfg.threads) if self.world.size == 1 \
-            else DistributedBackward(self.model, cfg.threads, self.world)
-        self.step = 0
-        self.last_saved = None
-        self.resumed = resume
+        self.resumed = resume  # the resume step gets a log line of its own
         if resume:
-            self._restore()
-        self.log_path = self.run / "log.jsonl"
-        if self.world.is_root:
-            if resume:  # lines from the resume step on are redone (or were lost with the steps after the checkpoint)
-                trim_log(self.log_path, self.step - 1)
-            else:  # a run started afresh in an old directory: a fresh log
-                self.log_path.unlink(missing_ok=True)
+            self.restore()
+        self.start_log(self.step - 1 if resume else None)  # the resume step's line is written again
         self.world.check_same("settings", asdict(cfg) | {"progress": None, "step": self.step,
                                                          "batch_rng": self.batch_rng.bit_generator.state})
         self.world.check_same("data or weights", {"train": self.train_ids, "val": self.val_ids,
                                                    "vocab": self.tokenizer.vocab_size} | self.model.state_dict())
 
-    # ---- checkpoints --------------------------------------------------------------
-    def _load_config_for_resume(self, cfg: TrainConfig) -> TrainConfig:
-        state = checkpoint.read_train_state(self.ckpt_dir)
-        saved = TrainConfig.from_dict({"threads": 1} | state["train_config"])  # runs from before threads: 1
-        # The schedule's length stays the run's own, unless given again (it then changes from
-        # this step on); runs saved before it was a setting decayed over their max_iters.
-        saved.lr_decay_iters = cfg.lr_decay_iters or saved.lr_decay_iters or saved.max_iters
-        # The batch was cut into ranks × threads shards; with as many now the run goes on bit for bit.
-        shards = state.get("shards", saved.threads)
-        saved.threads = max(1, shards // self.world.size)
-        # Only the length of the run, its bookkeeping and the output may change on resume.
-        for name in ("max_iters", "eval_interval", "eval_iters", "sample_tokens", "progress"):
-            setattr(saved, name, getattr(cfg, name))
-        saved.out = cfg.out
-        return saved
+    # ---- what the checkpoint holds besides the loop's own ----------------------------------
+    def rng_states(self) -> dict:
+        return {"batch": self.batch_rng.bit_generator.state} | super().rng_states()
 
-    def _restore(self):
-        state = checkpoint.load_training(self.ckpt_dir, self.model, self.opt)
-        self.step = state["step"]
+    def load_extra_state(self, state: dict):
         self.batch_rng.bit_generator.state = state["rng"]["batch"]
-        if self.dropout_rng is not None and state["rng"].get("dropout"):
-            self.dropout_rng.bit_generator.state = state["rng"]["dropout"]
-        self.last_saved = self.step
 
-    def save(self):
-        state = {
-            "step": self.step,
-            "train_config": asdict(self.cfg),
-            "shards": self.cfg.threads * self.world.size,
-            "rng": {"batch": self.batch_rng.bit_generator.state,
-                    "dropout": self.dropout_rng.bit_generator.state if self.dropout_rng is not None else None},
-        }
-        if self.world.is_root:  # every rank holds the same state: rank 0 writes it
-            checkpoint.save_training(self.ckpt_dir, self.model, self.opt, state, tokenizer=self.tokenizer)
-        self.last_saved = self.step
+    # ---- one step --------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        return self.schedule(step)
 
-    # ---- one step ------------------------------------------------------------------
     def train_step(self) -> float:
-        """Forward, backward over ``grad_accum`` micro-batches, clip, AdamW. Returns the mean loss."""
+        """``grad_accum`` random micro-batches, one optimizer step. Returns the mean loss."""
         cfg = self.cfg
-        self.opt.lr = self.schedule(self.step)
-        self.model.zero_grad()
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            x, y = get_batch(self.train_ids, cfg.batch_size, cfg.block_size, self.batch_rng)
-            # Each micro-batch's mean loss divided by their number: the summed
-            # gradient equals that of one batch grad_accum times bigger.
-            total += self.sharded.step(x, y, scale=1.0 / cfg.grad_accum)
-        loss = total / cfg.grad_accum
-        if not math.isfinite(loss):  # the loss of the whole batch: every rank stops here alike
-            raise SameOnAllRanks(self._nan_message(loss))
-        if cfg.grad_clip:
-            clip_grad_norm(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
-        self.step += 1
-        return loss
+        return self.update([get_batch(self.train_ids, cfg.batch_size, cfg.block_size, self.batch_rng)
+                            for _ in range(cfg.grad_accum)])
 
-    def _nan_message(self, loss) -> str:
-        where = f"the last good checkpoint (step {self.last_saved}) is in {self.ckpt_dir}" if self.last_saved is not None \
-            else "no checkpoint was saved yet"
-        return f"loss became {loss} at step {self.step}; stopped, {where}. Try a lower --lr or --grad-clip."
+    def advance(self) -> tuple[float, int]:
+        cfg = self.cfg
+        return self.train_step(), cfg.batch_size * cfg.block_size * cfg.grad_accum
 
+    def finished(self) -> bool:
+        return self.step >= self.cfg.max_iters
+
+    def where(self) -> str:
+        return f"step {self.step}"
+
+    # ---- evaluation, between steps ---------------------------------------------------------
     def evaluate(self) -> dict:
         losses = estimate_loss(self.model, {"train": self.train_ids, "val": self.val_ids}, self.cfg, self.step)
         record = {"step": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
                   "lr": self.schedule(min(self.step, self.cfg.max_iters - 1))}
         return record
 
-    # ---- the loop ------------------------------------------------------------------
-    def fit(self, echo=print) -> dict:
-        from tqdm.auto import tqdm
-
-        cfg = self.cfg
-        tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
-        bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not cfg.progress or not self.world.is_root,
-                   unit="it", dynamic_ncols=True)
-        record, tps, last_loss = {}, 0.0, float("nan")
-        with StopOnInterrupt() as stop:  # Ctrl-C: finish the step, then save and leave
-            try:
-                while True:
-                    at_end = self.step >= cfg.max_iters
-                    resumed_here, self.resumed = self.resumed, False
-                    if (self.step % cfg.eval_interval == 0 or at_end or resumed_here) and self.world.is_root:
-                        record = self.evaluate() | {"tokens_per_s": round(tps, 1)}
-                        if resumed_here:
-                            record["resumed"] = True
-                        append_log(self.log_path, record)
-                        bar.write(f"step {self.step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
-                    if self.step % cfg.eval_interval == 0 or at_end:
-                        if self.step > 0 and self.last_saved != self.step:
-                            self.save()
-                    if at_end or self.world.any(stop.requested):  # all ranks stop at the same step
-                        break
-                    t0 = time.perf_counter()
-                    last_loss = self.train_step()
-                    tps = tokens_per_step / (time.perf_counter() - t0)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
-            finally:
-                bar.close()
-        if not at_end:
-            if self.last_saved != self.step:
-                self.save()
-            if self.world.is_root:
-                echo(f"interrupted at step {self.step}; saved to {self.ckpt_dir}. Resume with --resume --out {self.run}")
-        return record
+    def between_steps(self):
+        """Every ``eval_interval`` steps, at the end, and at the step a run resumed at:
+        evaluate and log (rank 0); every ``eval_interval`` steps and at the end: save."""
+        if self.bar is None:
+            self.open_bar(total=self.cfg.max_iters, initial=self.step, unit="it")
+        due = self.step % self.cfg.eval_interval == 0 or self.finished()
+        resumed_here, self.resumed = self.resumed, False
+        if (due or resumed_here) and self.world.is_root:
+            self.record = self.evaluate() | {"tokens_per_s": round(self.tokens_per_s, 1)}
+            if resumed_here:
+                self.record["resumed"] = True
+            self.log(self.record)
+            self.bar.write(f"step {self.step}: train loss {self.record['train_loss']:.4f}, "
+                           f"val loss {self.record['val_loss']:.4f}")
+        if due and self.step > 0 and self.last_saved != self.step:
+            self.save()
 
 
 def train(cfg: TrainConfig, resume: bool = False, echo=print) -> Trainer:

@@ -35,26 +35,24 @@ to two epochs, at the same tokens per second (bench/RESULTS.md).
 **Resume.** Weights, Adam moments, step, position and the dropout generator
 come back from the checkpoint, so a resumed run is bit-identical to one that
 was never stopped. Ctrl-C (or ``minutes``, or ``max_steps``) finishes the
-step, saves and leaves.
+step, saves and leaves. The loop itself (checkpoints, log, NaN stop, Ctrl-C,
+progress bar, MPI ranks) is :class:`~scratchllm.loop.TrainingLoop`, shared
+with the GPT's trainer.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from . import checkpoint
-from .distributed import DistributedBackward, SameOnAllRanks, world as current_world
 from .data import length_grouped_batches, load_parallel, multi30k, pad_batch
 from .errors import ScratchError
+from .loop import TrainingLoop
 from .models.transformer import Transformer, TransformerConfig
-from .optim import AdamW, clip_grad_norm
-from .sharded import ShardedBackward
+from .optim import AdamW, adamw_for, inverse_sqrt_lr
 from .tensor import no_grad
-from .train import StopOnInterrupt, append_log, dropout_rng, trim_log
 from .translate import SPECIAL_TOKENS, encode_source, special_ids, translate_texts
 
 PARALLEL_DATASETS = ("multi30k",)
@@ -100,21 +98,10 @@ class TranslationConfig:
     seed: int = 0
     progress: bool = True
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TranslationConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 # What a resumed run may change: its length and bookkeeping, never the model or the data.
 RESUMABLE = ("epochs", "bleu_sentences", "log_interval", "max_steps", "minutes", "save_minutes", "progress",
              "data_dir", "out")
-
-
-def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
-    """The paper's schedule scaled to peak ``lr``: lr·min(s/w, √(w/s)) at s = step + 1."""
-    s, w = step + 1, max(1, warmup)
-    return lr * min(s / w, math.sqrt(w / s))
 
 
 # ---- data -----------------------------------------------------------------------------
@@ -225,11 +212,7 @@ def build_model(cfg: TranslationConfig, tokenizer) -> Transformer:
 
 
 def build_optimizer(model: Transformer, cfg: TranslationConfig) -> AdamW:
-    """Weight decay (if any) on matrices only; biases and LayerNorm gains are not decayed."""
-    params = model.parameters()
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    return adamw_for(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay, cfg.eps)
 
 
 def validation_loss(model: Transformer, data: PairData, max_tokens: int) -> float:
@@ -248,20 +231,16 @@ def validation_loss(model: Transformer, data: PairData, max_tokens: int) -> floa
 
 
 # ---- the run ----------------------------------------------------------------------------
-class TranslationTrainer:
+class TranslationTrainer(TrainingLoop):
+    """A Transformer's run: epochs of length-grouped batches, a "train" log line every
+    ``log_interval`` steps, evaluated and saved after each epoch (and every
+    ``save_minutes``); the loop itself is :class:`~scratchllm.loop.TrainingLoop`."""
+
+    config_class = TranslationConfig
+    resumable = RESUMABLE
+
     def __init__(self, cfg: TranslationConfig, resume: bool = False, echo=print, world=None):
-        self.run = Path(cfg.out)
-        self.ckpt_dir = self.run / "ckpt"
-        self.world = world or current_world()  # MPI ranks (distributed.py), or this process alone
-        self.echo = echo if self.world.is_root else (lambda *a: None)
-        state = checkpoint.read_train_state(self.ckpt_dir) if resume else None
-        if state is not None:
-            saved = TranslationConfig.from_dict(state["train_config"])
-            for name in RESUMABLE:
-                setattr(saved, name, getattr(cfg, name))
-            # The batch was cut into ranks × threads shards; with as many now the run goes on bit for bit.
-            saved.threads = max(1, state.get("shards", saved.threads) // self.world.size)
-            cfg = saved
+        cfg, state = self.open_run(cfg, resume, world, echo)
         self.cfg = cfg
         for name in ("threads", "epochs", "max_tokens", "d_model", "n_head", "n_layers", "d_ff", "max_len", "log_interval"):
             if getattr(cfg, name) < 1:
@@ -274,46 +253,31 @@ class TranslationTrainer:
         limit = min(cfg.max_len, cfg.max_tokens)
         self.train_data = PairData(self.tokenizer, train_src, train_tgt, limit)
         self.val_data = PairData(self.tokenizer, self.val_src, self.val_tgt, limit)
-        self.model = build_model(cfg, self.tokenizer)
-        self.opt = build_optimizer(self.model, cfg)
-        self.dropout_rng = dropout_rng(self.model)
-        loss = PairLoss(self.model, cfg.label_smoothing)
-        self.sharded = ShardedBackward(loss, cfg.threads, self.train_data.pad) if self.world.size == 1 \
-            else DistributedBackward(loss, cfg.threads, self.world, self.train_data.pad)
+        model = build_model(cfg, self.tokenizer)
+        self.set_model(model, build_optimizer(model, cfg), PairLoss(model, cfg.label_smoothing), self.train_data.pad)
         # position and running totals; all saved in the checkpoint
-        self.step = self.epoch = self.batch = 0
+        self.epoch = self.batch = 0
+        self.batches = None  # this epoch's batches (lists of pair indices), once it has begun
         self.epoch_loss = [0.0, 0]  # Σ loss·tokens, target tokens this epoch
         self.train_tokens, self.train_seconds = 0, 0.0  # source + target tokens, time in steps
-        self.last_saved = None
+        self.window = [0.0, 0, 0, 0.0]  # Σ loss, steps, tokens, seconds since the last "train" log line
         if state is not None:
-            self._restore()
-        self.run.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.run / "log.jsonl"
-        if self.world.is_root:
-            trim_log(self.log_path, self.step)
+            self.restore()
+        self.start_log(self.step if resume else None)
         self.world.check_same("settings", asdict(cfg) | {"progress": None, "step": self.step, "batch": self.batch})
         self.world.check_same("data or weights", {"vocab": self.tokenizer.vocab_size, "pairs": len(self.train_data),
                                                    "src": np.concatenate(self.train_data.src),
                                                    "tgt": np.concatenate(self.train_data.tgt)} | self.model.state_dict())
 
-    # ---- checkpoints ------------------------------------------------------------------
-    def _restore(self):
-        state = checkpoint.load_training(self.ckpt_dir, self.model, self.opt)
-        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+    # ---- what the checkpoint holds besides the loop's own ----------------------------------
+    def extra_state(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "epoch_loss": self.epoch_loss,
+                "train_tokens": self.train_tokens, "train_seconds": self.train_seconds}
+
+    def load_extra_state(self, state: dict):
+        self.epoch, self.batch = state["epoch"], state["batch"]
         self.epoch_loss = list(state["epoch_loss"])
         self.train_tokens, self.train_seconds = state["train_tokens"], state["train_seconds"]
-        if self.dropout_rng is not None and state["rng"].get("dropout"):
-            self.dropout_rng.bit_generator.state = state["rng"]["dropout"]
-        self.last_saved = self.step
-
-    def save(self):
-        state = {"step": self.step, "epoch": self.epoch, "batch": self.batch, "epoch_loss": self.epoch_loss,
-                 "train_tokens": self.train_tokens, "train_seconds": self.train_seconds,
-                 "train_config": asdict(self.cfg), "shards": self.cfg.threads * self.world.size,
-                 "rng": {"dropout": self.dropout_rng.bit_generator.state if self.dropout_rng is not None else None}}
-        if self.world.is_root:  # every rank holds the same state: rank 0 writes it
-            checkpoint.save_training(self.ckpt_dir, self.model, self.opt, state, tokenizer=self.tokenizer)
-        self.last_saved = self.step
 
     # ---- one step ------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -324,28 +288,72 @@ class TranslationTrainer:
 
     def train_step(self, rows) -> tuple[float, int]:
         """One Adam step on the pairs ``rows``; returns (loss, source + target tokens)."""
-        cfg = self.cfg
         src, tgt_in, tgt_out = self.train_data.batch(rows)
-        self.opt.lr = self.lr_at(self.step)
-        self.model.zero_grad()
-        value = self.sharded.step(Pairs(src, tgt_in), tgt_out)
-        if not math.isfinite(value):  # the loss of the whole batch: every rank stops here alike
-            raise SameOnAllRanks(self._nan_message(value))
-        if cfg.grad_clip:
-            clip_grad_norm(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
-        self.step += 1
+        value = self.update([(Pairs(src, tgt_in), tgt_out)])
         n_tgt = int((tgt_out != self.train_data.pad).sum())
         self.epoch_loss[0] += value * n_tgt
         self.epoch_loss[1] += n_tgt
         return value, int((src != self.train_data.pad).sum()) + n_tgt
 
-    def _nan_message(self, loss) -> str:
-        where = f"the last good checkpoint (step {self.last_saved}) is in {self.ckpt_dir}" \
-            if self.last_saved is not None else "no checkpoint was saved yet"
-        return f"loss became {loss} at step {self.step}; stopped, {where}. Try a lower --lr or --grad-clip."
+    def advance(self) -> tuple[float, int]:
+        loss, n_tok = self.train_step(self.batches[self.batch])
+        self.batch += 1
+        return loss, n_tok
 
-    # ---- evaluation ------------------------------------------------------------------------
+    def after_step(self, loss: float, tokens: int, seconds: float):
+        cfg = self.cfg
+        self.train_tokens += tokens
+        self.train_seconds += seconds
+        w = self.window
+        self.window = [w[0] + loss, w[1] + 1, w[2] + tokens, w[3] + seconds]
+        if self.step % cfg.log_interval == 0:
+            w = self.window
+            self.log({"kind": "train", "epoch": self.epoch + 1, "step": self.step, "loss": w[0] / w[1],
+                      "lr": self.lr_at(self.step - 1), "tokens_per_s": w[2] / w[3]})
+            self.window = [0.0, 0, 0, 0.0]
+        if cfg.save_minutes and time.perf_counter() - self.last_save_time > 60 * cfg.save_minutes:
+            self.save()
+
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    def where(self) -> str:
+        return f"epoch {self.epoch + 1}, batch {self.batch} (step {self.step})"
+
+    def stop_reason(self, stop, start: float) -> str | None:
+        cfg = self.cfg
+        if stop.requested:
+            return "interrupted"
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return f"stopped at --max-steps {cfg.max_steps}"
+        if cfg.minutes and time.perf_counter() - start > 60 * cfg.minutes:
+            return f"stopped after --minutes {cfg.minutes:g}"
+        return None
+
+    # ---- epochs and evaluation -------------------------------------------------------------
+    def between_steps(self):
+        """At an epoch's last batch: close it (evaluate, log, save); then open the next."""
+        while not self.finished():
+            if self.batches is None:
+                self.batches = self.epoch_batches(self.epoch)
+                self.open_bar(total=len(self.batches), initial=self.batch, unit="batch",
+                              desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False)
+            if self.batch < len(self.batches):
+                return
+            self.close_bar()
+            self.record = self.end_epoch(time.perf_counter() - self.fit_start)
+            if self.world.is_root:  # the only rank that evaluated
+                self.log(self.record)
+                self.echo(self._epoch_line(self.record))
+            self.save()
+            self.batches = None
+
+    def fit(self, echo=None) -> dict:
+        """Train to ``epochs`` (or until a stop); return the last epoch's record."""
+        self.fit_start = time.perf_counter()
+        self.window = [0.0, 0, 0, 0.0]
+        return super().fit(echo)
+
     def evaluate(self) -> dict:
         """Val loss over all validation pairs; val BLEU of greedy translations of the first ``bleu_sentences``."""
         from .metrics import bleu
@@ -366,68 +374,6 @@ class TranslationTrainer:
                    "elapsed_s": round(elapsed, 1)}
         self.epoch, self.batch, self.epoch_loss = self.epoch + 1, 0, [0.0, 0]
         return record
-
-    # ---- the loop ------------------------------------------------------------------------
-    def fit(self) -> dict:
-        """Train to ``epochs`` (or until a stop); return the last epoch's record."""
-        from tqdm.auto import tqdm
-
-        cfg, start = self.cfg, time.perf_counter()
-        last_save, record, reason = start, {}, None
-        window = [0.0, 0, 0, 0.0]  # Σ loss, steps, tokens, seconds since the last "train" log line
-        with StopOnInterrupt() as stop:
-            while self.epoch < cfg.epochs and reason is None:
-                batches = self.epoch_batches(self.epoch)
-                bar = tqdm(total=len(batches), initial=self.batch, disable=not cfg.progress or not self.world.is_root,
-                           unit="batch",
-                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}", dynamic_ncols=True, leave=False)
-                with bar:
-                    while self.batch < len(batches):
-                        reason = self._stop_reason(stop, start)
-                        if self.world.any(reason is not None):  # all ranks stop at the same step
-                            if self.world.size > 1:  # rank 0's reason (or another rank's Ctrl-C)
-                                reason = self.world.comm.bcast(reason) or "interrupted"
-                            break
-                        t0 = time.perf_counter()
-                        loss, n_tok = self.train_step(batches[self.batch])
-                        dt = time.perf_counter() - t0
-                        self.batch += 1
-                        self.train_tokens += n_tok
-                        self.train_seconds += dt
-                        window = [window[0] + loss, window[1] + 1, window[2] + n_tok, window[3] + dt]
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{n_tok / dt:,.0f}", refresh=False)
-                        if self.step % cfg.log_interval == 0 and self.world.is_root:
-                            append_log(self.log_path, {"kind": "train", "epoch": self.epoch + 1, "step": self.step,
-                                                       "loss": window[0] / window[1], "lr": self.lr_at(self.step - 1),
-                                                       "tokens_per_s": window[2] / window[3]})
-                            window = [0.0, 0, 0, 0.0]
-                        if cfg.save_minutes and time.perf_counter() - last_save > 60 * cfg.save_minutes:
-                            self.save()
-                            last_save = time.perf_counter()
-                if reason is None:
-                    record = self.end_epoch(time.perf_counter() - start)
-                    if self.world.is_root:
-                        append_log(self.log_path, record)
-                        self.echo(self._epoch_line(record))
-                    self.save()
-                    last_save = time.perf_counter()
-        if reason is not None:
-            if self.last_saved != self.step:
-                self.save()
-            self.echo(f"{reason} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step}); saved to "
-                      f"{self.ckpt_dir}. Resume with --resume --out {self.run}")
-        return record
-
-    def _stop_reason(self, stop, start) -> str | None:
-        cfg = self.cfg
-        if stop.requested:
-            return "interrupted"
-        if cfg.max_steps and self.step >= cfg.max_steps:
-            return f"stopped at --max-steps {cfg.max_steps}"
-        if cfg.minutes and time.perf_counter() - start > 60 * cfg.minutes:
-            return f"stopped after --minutes {cfg.minutes:g}"
-        return None
 
     @staticmethod
     def _epoch_line(r: dict) -> str:
