@@ -236,11 +236,13 @@ def guard(verb: str):
         _abort(f"scratchllm {verb}: interrupted on rank {rank}", 130)
     except Exception as e:  # a bug: show where, then stop everyone
         traceback.print_exc()
+        sys.stderr.flush()
         _abort(f"scratchllm {verb}: error on rank {rank}: {type(e).__name__}: {e}", 1)
 
 
 def _abort(message: str, code: int):
     print(message, file=sys.stderr, flush=True)
+    time.sleep(0.2)  # the launcher forwards what was printed before the abort tears the job down
     _world.comm.Abort(code)
 
 
