@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, and then it runs far away.",
-         "In the beginning the Universe was created. This has made a lot of people very angry.",
+         "A small model reads this sentence one token at a time and guesses the next.",
          "To be or not to be, that is the question: whether 'tis nobler in the mind to suffer"]
 
 
