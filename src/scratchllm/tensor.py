@@ -29,28 +29,27 @@ _grad_mode = _GradMode()
 
 
 @contextlib.contextmanager
-def no_grad():
-    """Within this block this thread's ops record no graph (inference, optimizer updates)."""
-    previous, _grad_mode.enabled = _grad_mode.enabled, False
+def _grad_mode_set(enabled: bool):
+    previous, _grad_mode.enabled = _grad_mode.enabled, enabled
     try:
         yield
     finally:
         _grad_mode.enabled = previous
+
+
+def no_grad():
+    """Within this block this thread's ops record no graph (inference, optimizer updates)."""
+    return _grad_mode_set(False)
+
+
+def enable_grad():
+    """Within this block this thread's ops record a graph, even inside ``no_grad()``."""
+    return _grad_mode_set(True)
 
 
 def is_grad_enabled() -> bool:
     """Whether ops run by the calling thread record a graph."""
     return _grad_mode.enabled
-
-
-@contextlib.contextmanager
-def enable_grad():
-    """Within this block this thread's ops record a graph, even inside ``no_grad()``."""
-    previous, _grad_mode.enabled = _grad_mode.enabled, True
-    try:
-        yield
-    finally:
-        _grad_mode.enabled = previous
 
 
 class _Tape(threading.local):
