@@ -204,15 +204,21 @@ def alone_child(which: str, steps: int = 60):
     for _ in range(20):
         runner.step()
     peak = _vm("VmHWM")
+    rounds = timed_rounds(runner, steps)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    print(json.dumps({"peak_mib": peak, "step_mib": peak - before, "ms": 1e3 * float(np.median(rounds)),
+                      "faults": faults}))
+
+
+def timed_rounds(runner, steps: int) -> list:
+    """Seconds per step in each round of 10 steps."""
     rounds = []
     for _ in range(steps // 10):
         t0 = time.perf_counter()
         for _ in range(10):
             runner.step()
         rounds.append((time.perf_counter() - t0) / 10)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    print(json.dumps({"peak_mib": peak, "step_mib": peak - before, "ms": 1e3 * float(np.median(rounds)),
-                      "faults": faults}))
+    return rounds
 
 
 def ranks_child(runner, steps: int):
@@ -228,12 +234,7 @@ def ranks_child(runner, steps: int):
         return out
 
     w.ordered_sum = timed_sum
-    rounds = []
-    for _ in range(steps // 10):
-        t0 = time.perf_counter()
-        for _ in range(10):
-            runner.step()
-        rounds.append((time.perf_counter() - t0) / 10)
+    rounds = timed_rounds(runner, steps)
     if world().is_root:
         print(json.dumps({"ms": 1e3 * float(np.median(rounds)), "sum_ms": 1e3 * float(np.median(sums))}), flush=True)
 
