@@ -138,3 +138,27 @@ def test_inputs_modes_and_limits():
         beam_search(model, as_array, BOS, EOS, max_len=24)
     with pytest.raises(sl.ScratchError, match="beam_size"):
         beam_search(model, as_array, BOS, EOS, beam_size=0)
+
+
+@pytest.mark.parametrize("alpha", [None, 0.6])
+def test_candidates_are_the_finished_hypotheses_with_their_scores(alpha):
+    model = random_model(13, 5)
+    src = sources(13, [7, 3, 5, 6], 50)
+    eos = pick_eos(model, src, 9)
+    hyps, scores = beam_search(model, src, BOS, eos, beam_size=4, length_penalty=alpha, max_len=9,
+                               return_scores=True)
+    again, cands = beam_search(model, src, BOS, eos, beam_size=4, length_penalty=alpha, max_len=9,
+                               return_candidates=True)
+    assert again == hyps  # asking for the candidates changes nothing else
+    assert beam_search(model, src, BOS, eos, beam_size=4, length_penalty=alpha, max_len=9,
+                       return_scores=True, return_candidates=True) == (hyps, scores, cands)
+    assert max(len(c) for c in cands) > 1
+    for row, hyp, score, cs in zip(src, hyps, scores, cands):
+        assert cs[0]["tokens"] == hyp and cs[0]["score"] == score  # the best is the one returned
+        assert [c["score"] for c in cs] == sorted((c["score"] for c in cs), reverse=True)
+        assert len({tuple(c["tokens"]) for c in cs}) == len(cs)  # each finished once
+        for c in cs:
+            assert eos not in c["tokens"] and len(c["tokens"]) <= 9
+            lp = log_prob(model, row, c["tokens"], eos)
+            assert c["log_prob"] == pytest.approx(lp, abs=1e-9)
+            assert c["score"] == pytest.approx(normalised(lp, len(c["tokens"]) + 1, alpha), abs=1e-9)

@@ -120,7 +120,7 @@ def greedy_decode(model, src_ids, bos_id: int, eos_id: int, max_len: int | None 
 
 # ---- beam search ---------------------------------------------------------------
 def beam_search(model, src_ids, bos_id: int, eos_id: int, beam_size: int = 4, length_penalty: float | None = 0.6,
-                max_len: int | None = None, return_scores: bool = False):
+                max_len: int | None = None, return_scores: bool = False, return_candidates: bool = False):
     """The best hypothesis found with ``beam_size`` hypotheses kept per sentence.
 
     Each step extends every live hypothesis by every token and keeps the
@@ -132,7 +132,11 @@ def beam_search(model, src_ids, bos_id: int, eos_id: int, beam_size: int = 4, le
     With beam_size 1 and no length penalty this is greedy decoding.
 
     Returns lists of ids; with ``return_scores`` also each one's
-    length-normalised log-probability.
+    length-normalised log-probability. With ``return_candidates`` also, per
+    sentence, every finished hypothesis the search kept, as dicts
+    ``{"tokens", "log_prob", "score"}`` (the raw sum and the length-normalised
+    score), best first as the search ranks them: the first is the one returned.
+    The result is then ``(hyps, candidates)``, or ``(hyps, scores, candidates)``.
     """
     if beam_size < 1:
         raise ScratchError(f"beam_size must be at least 1, not {beam_size}")
@@ -145,6 +149,7 @@ def beam_search(model, src_ids, bos_id: int, eos_id: int, beam_size: int = 4, le
     best_len = np.zeros(B, dtype=np.int64)
     best_score = np.full(B, -np.inf)
     lp_max = length_penalty_of(max_len + 1, length_penalty)  # the largest penalty any hypothesis can get
+    kept = [[] for _ in range(B)] if return_candidates else None  # every finished hypothesis, in finishing order
     with _inference(model):
         memory, src_mask = model.encode(src)  # (B, S, C), once per sentence
         cache = model.new_cache(memory, src_mask, max_len + 1, beams=K)  # rows b·K … b·K + K − 1
@@ -175,6 +180,10 @@ def beam_search(model, src_ids, bos_id: int, eos_id: int, beam_size: int = 4, le
             # finished: EOS extensions among the K best
             normed = np.where(ends[:, :K] & np.isfinite(top_scores[:, :K]),
                               top_scores[:, :K] / length_penalty_of(t + 1, length_penalty), -np.inf)  # (A, K)
+            if kept is not None:
+                for a, k in zip(*np.nonzero(np.isfinite(normed))):
+                    kept[active[a]].append({"tokens": seqs[a, parent[a, k]].tolist(),
+                                            "log_prob": float(top_scores[a, k]), "score": float(normed[a, k])})
             j = normed.argmax(axis=1)  # (A,)
             rows = np.arange(A)
             win = np.flatnonzero(normed[rows, j] > best_score[active])
@@ -202,7 +211,11 @@ def beam_search(model, src_ids, bos_id: int, eos_id: int, beam_size: int = 4, le
                 cache.reorder(cache_rows)
             last = token.reshape(-1)
     hyps = [best_tokens[i, :best_len[i]].tolist() for i in range(B)]
-    return (hyps, best_score.tolist()) if return_scores else hyps
+    out = (hyps, best_score.tolist()) if return_scores else (hyps,)
+    if kept is not None:
+        # a stable sort keeps the earlier of equal scores first, as the search does (it replaces only on >)
+        out += ([sorted(c, key=lambda h: -h["score"]) for c in kept],)
+    return out if len(out) > 1 else hyps
 
 
 def _top_k(x, k):
