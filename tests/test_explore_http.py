@@ -318,6 +318,39 @@ def test_translation_and_its_cross_attention(transformer):
     assert "GPT" in client.post("next", {"text": "ka"}, status=400)["error"]
 
 
+def test_the_beams_candidates_and_their_scores(transformer):
+    """Each finished hypothesis the beam kept, re-scored here by one teacher-forced pass: its summed
+    log-probability and its score under the length penalty ((5 + n) / 6)^0.6, n counting EOS."""
+    from scratchllm.translate import beam_search, special_ids
+
+    explorer, client, _ = transformer
+    _, bos, eos = special_ids(explorer.tokenizer)
+    assert client.post("translate", {"text": "ka ri", "beam": 1})["hypotheses"] == []  # greedy keeps no beam
+    seen = 0
+    for sentence in ("ka ri te lo", "lo te", "ri ri ka"):
+        src = explorer.tokenizer.encode(sentence, disallowed_special=())
+        r = client.post("translate", {"text": sentence, "beam": 4})
+        hs = r["hypotheses"]
+        assert hs[0]["ids"] == beam_search(explorer.model, [src], bos, eos, beam_size=4)[0]
+        assert hs[0]["text"] == r["translation"] and hs[0]["score"] == r["score"]
+        assert [h["chosen"] for h in hs] == [True] + [False] * (len(hs) - 1)
+        assert [h["score"] for h in hs] == sorted((h["score"] for h in hs), reverse=True)
+        assert len({tuple(h["ids"]) for h in hs}) == len(hs)
+        for h in hs:
+            tgt_out = h["ids"] + [eos]
+            with no_grad():
+                logits = explorer.model(np.array([src]), np.array([[bos] + h["ids"]])).data[0].astype(np.float64)
+            logp = logits - logits.max(axis=-1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(axis=-1, keepdims=True))
+            total = logp[np.arange(len(tgt_out)), tgt_out].sum()
+            assert h["length"] == len(tgt_out)
+            assert h["text"] == explorer.tokenizer.decode(h["ids"]).strip()
+            assert h["log_prob"] == pytest.approx(total, abs=2e-4)
+            assert h["score"] == pytest.approx(total / ((5 + len(tgt_out)) / 6) ** 0.6, abs=2e-4)
+        seen += len(hs)
+    assert seen > 3  # some sentence had more than one candidate
+
+
 # ---- safety --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", ["/../pyproject.toml", "/static/../api.py", "/static/%2e%2e/api.py",
                                   "/%2e%2e/%2e%2e/etc/passwd", "/static/..%2fserver.py", "//etc/passwd",

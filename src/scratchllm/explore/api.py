@@ -482,11 +482,11 @@ class Explorer:
             raise BadRequest(f"the sentence is {len(src)} tokens long; the model reads at most {self.context}")
         with self.lock:
             if beam == 1:
-                out, score = greedy_decode(self.model, [src], self.bos_id, self.eos_id)[0], None
+                out, score, found = greedy_decode(self.model, [src], self.bos_id, self.eos_id)[0], None, []
             else:
-                hyps, scores = beam_search(self.model, [src], self.bos_id, self.eos_id, beam_size=beam,
-                                           return_scores=True)
-                out, score = hyps[0], scores[0]
+                hyps, scores, found = beam_search(self.model, [src], self.bos_id, self.eos_id, beam_size=beam,
+                                                  return_scores=True, return_candidates=True)
+                out, score, found = hyps[0], scores[0], found[0]
         tgt_in = [self.bos_id] + out
         tgt_out = out + [self.eos_id]
         x = (np.asarray([src], dtype=np.int64), np.asarray([tgt_in], dtype=np.int64))
@@ -504,7 +504,11 @@ class Explorer:
                 "log_prob": round(float(np.log(np.maximum(probs[np.arange(len(tgt_out)), tgt_out], 1e-300)).sum()), 6),
                 "loss": float(tr.loss), "layer": layer, "layers": n, "attention": which,
                 "weights": rounded(tr[_ATTENTIONS[which].format(layer)][0]),  # (H, rows, columns)
-                "steps": steps}
+                "steps": steps,
+                # the beam's finished hypotheses, best first (the first is the translation)
+                "hypotheses": [{"text": self.tokenizer.decode(h["tokens"]).strip(), "ids": h["tokens"],
+                                "length": len(h["tokens"]) + 1, "log_prob": round(h["log_prob"], 6),
+                                "score": round(h["score"], 6), "chosen": i == 0} for i, h in enumerate(found)]}
 
 
 # the Transformer's three attentions: trace name, rows × columns
