@@ -240,40 +240,11 @@ class Lattices:
     """
 
     def __init__(self, strings, counts, piece_index: dict[str, int], max_len: int):
-        prefixes: dict[str, int] = {}
-        for p, i in piece_index.items():
-            for k in range(1, len(p)):
-                prefixes.setdefault(p[:k], -2)
-            prefixes[p] = i
-        word, start, end, piece = [], [], [], []
-        offsets = [0]
-        for w_id, w in enumerate(strings):
-            off = offsets[-1]
-            n = len(w)
-            for i in range(n):
-                # The one-character node is always there: the piece, or an unknown character.
-                word.append(w_id)
-                start.append(off + i)
-                end.append(off + i + 1)
-                piece.append(piece_index.get(w[i], -1))
-                for j in range(i + 2, min(n, i + max_len) + 1):
-                    hit = prefixes.get(w[i:j])
-                    if hit is None:
-                        break
-                    if hit >= 0:
-                        word.append(w_id)
-                        start.append(off + i)
-                        end.append(off + j)
-                        piece.append(hit)
-            offsets.append(off + n + 1)
-        self.word = np.asarray(word, dtype=np.int64)
-        self.start = np.asarray(start, dtype=np.int64)
-        self.end = np.asarray(end, dtype=np.int64)
-        self.piece = np.asarray(piece, dtype=np.int64)
-        self.offsets = np.asarray(offsets[:-1], dtype=np.int64)
-        self.lengths = np.asarray([len(w) for w in strings], dtype=np.int64)
+        self.word, self.start, self.end, self.piece, offsets = _lattice_nodes(strings, piece_index, max_len)
+        self.offsets = offsets[:-1]
+        self.lengths = np.diff(offsets) - 1
         self.counts = np.asarray(counts, dtype=np.float64)
-        self.size = offsets[-1]
+        self.size = int(offsets[-1])
         self.single = (self.end - self.start) == 1
         rel_end = self.end - self.offsets[self.word]
         rel_start = self.start - self.offsets[self.word]
@@ -345,6 +316,95 @@ class Lattices:
         nodes = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
         owner = np.concatenate(owner) if owner else np.zeros(0, dtype=np.int64)
         return nodes, owner, total
+
+
+def _codes(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The strings' code points end to end, each string followed by a 0 (NUL is no piece's
+    character here: training replaces it), and where each string starts (one more entry: the end)."""
+    offsets = np.zeros(len(strings) + 1, dtype=np.int64)
+    np.cumsum([len(w) + 1 for w in strings], out=offsets[1:])
+    flat = "\0".join(strings) + "\0"
+    return np.frombuffer(flat.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64), offsets
+
+
+def _lattice_nodes(strings, piece_index: dict[str, int], max_len: int):
+    """Every piece occurrence in the strings, as (word, start, end, piece) arrays in the order
+    "by word, by start, shortest first", plus the one-character node at every position (piece -1
+    if that character is no piece), and the strings' flat offsets.
+
+    The pieces form a trie (node ids; an edge is parent * alphabet + character);
+    all positions walk it one character deeper per round, as long as they are on a prefix."""
+    pieces = list(piece_index)
+    pcodes, poff = _codes(pieces)
+    wcodes, offsets = _codes(strings)
+    alphabet, pinv = np.unique(pcodes, return_inverse=True)  # alphabet[0] is the 0 between pieces
+    sigma = len(alphabet)
+    # the strings' characters as trie symbols: 0 for characters of no piece (and for the gaps)
+    j = np.minimum(np.searchsorted(alphabet, wcodes), sigma - 1)
+    wsym = np.where(alphabet[j] == wcodes, j, 0)
+    wsym[offsets[1:] - 1] = 0
+    psym = pinv.reshape(-1)
+    plen = np.diff(poff) - 1
+    pid = np.asarray([piece_index[p] for p in pieces], dtype=np.int64)
+    # trie: level by level, node ids 1.. (0 is the root)
+    node = np.zeros(len(pieces), dtype=np.int64)
+    edge_keys, edge_child = [], []
+    piece_at = [np.full(1, -2, dtype=np.int64)]
+    n_nodes = 1
+    for depth in range(int(plen.max()) if len(plen) else 0):
+        live = np.flatnonzero(plen > depth)
+        key = node[live] * sigma + psym[poff[live] + depth]
+        uniq, inv = np.unique(key, return_inverse=True)
+        node[live] = n_nodes + inv.reshape(-1)
+        edge_keys.append(uniq)
+        edge_child.append(n_nodes + np.arange(len(uniq)))
+        at = np.full(len(uniq), -2, dtype=np.int64)
+        ends = plen[live] == depth + 1
+        at[inv.reshape(-1)[ends]] = pid[live[ends]]
+        piece_at.append(at)
+        n_nodes += len(uniq)
+    edge_keys = np.concatenate(edge_keys) if edge_keys else np.zeros(0, dtype=np.int64)
+    edge_child = np.concatenate(edge_child) if edge_child else np.zeros(0, dtype=np.int64)
+    order = np.argsort(edge_keys)
+    edge_keys, edge_child = edge_keys[order], edge_child[order]
+    piece_at = np.concatenate(piece_at)
+    # walk: every start position of every string, one character deeper per round
+    n_pos = len(wcodes)
+    starts = np.flatnonzero(wsym > 0)
+    here = np.zeros(len(starts), dtype=np.int64)
+    got_s, got_len, got_piece = [], [], []
+    single = np.ones(n_pos, dtype=bool)
+    single[offsets[1:] - 1] = False
+    singles = np.flatnonzero(single)
+    for length in range(1, max_len + 1):
+        if not len(starts):
+            break
+        pos = starts + length - 1
+        ok = pos < n_pos
+        starts, here, pos = starts[ok], here[ok], pos[ok]
+        key = here * sigma + wsym[pos]
+        k = np.minimum(np.searchsorted(edge_keys, key), max(len(edge_keys) - 1, 0))
+        hit = (wsym[pos] > 0) & (edge_keys[k] == key) if len(edge_keys) else np.zeros(len(key), dtype=bool)
+        starts, here = starts[hit], edge_child[k[hit]]
+        found = piece_at[here]
+        if length == 1:
+            one = np.full(n_pos, -1, dtype=np.int64)
+            one[starts] = np.maximum(found, -1)
+            got_s.append(singles)
+            got_len.append(np.ones(len(singles), dtype=np.int64))
+            got_piece.append(one[singles])
+        else:
+            is_piece = found >= 0
+            got_s.append(starts[is_piece])
+            got_len.append(np.full(int(is_piece.sum()), length, dtype=np.int64))
+            got_piece.append(found[is_piece])
+    start = np.concatenate(got_s)
+    length = np.concatenate(got_len)
+    piece = np.concatenate(got_piece)
+    order = np.lexsort((length, start))
+    start, length, piece = start[order], length[order], piece[order]
+    word = np.searchsorted(offsets, start, side="right") - 1
+    return word, start, start + length, piece, offsets
 
 
 def _groups(key, target, tiebreak):
