@@ -287,9 +287,24 @@ def test_translation_cross_attention(page, transformer):
     rendered(page, "translate")  # the example sentence, translated on opening
     assert not page.is_visible('#tabs button[data-view="attention"]')  # GPT views hidden
     page.fill("#tr-text", "ka ri te lo")
+    page.select_option("#tr-beam", "4")
+    page.click("#translate")
+    n = rendered(page, "translate", 1)
+    # the beam's candidates, as the API gives them: best first, the chosen one marked
+    hs = explorer.translate({"text": "ka ri te lo", "beam": 4})["hypotheses"]
+    rows = page.locator("#tr-hyps tr")
+    assert rows.count() == len(hs) + 1 > 2  # a header and each hypothesis
+    first = rows.nth(1).locator("td")
+    assert first.nth(1).text_content() == (hs[0]["text"] or "(empty)")
+    assert float(first.nth(5).text_content()) == pytest.approx(hs[0]["score"], abs=5e-4)
+    assert float(first.nth(3).text_content()) == pytest.approx(hs[0]["log_prob"], abs=5e-4)
+    assert first.nth(6).text_content() == "← chosen" and page.locator("#tr-hyps tr.chosen").count() == 1
+    assert page.text_content("#translation") == (hs[0]["text"] or "(empty)")
+    shot(page, "7-translation-beam")
     page.select_option("#tr-beam", "1")
     page.click("#translate")
-    rendered(page, "translate", 1)
+    rendered(page, "translate", n)
+    assert page.locator("#tr-hyps tr").count() == 0 and "Greedy" in page.text_content("#tr-hyps-note")
     from scratchllm.translate import greedy_decode, special_ids
 
     _, bos, eos = special_ids(explorer.tokenizer)
@@ -301,7 +316,7 @@ def test_translation_cross_attention(page, transformer):
     np.testing.assert_allclose(z, tr["dec.0.cross_attn.weights"][0, 0], atol=1e-6)
     shot(page, "7-translation")
     page.select_option("#tr-attn", "encoder")  # the encoder's self-attention: source × source
-    rendered(page, "translate", 2)
+    rendered(page, "translate", n + 1)
     z = page.evaluate("document.getElementById('cross-1').data[0].z")
     np.testing.assert_allclose(z, tr["enc.0.self_attn.weights"][0, 1], atol=1e-6)
     open_view(page, "run")  # a translation run's log: batch losses, epoch losses, validation

@@ -346,6 +346,7 @@ def test_the_beams_candidates_and_their_scores(transformer):
             assert h["length"] == len(tgt_out)
             assert h["text"] == explorer.tokenizer.decode(h["ids"]).strip()
             assert h["log_prob"] == pytest.approx(total, abs=2e-4)
+            assert h["penalty"] == pytest.approx(((5 + len(tgt_out)) / 6) ** 0.6, abs=1e-6)
             assert h["score"] == pytest.approx(total / ((5 + len(tgt_out)) / 6) ** 0.6, abs=2e-4)
         seen += len(hs)
     assert seen > 3  # some sentence had more than one candidate

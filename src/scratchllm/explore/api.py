@@ -460,7 +460,7 @@ class Explorer:
     # ---- translation --------------------------------------------------------------------
     def translate(self, body: dict) -> dict:
         """A translation (greedy or beam), the cross-attention behind it and each step's candidates."""
-        from ..translate import beam_search, encode_source, greedy_decode
+        from ..translate import beam_search, encode_source, greedy_decode, length_penalty_of
 
         if self.kind != "transformer":
             raise BadRequest("translation needs a Transformer checkpoint (scratchllm translate-train)")
@@ -485,7 +485,7 @@ class Explorer:
                 out, score, found = greedy_decode(self.model, [src], self.bos_id, self.eos_id)[0], None, []
             else:
                 hyps, scores, found = beam_search(self.model, [src], self.bos_id, self.eos_id, beam_size=beam,
-                                                  return_scores=True, return_candidates=True)
+                                                  length_penalty=_ALPHA, return_scores=True, return_candidates=True)
                 out, score, found = hyps[0], scores[0], found[0]
         tgt_in = [self.bos_id] + out
         tgt_out = out + [self.eos_id]
@@ -504,12 +504,15 @@ class Explorer:
                 "log_prob": round(float(np.log(np.maximum(probs[np.arange(len(tgt_out)), tgt_out], 1e-300)).sum()), 6),
                 "loss": float(tr.loss), "layer": layer, "layers": n, "attention": which,
                 "weights": rounded(tr[_ATTENTIONS[which].format(layer)][0]),  # (H, rows, columns)
-                "steps": steps,
+                "steps": steps, "length_penalty": _ALPHA,
                 # the beam's finished hypotheses, best first (the first is the translation)
                 "hypotheses": [{"text": self.tokenizer.decode(h["tokens"]).strip(), "ids": h["tokens"],
                                 "length": len(h["tokens"]) + 1, "log_prob": round(h["log_prob"], 6),
+                                "penalty": round(length_penalty_of(len(h["tokens"]) + 1, _ALPHA), 6),
                                 "score": round(h["score"], 6), "chosen": i == 0} for i, h in enumerate(found)]}
 
+
+_ALPHA = 0.6  # the length penalty's exponent: beam_search's default, which `scratchllm translate` uses
 
 # the Transformer's three attentions: trace name, rows × columns
 _ATTENTIONS = {"cross": "dec.{}.cross_attn.weights",  # output × source

@@ -505,6 +505,7 @@ async function translate() {
     $("tr-error").textContent = "";
     $("tr-out").replaceChildren(el("b", { id: "translation", text: r.translation || "(empty)" }),
       ` — log p = ${fmt(r.log_prob, 3)}` + (r.score !== null ? `, beam score ${fmt(r.score, 3)} (length-normalised)` : " (greedy)"));
+    beamCandidates(r);
     const src = axisLabels(r.source), out = axisLabels(r.output);
     const box = $("tr-heads");
     box.replaceChildren();
@@ -531,6 +532,22 @@ async function translate() {
     button.disabled = false;
     done("translate");
   }
+}
+
+// every hypothesis the beam finished, ranked as the beam ranks them: log p divided by the length penalty
+function beamCandidates(r) {
+  const hs = r.hypotheses;
+  $("tr-hyps-note").textContent = hs.length
+    ? `${hs.length} finished hypotheses, best first. score = log p / lp(n), lp(n) = ((5 + n) / 6)^${r.length_penalty}, ` +
+      "n counting the end token: without it longer hypotheses (more negative log-probabilities) would always lose."
+    : "Greedy decoding keeps a single hypothesis; choose a beam of 2 or more to see the candidates it weighs.";
+  const rows = hs.length ? [el("tr", {}, el("th", { text: "rank" }), el("th", { class: "piece", text: "hypothesis" }),
+    el("th", { text: "n" }), el("th", { text: "log p" }), el("th", { text: "lp(n)" }), el("th", { text: "score" }), el("th", { text: "" }))] : [];
+  hs.forEach((h, i) => rows.push(el("tr", h.chosen ? { class: "chosen" } : {}, el("td", { text: i + 1 }),
+    el("td", { class: "piece text", text: h.text || "(empty)" }), el("td", { text: h.length }), el("td", { text: fmt(h.log_prob, 3) }),
+    el("td", { text: fmt(h.penalty, 3) }), el("td", { class: "score", text: fmt(h.score, 3) }),
+    el("td", { class: "mark", text: h.chosen ? "← chosen" : "" }))));
+  $("tr-hyps").replaceChildren(...rows);
 }
 
 start();
