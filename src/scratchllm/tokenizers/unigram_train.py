@@ -128,27 +128,57 @@ def script_of(c: str) -> str:
     return "Han" if s in ("Hiragana", "Katakana") or c == "\u30fc" else s
 
 
-def suffix_array(a: np.ndarray, depth: int) -> np.ndarray:
-    """Start positions of the suffixes of a, sorted by their first `depth` symbols
-    (prefix doubling: ranks by 1, 2, 4 ... symbols)."""
+def suffix_array(a: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start positions of the suffixes of a, sorted by their first H symbols (H: the first power
+    of two >= depth), and lcp[k]: the common prefix of suffixes sa[k-1] and sa[k], up to depth.
+
+    Prefix doubling: ranks by h symbols, then by 2h (a pair of ranks), ... The first ranks come
+    from as many symbols as fit, packed, in one integer (with few distinct characters, 8), which
+    saves the first rounds; the ranks met on the way give the lcp (binary lifting)."""
     n = len(a)
-    rank = a.astype(np.int64) + 1                # code points are ranks already (0 < rank <= 0x110000)
-    top = int(rank.max()) + 1
-    h = 1
-    sa = np.argsort(rank)
-    while h < depth:
+    alphabet, sym = np.unique(a, return_inverse=True)
+    sym = sym.reshape(-1).astype(np.int64) + 1        # 0: past the end
+    bits = max(1, int(len(alphabet)).bit_length())
+    big = 1
+    while big * 2 * bits <= 62 and big * 2 <= max(1, depth // 2):
+        big *= 2
+    packed = np.zeros(n, dtype=np.int64)              # the next `big` symbols, first in the high bits
+    for j in range(big):
+        packed[:n - j] |= sym[j:] << (bits * (big - 1 - j))
+    sa = np.argsort(packed)
+    rank = _dense_rank(packed, sa)
+    ranks = {big: rank}
+    h = big
+    while h < depth and rank.max() < n:
         second = np.zeros(n, dtype=np.int64)
         second[:n - h] = rank[h:]
-        key = rank * (max(n, top) + 2) + second
+        key = rank * (n + 2) + second
         sa = np.argsort(key)
-        k = key[sa]
-        new = np.empty(n, dtype=np.int64)
-        new[sa] = np.cumsum(np.concatenate([[1], k[1:] != k[:-1]]))
-        rank = new
+        rank = _dense_rank(key, sa)
         h *= 2
-        if rank.max() == n:
-            break
-    return sa
+        ranks[h] = rank
+    # lcp: equal ranks by h symbols at both suffixes' current offsets -> h more in common
+    lcp = np.zeros(n, dtype=np.int64)
+    x, y = sa[:-1], sa[1:]
+    steps = sorted(ranks, reverse=True) + [1 << i for i in range(big.bit_length() - 2, -1, -1)]
+    for step in steps:
+        if step in ranks:
+            r = np.append(ranks[step], 0)             # index n: past the end
+            same = r[np.minimum(x + lcp[1:], n)] == r[np.minimum(y + lcp[1:], n)]
+        else:
+            shift = bits * (big - step)               # the first `step` of the packed symbols
+            pk = np.append(packed, 0) >> shift
+            same = pk[np.minimum(x + lcp[1:], n)] == pk[np.minimum(y + lcp[1:], n)]
+        lcp[1:] += np.where(same, step, 0)
+    return sa, np.minimum(lcp, depth)
+
+
+def _dense_rank(key, order):
+    """1 + how many distinct keys are smaller, for every position."""
+    k = key[order]
+    rank = np.empty(len(key), dtype=np.int64)
+    rank[order] = np.cumsum(np.concatenate([[1], k[1:] != k[:-1]]))
+    return rank
 
 
 def seed_pieces(sentences, required: dict[str, int], seed_size: int, max_len: int,
@@ -157,14 +187,7 @@ def seed_pieces(sentences, required: dict[str, int], seed_size: int, max_len: in
     text = "\0".join(sentences) + "\0"
     a = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
     n = len(a)
-    sa = suffix_array(a, max_len + 1)
-    # lcp[k]: common prefix of suffixes sa[k-1] and sa[k], counted up to max_len + 1.
-    pad = np.concatenate([a, np.full(max_len + 2, -1, dtype=np.int64)])
-    lcp = np.zeros(n, dtype=np.int64)
-    alive = np.ones(n - 1, dtype=bool)
-    for j in range(max_len + 1):
-        alive &= pad[sa[:-1] + j] == pad[sa[1:] + j]
-        lcp[1:] += alive
+    sa, lcp = suffix_array(a, max_len + 1)
     # vmax[p]: the longest valid piece starting at p (up to max_len).
     table = np.zeros(0x110000, dtype=np.int32)   # script class; -1 bad (boundary, unknown), -2 "▁"
     names: dict[str, int] = {}
