@@ -40,7 +40,7 @@ from typing import Iterable
 
 from ..errors import ScratchError
 from .base import Tokenizer
-from .bpe import BPETokenizer, _PieceCache
+from .bpe import _CACHE_ENTRIES, _CACHE_PIECE_CHARS, BPETokenizer, _PieceCache
 from .normalize import SPACE, Normalizer, charsmap_for
 from .sentencepiece_model import (BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, ModelFile, read_model,
                                   trainer_spec, write_model)
@@ -140,8 +140,10 @@ class UnigramTokenizer(Tokenizer):
 
     def clear_cache(self) -> None:
         """Forget the cached segmentations of words: "cat" (after a "▁") and bare ones (at the start)."""
-        self._cache = _PieceCache(lambda w: self._encode_word(SPACE + w))
+        self._cache = _WordCache(lambda w: self._encode_word(SPACE + w),
+                                 lambda ws: self._encode_words([SPACE + w for w in ws]))
         self._bare = _PieceCache(self._encode_word)
+        self._lattice_scores = None
 
     # -- the lattice -----------------------------------------------------------
     def lattice(self, s: str) -> list[list[tuple[int, int, float]]]:
@@ -228,6 +230,42 @@ class UnigramTokenizer(Tokenizer):
     def _encode_word(self, word: str) -> tuple[int, ...]:
         return tuple(self._ids_of_path(word, self._viterbi(word)))
 
+    def _encode_words(self, words: list[str]) -> list[tuple[int, ...]]:
+        """_encode_word of many words at once: the Viterbi of the trainer's lattices, which runs
+        over all words together in NumPy (the same best paths: ties go to the earliest start)."""
+        import numpy as np
+
+        from .unigram_train import Lattices
+        if self._lattice_scores is None:
+            index = {p: hit[0] for p, hit in self._table.items() if hit is not None}
+            logp = np.full(self.vocab_size, -np.inf)
+            for p, i in index.items():
+                logp[i] = self._table[p][1]
+            usable = bool(np.isfinite(logp[list(index.values())]).all()) and not any("\0" in p for p in index)
+            self._lattice_scores = (index, logp, usable)
+        index, logp, usable = self._lattice_scores
+        if not usable:  # the flat lattices need finite scores and no NUL in pieces
+            return [self._encode_word(w) for w in words]
+        lat = Lattices(words, np.ones(len(words)), index, self._max_len)
+        score, unk = lat.scores(logp, self.unk_score)
+        nodes, owner, _total = lat.viterbi(score)
+        order = np.lexsort((lat.start[nodes], owner))
+        nodes, owner = nodes[order], owner[order]
+        ids = np.where(unk[nodes], self.unk_id, lat.piece[nodes]).tolist()
+        cuts = np.searchsorted(owner, np.arange(len(words) + 1)).tolist()
+        with_unk = set(owner[unk[nodes]].tolist())
+        out = []
+        for w, word in enumerate(words):
+            a, b = cuts[w], cuts[w + 1]
+            if w in with_unk:  # unknown characters: joined, or spelt as bytes
+                k = nodes[a:b]
+                rel = lat.offsets[w]
+                path = list(zip((lat.start[k] - rel).tolist(), (lat.end[k] - rel).tolist(), ids[a:b]))
+                out.append(tuple(self._ids_of_path(word, path)))
+            else:
+                out.append(tuple(ids[a:b]))
+        return out
+
     # -- encoding ------------------------------------------------------------
     _special_set = BPETokenizer._special_set
     _special_re = BPETokenizer._special_re
@@ -270,9 +308,10 @@ class UnigramTokenizer(Tokenizer):
         if workers > 1 or kw or not self._by_word or any(sp in t for t in texts for sp in self.special_tokens):
             return super().encode_batch(texts, workers, **kw)
         normalize, bare, cache, unk = self.normalizer.normalize, self._bare, self._cache.__getitem__, self.unk_id
+        split = [normalize(text).split(SPACE) for text in texts]
+        self._cache.fill(chain.from_iterable(islice(parts, 1, None) for parts in split))
         out = []
-        for text in texts:
-            parts = normalize(text).split(SPACE)
+        for parts in split:
             ids = list(bare[parts[0]]) if parts[0] else []
             for p in islice(parts, 1, None):
                 ids += cache(p)
@@ -292,6 +331,7 @@ class UnigramTokenizer(Tokenizer):
             return self._ids_of_path(s, self._viterbi(s))
         parts = s.split(SPACE)  # every part but the first followed a "▁"
         ids = list(self._bare[parts[0]]) if parts[0] else []
+        self._cache.fill(islice(parts, 1, None))
         ids.extend(chain.from_iterable(map(self._cache.__getitem__, islice(parts, 1, None))))
         if not self.byte_fallback and self.unk_id in ids:
             ids = [i for k, i in enumerate(ids) if not (i == self.unk_id and k and ids[k - 1] == self.unk_id)]
@@ -509,3 +549,24 @@ def _logsumexp(xs: list[float]) -> float:
     if top == -math.inf:
         return top
     return top + math.log(sum(math.exp(x - top) for x in xs))
+
+
+class _WordCache(_PieceCache):
+    """The cache of words after a "▁", which can also fill itself with many new words at once."""
+
+    BATCH = 16  # fewer new words than this: one at a time
+
+    def __init__(self, compute, compute_many):
+        super().__init__(compute)
+        self._compute_many = compute_many
+
+    def fill(self, words) -> None:
+        """Compute the uncached ones of words (an iterable) together, when there are enough."""
+        new = set(words).difference(self.keys())
+        new = sorted(w for w in new if len(w) <= _CACHE_PIECE_CHARS)
+        if len(new) < self.BATCH:
+            return
+        if len(self) + len(new) > _CACHE_ENTRIES:
+            self.clear()
+            new = new[:_CACHE_ENTRIES]
+        self.update(zip(new, self._compute_many(new)))

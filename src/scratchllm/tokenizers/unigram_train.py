@@ -38,6 +38,7 @@ in one process.)
 """
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 from collections import Counter
@@ -270,9 +271,12 @@ class Lattices:
         self.size = int(offsets[-1])
         self.single = (self.end - self.start) == 1
         rel_end = self.end - self.offsets[self.word]
-        rel_start = self.start - self.offsets[self.word]
         self.by_end = _groups(rel_end, self.end, self.start)
-        self.by_start = _groups(-rel_start, self.start, -self.end)
+
+    @functools.cached_property
+    def by_start(self):
+        """Nodes grouped for the backward pass (not needed by Viterbi)."""
+        return _groups(-(self.start - self.offsets[self.word]), self.start, -self.end)
 
     def scores(self, logp: np.ndarray, unk_score: float) -> tuple[np.ndarray, np.ndarray]:
         """Each node's score, and whether it is an unknown character (dead pieces: -inf)."""
