@@ -75,6 +75,44 @@ def test_sentencepiece_models_encode_identically(spm_models, name):
         assert ours.normalizer.normalize(text) == ref.normalize(text), text
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_many_new_words_at_once_encode_as_sentencepiece(spm_models, name):
+    # thousands of uncached words: segmented together (NumPy lattices), not one by one
+    ref = spm.SentencePieceProcessor(model_file=str(spm_models[name]))
+    ours = UnigramTokenizer.from_sentencepiece(spm_models[name])
+    text = corpus()[:60_000] + " xyz€ ℃℃ 漢字q " * 3  # unknown characters too
+    assert ours.encode(text, disallowed_special=()) == ref.encode(text)
+    # Lines, and odd words (every 7th character), together as one by one (the scan of _viterbi).
+    # (Not against sentencepiece here: its float32 path sums break exact ties, as in "***",
+    # differently at different places in a text.)
+    lines = text.split("\n")
+    odd = corpus()[::7][:30_000]
+    ours.clear_cache()
+    together = ours.encode_batch(lines), ours.encode(odd, disallowed_special=())
+    ours.clear_cache()
+    ours._cache.BATCH = 10**9
+    assert (ours.encode_batch(lines), ours.encode(odd, disallowed_special=())) == together
+
+
+def test_suffix_array_against_sorting():
+    from scratchllm.tokenizers.unigram_train import suffix_array
+
+    r = random.Random(1)
+    for trial in range(200):
+        sigma = r.choice([1, 2, 3, 40, 3000])
+        a = [r.randrange(sigma) for _ in range(r.randint(2, 60))] * r.choice([1, 5])
+        depth = r.randint(2, 40)
+        sa, lcp = suffix_array(np.asarray(a, dtype=np.int64), depth)
+        h = 1 << (depth - 1).bit_length()  # sorted by this many symbols
+        assert sorted(sa.tolist()) == list(range(len(a)))
+        keys = [a[i:i + h] for i in sa.tolist()]
+        assert keys == sorted(keys), trial
+        for k in range(1, len(a)):
+            x, y = a[sa[k - 1]:], a[sa[k]:]
+            common = next((j for j in range(min(len(x), len(y))) if x[j] != y[j]), min(len(x), len(y)))
+            assert lcp[k] == min(common, depth), (trial, k)
+
+
 @pytest.mark.parametrize("name", ["v300", "v2000-bytes"])
 def test_sentencepiece_nbest(spm_models, name):
     ref = spm.SentencePieceProcessor(model_file=str(spm_models[name]))

@@ -144,7 +144,7 @@ def suffix_array(a: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
     while big * 2 * bits <= 62 and big * 2 <= max(1, depth // 2):
         big *= 2
     packed = np.zeros(n, dtype=np.int64)              # the next `big` symbols, first in the high bits
-    for j in range(big):
+    for j in range(min(big, n)):
         packed[:n - j] |= sym[j:] << (bits * (big - 1 - j))
     sa = np.argsort(packed)
     rank = _dense_rank(packed, sa)
