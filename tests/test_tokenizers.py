@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from scratchllm.errors import ScratchError
-from scratchllm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load
+from scratchllm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, UnigramTokenizer, load
 from tokenizers_refs import VARIED_TEXTS, ours_gpt2
 
 # A small multilingual training text, so trained vocabularies hold tokens
@@ -13,6 +13,8 @@ from tokenizers_refs import VARIED_TEXTS, ours_gpt2
 TRAIN_TEXT = "\n".join(VARIED_TEXTS[1:21]) * 3 + "\nthe cat sat, the cats sat, a cat's hat; the mat.\n" * 20
 
 BPE_KINDS = ["bpe-gpt2", "bpe-gpt4", "bpe-none", "bpe-gpt2-ranks", "gpt2-files"]
+# Lossless: decode(encode(text)) == text for any text, special tokens included.
+LOSSLESS_KINDS = BPE_KINDS + ["unigram"]
 _trained: dict = {}
 
 
@@ -27,6 +29,12 @@ def make(kind, shared=None):
             _trained[kind] = CharTokenizer.from_text(TRAIN_TEXT)
         elif kind == "char-unk":
             _trained[kind] = CharTokenizer.from_text(TRAIN_TEXT, unk=True)
+        elif kind == "unigram":  # lossless: no normalisation, bytes for unknown characters
+            tok = UnigramTokenizer(normalization="identity", byte_fallback=True, remove_extra_whitespaces=False,
+                                   special_tokens=["<|endoftext|>", "<pad>"])
+            _trained[kind] = tok.train(TRAIN_TEXT, 480)
+        elif kind == "unigram-nfkc":  # sentencepiece's defaults
+            _trained[kind] = UnigramTokenizer().train(TRAIN_TEXT, 200)
         else:
             pattern = kind.split("-")[1]
             rule = "ranks" if kind.endswith("ranks") else "pairs"
@@ -35,7 +43,7 @@ def make(kind, shared=None):
     return _trained[kind]
 
 
-@pytest.fixture(params=["char", "char-unk"] + BPE_KINDS)
+@pytest.fixture(params=["char", "char-unk"] + BPE_KINDS + ["unigram", "unigram-nfkc"])
 def tok(request):
     shared = None
     if request.param == "gpt2-files":
@@ -45,6 +53,12 @@ def tok(request):
 
 @pytest.fixture(params=BPE_KINDS)
 def bpe(request):
+    shared = request.getfixturevalue("shared_data") if request.param == "gpt2-files" else None
+    return make(request.param, shared)
+
+
+@pytest.fixture(params=LOSSLESS_KINDS)
+def lossless(request):
     shared = request.getfixturevalue("shared_data") if request.param == "gpt2-files" else None
     return make(request.param, shared)
 
@@ -60,11 +74,12 @@ WEIRD = st.lists(st.one_of(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=WEIRD)
-def test_bpe_round_trip_any_unicode(bpe, text):
-    ids = bpe.encode(text, disallowed_special=())
-    assert all(isinstance(i, int) and 0 <= i < bpe.vocab_size for i in ids)
-    assert bpe.decode(ids) == text
-    assert b"".join(bpe.token_bytes(i) for i in ids) == text.encode("utf-8")
+def test_round_trip_any_unicode(lossless, text):
+    ids = lossless.encode(text, disallowed_special=())
+    assert all(isinstance(i, int) and 0 <= i < lossless.vocab_size for i in ids)
+    assert lossless.decode(ids) == text
+    if isinstance(lossless, BPETokenizer):
+        assert b"".join(lossless.token_bytes(i) for i in ids) == text.encode("utf-8")
 
 
 @settings(max_examples=60, deadline=None)
@@ -75,9 +90,23 @@ def test_char_round_trip_any_unicode(text, extra):
     assert tok.vocab_size == len(set(text + extra))
 
 
-def test_lone_surrogates_round_trip(bpe):
+def test_lone_surrogates_round_trip(lossless):
     text = "a\ud800b\udfff"  # not valid Unicode, but a Python str all the same
-    assert bpe.decode(bpe.encode(text)) == text
+    assert lossless.decode(lossless.encode(text)) == text
+
+
+def test_special_tokens_shared(lossless):
+    eot = lossless.token_to_id("<|endoftext|>")
+    text = "a cat<|endoftext|>the mat"
+    with pytest.raises(ScratchError, match="special token"):
+        lossless.encode(text)
+    ids = lossless.encode(text, allowed_special="all")
+    assert ids.count(eot) == 1
+    # BPE writes a special token's text back; unigram drops it, as sentencepiece drops control pieces
+    assert lossless.decode(ids) == (text if isinstance(lossless, BPETokenizer) else "a cat the mat")
+    assert ids == lossless.encode(text, allowed_special={"<|endoftext|>"})
+    plain = lossless.encode(text, disallowed_special=())
+    assert eot not in plain and lossless.decode(plain) == text
 
 
 def test_api_shared_by_all(tok, tmp_path):
@@ -106,10 +135,10 @@ def test_save_load_identical_on_varied_text(bpe, tmp_path):
         assert again.encode(t, allowed_special="all") == bpe.encode(t, allowed_special="all")
 
 
-def test_encode_batch_in_processes(bpe):
+def test_encode_batch_in_processes(lossless):
     texts = VARIED_TEXTS * 3
-    assert bpe.encode_batch(texts, workers=2, disallowed_special=()) == \
-        [bpe.encode(t, disallowed_special=()) for t in texts]
+    assert lossless.encode_batch(texts, workers=2, disallowed_special=()) == \
+        [lossless.encode(t, disallowed_special=()) for t in texts]
 
 
 def test_bad_ids_are_clear_errors(tok):

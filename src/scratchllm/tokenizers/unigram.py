@@ -40,7 +40,7 @@ from typing import Iterable
 
 from ..errors import ScratchError
 from .base import Tokenizer
-from .bpe import _CACHE_ENTRIES, _CACHE_PIECE_CHARS, BPETokenizer, _PieceCache
+from .bpe import _CACHE_ENTRIES, _CACHE_PIECE_CHARS, BPETokenizer, _PieceCache, _utf8_to_text
 from .normalize import SPACE, Normalizer, charsmap_for
 from .sentencepiece_model import (BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, ModelFile, read_model,
                                   trainer_spec, write_model)
@@ -541,7 +541,7 @@ class UnigramTokenizer(Tokenizer):
 
 
 def _bytes_text(data: bytes) -> str:
-    return bytes(data).decode("utf-8", "replace")
+    return _utf8_to_text(bytes(data))  # lone surrogates (which encode spells as bytes) come back
 
 
 def _logsumexp(xs: list[float]) -> float:
