@@ -311,10 +311,10 @@ class UnigramTokenizer(Tokenizer):
         split = [normalize(text).split(SPACE) for text in texts]
         self._cache.fill(chain.from_iterable(islice(parts, 1, None) for parts in split))
         out = []
+        words = chain.from_iterable
         for parts in split:
             ids = list(bare[parts[0]]) if parts[0] else []
-            for p in islice(parts, 1, None):
-                ids += cache(p)
+            ids.extend(words(map(cache, islice(parts, 1, None))))
             if not self.byte_fallback and unk in ids:
                 ids = [i for k, i in enumerate(ids) if not (i == unk and k and ids[k - 1] == unk)]
             out.append(ids)
