@@ -70,24 +70,15 @@ def register(subparsers) -> None:
     pos.add_argument("--dims", default="8", metavar="N", help="dimensions (columns) to show (default: 8)")
     pos.set_defaults(func=run_positions)
 
-    b = sub.add_parser("bpe", help="byte-pair encoding of a text, merge by merge",
-                       description="Cut a text into pre-tokens, start each from its bytes and apply the merges "
-                                   "one at a time, lowest rank first, e.g. "
-                                   "`scratchllm explain bpe --tokenizer tok.json \"cats\"`.")
-    b.add_argument("text", help="the text (a word, or a few)")
-    b.add_argument("--tokenizer", required=True, metavar="PATH",
-                   help="a BPE tokenizer file, or a folder with one (tokenizer.json, GPT-2's encoder.json + vocab.bpe)")
-    b.set_defaults(func=run_bpe)
-
-    u = sub.add_parser("unigram", help="a unigram (SentencePiece) tokenizer's segmentation of a text",
-                       description="The lattice of a text (every piece that matches, with its log-probability), "
-                                   "every segmentation with its log-probability, and the Viterbi table that picks "
-                                   "the best, e.g. `scratchllm explain unigram --tokenizer tok.json \"cats\"`.")
-    u.add_argument("text", help="the text (a word, or a few)")
-    u.add_argument("--tokenizer", required=True, metavar="PATH",
-                   help="a unigram tokenizer file (ours or a SentencePiece .model)")
+    _tokenizer_verb(sub, "bpe", run_bpe, "byte-pair encoding of a text, merge by merge",
+                    "Cut a text into pre-tokens, start each from its bytes and apply the merges one at a time, "
+                    "lowest rank first",
+                    "a BPE tokenizer file, or a folder with one (tokenizer.json, GPT-2's encoder.json + vocab.bpe)")
+    u = _tokenizer_verb(sub, "unigram", run_unigram, "a unigram (SentencePiece) tokenizer's segmentation of a text",
+                        "The lattice of a text (every piece that matches, with its log-probability), every "
+                        "segmentation with its log-probability, and the Viterbi table that picks the best",
+                        "a unigram tokenizer file (ours or a SentencePiece .model)")
     u.add_argument("--top", default="20", metavar="N", help="how many segmentations to list (default: 20)")
-    u.set_defaults(func=run_unigram)
     _register_gpt(sub)
     _register_transformer(sub)
     _register_dropout(sub)
@@ -136,6 +127,16 @@ def run_positions(args) -> int:
                            "give a GPT or Transformer checkpoint")
     print(explain_learned(model, n_pos, n_dims, source=str(args.ckpt)))
     return 0
+
+
+def _tokenizer_verb(sub, name, func, help, description, tokenizer_help):
+    """A sub-verb that shows how one tokenizer cuts a text: ``explain NAME --tokenizer PATH TEXT``."""
+    v = sub.add_parser(name, help=help,
+                       description=f"{description}, e.g. `scratchllm explain {name} --tokenizer tok.json \"cats\"`.")
+    v.add_argument("text", help="the text (a word, or a few)")
+    v.add_argument("--tokenizer", required=True, metavar="PATH", help=tokenizer_help)
+    v.set_defaults(func=func)
+    return v
 
 
 def run_bpe(args) -> int:
