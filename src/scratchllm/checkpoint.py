@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import ScratchError
 from .files import read_safetensors, replace_dir, staged_dir, write_safetensors
-from .hf import load_hf_gpt2
+from .hf import load_hf
 
 FORMAT_VERSION = 1
 _KINDS: dict = {}  # kind name -> class with from_config(dict) and config_dict()
@@ -88,8 +88,8 @@ def load(path):
     """A model from a checkpoint directory (ours, or a Hugging Face GPT-2 directory)."""
     d = resolve_dir(path)
     config = _read_json(d / "config.json")
-    if "model_type" in config:  # a Hugging Face directory: GPT-2 is read, others are named in the error
-        return load_hf_gpt2(d)
+    if "model_type" in config:  # a Hugging Face directory
+        return load_hf(d)
     kind = config.get("model")
     if kind is None:
         raise ScratchError(f"{d / 'config.json'} names no model kind: not a scratchllm checkpoint")

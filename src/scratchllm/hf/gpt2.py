@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ScratchError
-from .files import read_safetensors, replace_dir, staged_dir, write_safetensors
+from ..errors import ScratchError
+from ..files import replace_dir, staged_dir, write_safetensors
+from .common import check_target, read_config, read_hf_tensors
 
 # ---- the rename table ---------------------------------------------------------------
 # ours (GPT.named_parameters)              HF GPT2LMHeadModel (model.safetensors)   Conv1D: stored (in, out)
@@ -60,7 +61,7 @@ def rename_table(n_layer: int, tied: bool = True) -> list[tuple[str, str, bool]]
 # ---- configs ------------------------------------------------------------------------
 def gpt_config_from_hf(hf: dict, where="config.json"):
     """GPTConfig for a GPT-2 ``config.json``; a clear error for what our GPT cannot reproduce."""
-    from .models.gpt import GPTConfig
+    from ..models.gpt import GPTConfig
 
     if hf.get("model_type") != "gpt2":
         raise ScratchError(f"{where}: model_type is {hf.get('model_type')!r}; only GPT-2 (\"gpt2\") can be read")
@@ -174,43 +175,16 @@ def _shapes(cfg) -> dict:
     return shapes
 
 
-def _read_hf_tensors(d: Path) -> dict:
-    single, index = d / "model.safetensors", d / "model.safetensors.index.json"
-    if single.is_file():
-        return read_safetensors(single)
-    if index.is_file():  # sharded: a weight map names the file of each tensor
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ScratchError(f"{index} is corrupt ({e})") from None
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (d / shard).is_file():
-                raise ScratchError(f"{d / shard} is missing (named in {index.name})")
-            tensors.update(read_safetensors(d / shard))
-        return tensors
-    if (d / "pytorch_model.bin").is_file():
-        raise ScratchError(f"{d} has pytorch_model.bin but no model.safetensors; pickle files are never read: "
-                           "re-save it with save_pretrained(dir, safe_serialization=True)")
-    raise ScratchError(f"{d} has no model.safetensors: a GPT-2 directory needs config.json and model.safetensors")
-
-
 # ---- load and save ------------------------------------------------------------------
 def load_hf_gpt2(path):
     """A :class:`GPT` with the weights of the Hugging Face GPT-2 directory at ``path``,
     in eval mode as ``from_pretrained`` gives it (GPT-2 configs usually set dropout 0.1;
     call ``model.train()`` to fine-tune with it)."""
-    from .models.gpt import GPT
+    from ..models.gpt import GPT
 
     d = Path(path)
-    if not (d / "config.json").is_file():
-        raise ScratchError(f"{d} is not a GPT-2 directory: it has no config.json")
-    try:
-        hf = json.loads((d / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScratchError(f"{d / 'config.json'} is corrupt ({e})") from None
-    cfg = gpt_config_from_hf(hf, where=d / "config.json")
-    state = from_hf_state_dict(_read_hf_tensors(d), cfg, where=d)
+    cfg = gpt_config_from_hf(read_config(d), where=d / "config.json")
+    state = from_hf_state_dict(read_hf_tensors(d), cfg, where=d)
     model = GPT(cfg)
     model.load_state_dict(state)
     return model.eval()
@@ -232,7 +206,7 @@ def save_hf_gpt2(model, path, tokenizer=None) -> Path:
     eos = getattr(tokenizer, "special_tokens", {}).get("<|endoftext|>") if tokenizer is not None else None
     config = hf_config_from_gpt(model.config, eos_token_id=eos)
     target = Path(path)
-    _check_target(target)
+    check_target(target, "gpt2", "GPT-2")
     with staged_dir(target) as staged:
         (staged / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         write_safetensors(to_hf_state_dict(model), staged / "model.safetensors", metadata={"format": "pt"})
@@ -240,19 +214,3 @@ def save_hf_gpt2(model, path, tokenizer=None) -> Path:
             tokenizer.save_hf(staged)
         replace_dir(staged, target)
     return target
-
-
-def _check_target(target: Path):
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise ScratchError(f"{target} exists and is not a folder; choose a new folder for the GPT-2 export")
-    if not any(target.iterdir()):
-        return
-    try:
-        is_gpt2 = json.loads((target / "config.json").read_text()).get("model_type") == "gpt2"
-    except (OSError, ValueError, AttributeError):
-        is_gpt2 = False
-    if not is_gpt2:
-        raise ScratchError(f"{target} is a folder that is not a GPT-2 export; choose a new or empty folder "
-                           "(it would be replaced)")

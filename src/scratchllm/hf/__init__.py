@@ -1,0 +1,31 @@
+"""Hugging Face model directories, read and written.
+
+One module per family holds its config ↔ config.json mapping and its
+parameter rename table; this package only picks the module from the
+directory's ``model_type``.
+
+    load_hf(dir)              -> a model (GPT-2 now; what ``scratchllm.load(dir)`` calls)
+    load_hf_gpt2(dir), save_hf_gpt2(model, dir)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ScratchError
+from .common import read_config
+from .gpt2 import load_hf_gpt2, save_hf_gpt2
+
+_READERS = {"gpt2": load_hf_gpt2}  # model_type -> reader of such a directory
+
+
+def load_hf(path):
+    d = Path(path)
+    model_type = read_config(d).get("model_type")
+    reader = _READERS.get(model_type)
+    if reader is None:
+        raise ScratchError(f"{d / 'config.json'}: model_type is {model_type!r}; "
+                           f"the Hugging Face models read here are: {', '.join(sorted(_READERS))}")
+    return reader(d)
+
+
+__all__ = ["load_hf", "load_hf_gpt2", "save_hf_gpt2"]
