@@ -187,7 +187,7 @@ def test_missing_weights_file_is_a_clear_error(hf_dir):
 
 @needs_hf
 @pytest.mark.parametrize("change, message", [
-    ({"model_type": "llama"}, "only GPT-2"),
+    ({"model_type": "bert"}, "model_type is 'bert'"),
     ({"activation_function": "relu"}, "activation_function 'relu'"),
     ({"n_layer": 3}, "lacks weights"),
 ])
