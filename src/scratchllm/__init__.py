@@ -11,7 +11,7 @@ from .tensor import Tensor, is_grad_enabled, no_grad, tensor
 __version__ = "0.1.0"
 
 _LAZY = {"functional", "nn", "optim", "models", "tokenizers", "data", "metrics", "checkpoint", "generate",
-         "explain", "train", "translate", "hf", "plot"}
+         "explain", "train", "translate", "hf", "plot", "gguf"}
 
 
 def __getattr__(name):
