@@ -22,6 +22,9 @@ TEXT = "user: hello there\nassistant: hi, how are you?\nuser: fine\nassistant: g
 def model_and_tok():
     tok = CharTokenizer.from_text(TEXT + "abcdefghijklmnopqrstuvwxyz .,?!:\n")
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=2, n_head=2, n_embd=32), seed=3)
+    for name, p in model.named_parameters():  # larger weights: answers that differ from turn to turn
+        if ".ln_" not in name and "ln_f" not in name:
+            p.data *= 10
     return model, tok
 
 
