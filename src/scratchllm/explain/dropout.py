@@ -21,27 +21,15 @@ DEFAULT_P = 0.1  # shown when the model itself trains without dropout
 
 def dropout_sites(model) -> dict:
     """Where ``model`` drops: {site name in a trace: what enters it}."""
-    cfg = model.config
-    if model.kind == "gpt":
-        sites = {"drop": "token + position embeddings, before block 0"}
-        for i in range(cfg.n_layer):
-            sites[f"h.{i}.attn.drop"] = f"block {i}'s attention output (after c_proj), before the residual add"
-            sites[f"h.{i}.mlp.drop"] = f"block {i}'s MLP output, before the residual add"
-        return sites
-    sites = {"enc.drop": "source embeddings·√C + positions, before encoder layer 0"}
-    for i in range(cfg.n_encoder_layers):
-        sites[f"enc.{i}.drop_1"] = f"encoder layer {i}'s self-attention output, before resid_1"
-        sites[f"enc.{i}.drop_2"] = f"encoder layer {i}'s feed-forward output, before resid_2"
-    sites["dec.drop"] = "target embeddings·√C + positions, before decoder layer 0"
-    for i in range(cfg.n_decoder_layers):
-        sites[f"dec.{i}.drop_1"] = f"decoder layer {i}'s self-attention output, before resid_1"
-        sites[f"dec.{i}.drop_2"] = f"decoder layer {i}'s cross-attention output, before resid_2"
-        sites[f"dec.{i}.drop_3"] = f"decoder layer {i}'s feed-forward output, before resid_3"
-    return sites
+    return model.dropout_sites()
 
 
 def default_site(model) -> str:
-    return "h.0.attn.drop" if model.kind == "gpt" else "enc.0.drop_1"
+    """The first dropout inside layer 0 (after the embeddings' own, when the model drops there)."""
+    sites = list(dropout_sites(model))
+    if not sites:
+        raise ScratchError(f"this {model.title} has no dropout: nothing to show")
+    return next((s for s in sites if ".0." in s), sites[0])
 
 
 def model_p(model) -> float:
@@ -68,7 +56,7 @@ def explain_dropout(model, tokenizer, ids, site=None, position=None, p=None, see
     if p == 0:
         raise ScratchError("with p = 0 dropout keeps every number: give a p above 0 (--p)")
     ids = [int(i) for i in ids]
-    if model.kind == "gpt":
+    if not model.is_encoder_decoder:
         inputs, labels = np.array(ids), [token_text(tokenizer, i) for i in ids]
     else:
         from .transformer import greedy_output
@@ -92,7 +80,7 @@ def explain_dropout(model, tokenizer, ids, site=None, position=None, p=None, see
     w = max(6, len(label) + 1)
     out = []
     say = out.append
-    what = "GPT" if model.kind == "gpt" else "Transformer"
+    what = model.title
     say(f"{what}: dropout p = {p:g}" + (" (the model's own)" if p == own else f" (the model's own: {own:g})")
         + (f"; checkpoint {source}" if source else "") + ".")
     if note:
@@ -159,7 +147,7 @@ def explain_dropout(model, tokenizer, ids, site=None, position=None, p=None, see
     probs_t, probs_e = tr["probs"][0, -1].astype(np.float64), ev["probs"][0, -1].astype(np.float64)
     order = np.argsort(-probs_e, kind="stable")[:5]
     say("")
-    last = f"after {labels[-1]}" if model.kind == "gpt" else "at the decoder's last step"
+    last = "at the decoder's last step" if model.is_encoder_decoder else f"after {labels[-1]}"
     say(f"Step 5. What the masks did to the output: the next-token probabilities {last}, in evaluation "
         "and in this training pass")
     tw = max(w, max(len(token_text(tokenizer, i)) for i in order) + 1)

@@ -69,8 +69,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
-
 import numpy as np
 
 from .. import functional as F
@@ -144,7 +142,10 @@ class _Recorder:
         return y
 
     def dropout_mask(self, keep, dtype):
-        self.values[self._name("mask")] = keep.astype(dtype)  # 1 kept, 0 dropped
+        name = self._name("mask")
+        self.values[name] = keep.astype(dtype)  # 1 kept, 0 dropped
+        if self.want_grads:  # drawn, not computed from anything the loss depends on: its gradient is 0
+            self.inner_grads[name] = np.zeros(keep.shape, dtype=dtype)
 
     def attention(self, q, k, v, scores, weights):
         """The attention op's inputs and internals (arrays); returns the
@@ -160,76 +161,18 @@ class _Recorder:
         return grads if self.want_grads else None
 
 
-# ---- names ----------------------------------------------------------------------
-_ATTN = r"(q|k|v|scores|weights|y)"
-_DROP = r"(in|mask|out)"
-_GPT_NAMES = [
-    (rf"transformer\.drop\.{_DROP}", r"drop.\1"),
-    (rf"transformer\.h\.(\d+)\.attn\.resid_dropout\.{_DROP}", r"h.\1.attn.drop.\2"),
-    (rf"transformer\.h\.(\d+)\.mlp\.dropout\.{_DROP}", r"h.\1.mlp.drop.\2"),
-    (r"transformer\.wte", "tok_emb"),
-    (r"(pos_emb|emb|logits)", r"\1"),
-    (r"transformer\.h\.(\d+)\.(ln_1|resid_1|ln_2)", r"h.\1.\2"),
-    (rf"transformer\.h\.(\d+)\.attn\.{_ATTN}", r"h.\1.attn.\2"),
-    (r"transformer\.h\.(\d+)\.attn", r"h.\1.attn.out"),
-    (r"transformer\.h\.(\d+)\.mlp\.c_fc", r"h.\1.mlp.fc"),
-    (r"transformer\.h\.(\d+)\.mlp\.gelu", r"h.\1.mlp.gelu"),
-    (r"transformer\.h\.(\d+)\.mlp", r"h.\1.mlp.out"),
-    (r"transformer\.h\.(\d+)", r"h.\1.resid_2"),
-    (r"transformer\.ln_f", "ln_f"),
-]
-
-
-def _layer_names(path: str, short: str, attentions: dict, norms: str, resids: str):
-    return [
-        (rf"{path}\.(\d+)\.({norms}|{resids}|ff\.act)", rf"{short}.\1.\2"),
-        *[(rf"{path}\.(\d+)\.{attr}\.{_ATTN}", rf"{short}.\1.{name}.\2") for attr, name in attentions.items()],
-        *[(rf"{path}\.(\d+)\.{attr}", rf"{short}.\1.{name}.out") for attr, name in attentions.items()],
-        (rf"{path}\.(\d+)\.dropout(\d)\.{_DROP}", rf"{short}.\1.drop_\2.\3"),
-        (rf"{path}\.(\d+)\.linear1", rf"{short}.\1.ff.fc"),
-        (rf"{path}\.(\d+)\.linear2", rf"{short}.\1.ff.out"),
-        (rf"{path}\.(\d+)", rf"{short}.\1.out"),
-    ]
-
-
-_TRANSFORMER_NAMES = [
-    (r"src_embed", "enc.tok_emb"),
-    (r"tgt_embed", "dec.tok_emb"),
-    (rf"dropout\.{_DROP}", r"enc.drop.\1"),  # one Dropout module for both sides: the encoder's runs first
-    (rf"dropout\.{_DROP}#2", r"dec.drop.\1"),
-    (r"(enc|dec)\.(pos_emb|in)", r"\1.\2"),
-    *_layer_names(r"encoder\.layers", "enc", {"self_attn": "self_attn"}, "norm1|norm2", "resid_1|resid_2"),
-    *_layer_names(r"decoder\.layers", "dec", {"self_attn": "self_attn", "multihead_attn": "cross_attn"},
-                  "norm1|norm2|norm3", "resid_1|resid_2|resid_3"),
-    (r"encoder\.norm", "enc.norm"),
-    (r"decoder\.norm", "dec.norm"),
-    (r"logits", "logits"),
-]
-_NAMES = {"gpt": [(re.compile(p + "$"), r) for p, r in _GPT_NAMES],
-          "transformer": [(re.compile(p + "$"), r) for p, r in _TRANSFORMER_NAMES]}
-
-
-def _public_name(kind: str, path: str):
-    """The documented name of a recorded value, or None for values not shown
-    (packed projections, a module's output that another name holds)."""
-    for pattern, repl in _NAMES[kind]:
-        if pattern.match(path):
-            return pattern.sub(repl, path)
-    return None
-
-
 # ---- the trace ------------------------------------------------------------------
 class Trace:
     """Values and gradients of one pass; see the module's docstring for the names."""
 
     def __init__(self, kind, values, grads, param_grads, loss, ids, targets, train=False, seed=None, p=None):
-        self.kind = kind  # "gpt" or "transformer"
+        self.kind = kind  # the model's kind ("gpt", "transformer", …)
         self.train, self.seed, self.p = train, seed, p  # a training pass: dropout's seed, p if overridden
         self._values = values  # name -> ndarray
         self._grads = grads  # name -> ndarray, or None without targets
         self._param_grads = param_grads  # parameter name -> ndarray, or None
         self.loss = loss  # float, or None without targets
-        self.ids = ids  # GPT: (B, T); Transformer: (src (B, S), tgt_in (B, T))
+        self.ids = ids  # (B, T); an encoder–decoder: the pair (src (B, S), tgt_in (B, T))
         self.targets = targets
 
     def names(self) -> list:
@@ -272,7 +215,7 @@ class Trace:
             grads = {n: cast(self._grads[n]) for n in keep}
             if params:
                 grads.update({n: cast(g) for n, g in self._param_grads.items()})
-        ids = [np.asarray(i).tolist() for i in self.ids] if self.kind == "transformer" else self.ids.tolist()
+        ids = [np.asarray(i).tolist() for i in self.ids] if isinstance(self.ids, tuple) else self.ids.tolist()
         return {"kind": self.kind, "loss": self.loss, "ids": ids,
                 "targets": None if self.targets is None else np.asarray(self.targets).tolist(),
                 "values": {n: cast(self._values[n]) for n in keep}, "grads": grads}
@@ -324,14 +267,16 @@ def trace(model, ids, targets=None, *, train=False, seed=0, p=None, dropout_site
     The model is traced in evaluation mode, or with ``train`` in training mode
     (dropout drawn from ``default_rng(seed)``, with probability ``p`` in place
     of the modules' own if given), and left as it was."""
-    kind = getattr(model, "kind", None)
-    if kind not in _NAMES:
-        raise ScratchError(f"trace reads a GPT or a Transformer, not a {kind or type(model).__name__}")
+    from ..models.base import LanguageModel
+
+    if not isinstance(model, LanguageModel):
+        raise ScratchError(f"trace reads a language model (a GPT or a Transformer, a Llama …), not a {type(model).__name__}")
     if p is not None and not 0 <= p < 1:
         raise ScratchError(f"dropout probability p must be in [0, 1), got {p}")
-    if kind == "transformer":
+    if model.is_encoder_decoder:
         if not isinstance(ids, (tuple, list)) or len(ids) != 2:
-            raise ScratchError("a Transformer is traced on a pair: trace(model, (src_ids, tgt_in_ids), targets=...)")
+            raise ScratchError(f"a {model.title} is traced on a pair: trace(model, (src_ids, tgt_in_ids), "
+                               "targets=...)")
         inputs = (_ids(ids[0], "src_ids"), _ids(ids[1], "tgt_in_ids"))
         out_shape = inputs[1].shape
     else:
@@ -349,13 +294,7 @@ def trace(model, ids, targets=None, *, train=False, seed=0, p=None, dropout_site
     tape.active = rec
     try:
         with enable_grad() if targets is not None else no_grad():
-            if kind == "gpt":
-                out = model(inputs, targets)
-                loss = out[1] if targets is not None else None
-            else:
-                loss = model.loss(*inputs, targets) if targets is not None else None
-                if targets is None:
-                    model(*inputs)
+            loss = model.traced_pass(inputs, targets)
     finally:
         tape.active = None
 
@@ -363,29 +302,30 @@ def trace(model, ids, targets=None, *, train=False, seed=0, p=None, dropout_site
     if loss is not None:
         loss.backward(leaf_grads=param_store, retain=rec.retain)
 
-    ignore = model.config.pad_id if kind == "transformer" else -100
     values, grads = {}, ({} if loss is not None else None)
     for path, v in rec.values.items():
-        name = _public_name(kind, path)
+        name = model.public_name(path)
         if name is None or name in values:
             continue
         values[name] = v.data if isinstance(v, Tensor) else v
         if grads is not None:
-            if isinstance(v, Tensor):
-                g = rec.retain.get(id(v))
-            else:
-                g = rec.inner_grads.get(path)
-            grads[name] = g if g is not None else np.zeros_like(values[name])
+            g = rec.retain.get(id(v)) if isinstance(v, Tensor) else rec.inner_grads.get(path)
+            if g is None:  # the backward pass never reached it: a bug to report, not zeros to show
+                raise ScratchError(f"trace: {name} ({path}) was recorded but the backward pass gave it no "
+                                   "gradient")
+            grads[name] = g
         if name == "logits":
-            _add_probs(values, grads, targets, ignore)
+            _add_probs(values, grads, targets, model.ignore_index)
     param_grads = None
     if loss is not None:
         param_grads = {}
-        for name, p in _all_param_names(model).items():
-            g = param_store.get(id(p))
-            param_grads[name] = g if g is not None else xp.zeros_like(p.data)
-    return Trace(kind, values, grads, param_grads, None if loss is None else float(loss.item()), inputs, targets,
-                 train=train, seed=seed if train else None, p=p)
+        for name, prm in _all_param_names(model).items():
+            g = param_store.get(id(prm))
+            if g is None:
+                raise ScratchError(f"trace: the backward pass gave parameter {name} no gradient")
+            param_grads[name] = g
+    return Trace(model.kind, values, grads, param_grads, None if loss is None else float(loss.item()), inputs,
+                 targets, train=train, seed=seed if train else None, p=p)
 
 
 def _add_probs(values, grads, targets, ignore):

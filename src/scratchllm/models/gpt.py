@@ -16,6 +16,7 @@ from ..backend import DEFAULT_DTYPE, xp
 from ..errors import ScratchError
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, sinusoidal_encoding
 from ..tensor import Tensor, record
+from .base import ATTN_PARTS, DROP_PARTS, LanguageModel
 
 
 @dataclass
@@ -77,8 +78,27 @@ class Block(Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(Module):
+# recorded path -> public trace name (see scratchllm.explain.trace for what each holds)
+_TRACE_NAMES = (
+    (rf"transformer\.drop\.{DROP_PARTS}", r"drop.\1"),
+    (rf"transformer\.h\.(\d+)\.attn\.resid_dropout\.{DROP_PARTS}", r"h.\1.attn.drop.\2"),
+    (rf"transformer\.h\.(\d+)\.mlp\.dropout\.{DROP_PARTS}", r"h.\1.mlp.drop.\2"),
+    (r"transformer\.wte", "tok_emb"),
+    (r"(pos_emb|emb|logits)", r"\1"),
+    (r"transformer\.h\.(\d+)\.(ln_1|resid_1|ln_2)", r"h.\1.\2"),
+    (rf"transformer\.h\.(\d+)\.attn\.{ATTN_PARTS}", r"h.\1.attn.\2"),
+    (r"transformer\.h\.(\d+)\.attn", r"h.\1.attn.out"),
+    (r"transformer\.h\.(\d+)\.mlp\.c_fc", r"h.\1.mlp.fc"),
+    (r"transformer\.h\.(\d+)\.mlp\.gelu", r"h.\1.mlp.gelu"),
+    (r"transformer\.h\.(\d+)\.mlp", r"h.\1.mlp.out"),
+    (r"transformer\.h\.(\d+)", r"h.\1.resid_2"),
+    (r"transformer\.ln_f", "ln_f"),
+)
+
+
+class GPT(LanguageModel):
     kind = "gpt"
+    trace_names = _TRACE_NAMES
 
     def __init__(self, config: GPTConfig, rng=None, seed: int = 0):
         self.config = cfg = config
@@ -132,6 +152,43 @@ class GPT(Module):
         if targets is None:
             return logits
         return logits, F.cross_entropy(logits, targets)
+
+    # ---- the interface of every language model (models/base.py) -----------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.block_size
+
+    @property
+    def n_layer(self) -> int:
+        return self.config.n_layer
+
+    @property
+    def n_head(self) -> int:
+        return self.config.n_head
+
+    @property
+    def n_embd(self) -> int:
+        return self.config.n_embd
+
+    def token_embedding(self) -> Parameter:
+        return self.transformer.wte.weight
+
+    def unembedding(self) -> Parameter:
+        return self.lm_head.weight
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        return self.transformer.ln_f(x)
+
+    def dropout_sites(self) -> dict:
+        sites = {"drop": "token + position embeddings, before block 0"}
+        for i in range(self.n_layer):
+            sites[f"h.{i}.attn.drop"] = f"block {i}'s attention output (after c_proj), before the residual add"
+            sites[f"h.{i}.mlp.drop"] = f"block {i}'s MLP output, before the residual add"
+        return sites
 
     # ---- inference --------------------------------------------------------------
     def new_cache(self, batch_size: int) -> "KVCache":

@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass
 from .. import functional as F
 from ..backend import xp
 from ..errors import ScratchError
-from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, MultiHeadAttention, \
+from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, MultiHeadAttention, Parameter, \
     merge_heads, sinusoidal_encoding, split_heads
 from ..tensor import Tensor, no_grad, record
+from .base import ATTN_PARTS, DROP_PARTS, LanguageModel
 
 
 @dataclass
@@ -132,8 +133,43 @@ def _xavier_uniform(rng, shape, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
-class Transformer(Module):
+def _layer_names(path: str, short: str, attentions: dict, norms: str, resids: str) -> list:
+    """Trace names of one stack's layers: ``{path}.{i}.…`` recorded -> ``{short}.{i}.…`` shown."""
+    return [
+        (rf"{path}\.(\d+)\.({norms}|{resids}|ff\.act)", rf"{short}.\1.\2"),
+        *[(rf"{path}\.(\d+)\.{attr}\.{ATTN_PARTS}", rf"{short}.\1.{name}.\2") for attr, name in attentions.items()],
+        *[(rf"{path}\.(\d+)\.{attr}", rf"{short}.\1.{name}.out") for attr, name in attentions.items()],
+        (rf"{path}\.(\d+)\.dropout(\d)\.{DROP_PARTS}", rf"{short}.\1.drop_\2.\3"),
+        (rf"{path}\.(\d+)\.linear1", rf"{short}.\1.ff.fc"),
+        (rf"{path}\.(\d+)\.linear2", rf"{short}.\1.ff.out"),
+        (rf"{path}\.(\d+)", rf"{short}.\1.out"),
+    ]
+
+
+# recorded path -> public trace name (see scratchllm.explain.trace for what each holds)
+_TRACE_NAMES = (
+    (r"src_embed", "enc.tok_emb"),
+    (r"tgt_embed", "dec.tok_emb"),
+    (rf"dropout\.{DROP_PARTS}", r"enc.drop.\1"),  # one Dropout module for both sides: the encoder's runs first
+    (rf"dropout\.{DROP_PARTS}#2", r"dec.drop.\1"),
+    (r"(enc|dec)\.(pos_emb|in)", r"\1.\2"),
+    *_layer_names(r"encoder\.layers", "enc", {"self_attn": "self_attn"}, "norm1|norm2", "resid_1|resid_2"),
+    *_layer_names(r"decoder\.layers", "dec", {"self_attn": "self_attn", "multihead_attn": "cross_attn"},
+                  "norm1|norm2|norm3", "resid_1|resid_2|resid_3"),
+    (r"encoder\.norm", "enc.norm"),
+    (r"decoder\.norm", "dec.norm"),
+    (r"logits", "logits"),
+)
+
+
+class Transformer(LanguageModel):
+    """The encoder–decoder. As a :class:`LanguageModel` its sizes are the decoder's: vocab_size is the
+    target vocabulary, context_length max_len, n_layer the decoder layers; its cache is made from the
+    encoder's output (:meth:`new_cache` takes memory, not a batch size)."""
+
     kind = "transformer"
+    trace_names = _TRACE_NAMES
+    is_encoder_decoder = True
 
     def __init__(self, config: TransformerConfig, rng=None, seed: int = 0):
         self.config = cfg = config
@@ -244,6 +280,60 @@ class Transformer(Module):
         with the cross-attention keys and values of ``memory`` (B, S, C) computed
         now, once, and repeated for ``beams`` rows per sentence (B·beams rows)."""
         return DecoderCache(self, memory, src_mask, max_len, beams)
+
+    # ---- the interface of every language model (models/base.py) -----------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.tgt_vocab_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.max_len
+
+    @property
+    def n_layer(self) -> int:
+        return self.config.n_decoder_layers
+
+    @property
+    def n_head(self) -> int:
+        return self.config.n_head
+
+    @property
+    def n_embd(self) -> int:
+        return self.config.d_model
+
+    @property
+    def ignore_index(self) -> int:
+        return self.config.pad_id
+
+    def token_embedding(self) -> Parameter:
+        return self.tgt_embed.weight
+
+    def unembedding(self) -> Parameter:
+        return self.tgt_embed.weight if self.config.tie_output else self.lm_head.weight
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        # post-norm: every layer already ends in a LayerNorm, and nothing follows the last
+        return self.decoder.norm(x) if self.config.norm_first else x
+
+    def traced_pass(self, inputs, targets=None):
+        if targets is None:
+            self(*inputs)
+            return None
+        return self.loss(*inputs, targets)
+
+    def dropout_sites(self) -> dict:
+        cfg = self.config
+        sites = {"enc.drop": "source embeddings·√C + positions, before encoder layer 0"}
+        for i in range(cfg.n_encoder_layers):
+            sites[f"enc.{i}.drop_1"] = f"encoder layer {i}'s self-attention output, before resid_1"
+            sites[f"enc.{i}.drop_2"] = f"encoder layer {i}'s feed-forward output, before resid_2"
+        sites["dec.drop"] = "target embeddings·√C + positions, before decoder layer 0"
+        for i in range(cfg.n_decoder_layers):
+            sites[f"dec.{i}.drop_1"] = f"decoder layer {i}'s self-attention output, before resid_1"
+            sites[f"dec.{i}.drop_2"] = f"decoder layer {i}'s cross-attention output, before resid_2"
+            sites[f"dec.{i}.drop_3"] = f"decoder layer {i}'s feed-forward output, before resid_3"
+        return sites
 
     # ---- saving ------------------------------------------------------------------
     def config_dict(self) -> dict:
