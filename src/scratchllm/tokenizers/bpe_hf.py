@@ -78,8 +78,9 @@ def to_hf_dict(tok) -> dict:
     elif tok.pattern is None:
         pre = _byte_level(False)
     else:
-        split = {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False}
-        pre = {"type": "Sequence", "pretokenizers": [split, _byte_level(False)]}
+        patterns = tok.pattern if isinstance(tok.pattern, tuple) else (tok.pattern,)
+        splits = [{"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False} for p in patterns]
+        pre = {"type": "Sequence", "pretokenizers": splits + [_byte_level(False)]}
     ours = tok.to_dict()
     vocab = dict(ours["vocab"])
     vocab.update(tok.special_tokens)
@@ -119,20 +120,36 @@ def write_hf(tok, directory) -> None:
 
 
 def _pattern_of(pre, where):
-    """The split pattern of a pre_tokenizer we can reproduce, else an error."""
-    def byte_level_ok(p):
-        return p.get("type") == "ByteLevel" and not p.get("add_prefix_space", False)
+    """The split pattern(s) of a pre_tokenizer we can reproduce, else an error.
 
-    if pre and byte_level_ok(pre):
-        return GPT2_PATTERN if pre.get("use_regex", True) else None
-    if pre and pre.get("type") == "Sequence":
-        parts = pre.get("pretokenizers") or []
-        if (len(parts) == 2 and parts[0].get("type") == "Split" and "Regex" in (parts[0].get("pattern") or {})
-                and parts[0].get("behavior") == "Isolated" and not parts[0].get("invert")
-                and byte_level_ok(parts[1]) and not parts[1].get("use_regex", True)):
-            return parts[0]["pattern"]["Regex"]
-    raise ScratchError(f"{where}: unsupported pre_tokenizer {json.dumps(pre)[:120]} (supported: ByteLevel without "
-                       f"prefix space, or Split(Regex) + ByteLevel)")
+    A Sequence runs its parts one after the other, each on the pieces of the
+    one before: Split(Regex, Isolated) cuts with its regex, Digits cuts out
+    digits (each alone with individual_digits), and ByteLevel with use_regex
+    cuts with GPT-2's pattern (without, it only maps bytes to characters).
+    """
+    parts = (pre.get("pretokenizers") or []) if pre and pre.get("type") == "Sequence" else [pre]
+    patterns, byte_level = [], False
+    for p in parts:
+        kind = (p or {}).get("type")
+        if byte_level:  # a part after ByteLevel would split the byte characters, not the text
+            byte_level = False
+            break
+        if kind == "ByteLevel" and not p.get("add_prefix_space", False):
+            byte_level = True
+            if p.get("use_regex", True):
+                patterns.append(GPT2_PATTERN)
+        elif (kind == "Split" and "Regex" in (p.get("pattern") or {}) and p.get("behavior") == "Isolated"
+              and not p.get("invert")):
+            patterns.append(p["pattern"]["Regex"])
+        elif kind == "Digits":
+            patterns.append(r"\p{N}" if p.get("individual_digits") else r"\p{N}+")
+        else:
+            byte_level = False
+            break
+    if byte_level:
+        return tuple(patterns) if len(patterns) > 1 else (patterns[0] if patterns else None)
+    raise ScratchError(f"{where}: unsupported pre_tokenizer {json.dumps(pre)[:120]} (supported: a ByteLevel without "
+                       f"prefix space, alone or in a Sequence after Split(Regex, Isolated) and Digits parts)")
 
 
 def read_hf_dict(data: dict, where) -> dict:

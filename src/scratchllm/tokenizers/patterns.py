@@ -9,7 +9,19 @@ tokens but "t s" cannot. The two patterns below are the published ones:
   equivalent change, below): case-insensitive contractions, digits in groups
   of at most three, newlines kept apart from other whitespace.
 
-Both need the ``regex`` module (``\\p{L}`` is "any letter", ``\\p{N}`` "any
+The tokenizers of today's open models split with other patterns, added
+here as they publish them (their tokenizer.json, and llama.cpp's table for
+GGUF files):
+
+- ``llama3``: Llama 3's, the cl100k idea written without possessive
+  quantifiers (digits in groups of at most three).
+- ``qwen2``: Qwen2's, the same but every digit on its own.
+- ``smollm``: two patterns in sequence, as SmolLM2's tokenizer (and
+  StarCoder's) runs them: first each digit is cut out on its own, then every
+  piece left is split with GPT-2's pattern. A pattern may be such a sequence
+  (a tuple): each one splits the pieces the one before it made.
+
+All need the ``regex`` module (``\\p{L}`` is "any letter", ``\\p{N}`` "any
 number"). Every character of the text falls in some pre-token, so nothing is
 lost; for a custom pattern the characters it does not match are kept as
 pre-tokens of their own.
@@ -32,7 +44,16 @@ GPT4_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "none": None}
+LLAMA3_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+SMOLLM_PATTERN = (r"\p{N}", GPT2_PATTERN)
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "llama3": LLAMA3_PATTERN, "qwen2": QWEN2_PATTERN,
+            "smollm": SMOLLM_PATTERN, "none": None}
+# Patterns known to match every character of any text (no gaps to keep).
+_COVERS_ALL = {GPT2_PATTERN, GPT4_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN}
 
 # The same two patterns for pure-ASCII text, written with explicit ASCII
 # classes so that the standard `re` engine can run them: it is about twice as
@@ -53,10 +74,16 @@ _ASCII_VARIANTS = {
 }
 
 
-def resolve_pattern(pattern: str | None) -> str | None:
-    """'gpt2' / 'gpt4' / 'none' / None / a regex of one's own -> the regex (or None)."""
+def resolve_pattern(pattern):
+    """A name of PATTERNS / None / a regex of one's own / a sequence of them -> the regex,
+    a tuple of regexes (applied one after the other), or None."""
     if pattern is None:
         return None
+    if isinstance(pattern, (list, tuple)):
+        parts = tuple(resolve_pattern(p) for p in pattern)
+        if any(not isinstance(p, str) for p in parts):
+            raise ScratchError("a sequence of split patterns holds regexes (or names of single patterns) only")
+        return parts[0] if len(parts) == 1 else parts
     if pattern in PATTERNS:
         return PATTERNS[pattern]
     try:
@@ -76,7 +103,13 @@ def pattern_name(pattern: str | None) -> str:
 
 
 class Splitter:
-    """Cuts text into pre-tokens with one pattern (None: the text is one piece)."""
+    """Cuts text into pre-tokens with one pattern (None: the text is one piece),
+    or with a sequence of patterns, each splitting the pieces of the one before."""
+
+    def __new__(cls, pattern=None):
+        if isinstance(pattern, tuple):
+            return super().__new__(_SequenceSplitter)
+        return super().__new__(cls)
 
     def __init__(self, pattern: str | None):
         self.pattern = pattern
@@ -84,7 +117,7 @@ class Splitter:
         ascii_pattern = _ASCII_VARIANTS.get(pattern)
         self._ascii = re.compile(ascii_pattern) if ascii_pattern else None
         # The published patterns match every character; a custom one may not.
-        self._covers_all = pattern in _ASCII_VARIANTS
+        self._covers_all = pattern in _COVERS_ALL
 
     def split(self, text: str) -> list[str]:
         if self._regex is None:
@@ -105,6 +138,18 @@ class Splitter:
             pos = max(pos, m.end())
         if pos < len(text):
             pieces.append(text[pos:])
+        return pieces
+
+
+class _SequenceSplitter(Splitter):
+    def __init__(self, patterns: tuple):
+        self.pattern = patterns
+        self._stages = [Splitter(p) for p in patterns]
+
+    def split(self, text: str) -> list[str]:
+        pieces = [text] if text else []
+        for stage in self._stages:
+            pieces = [q for p in pieces for q in stage.split(p)]
         return pieces
 
 
