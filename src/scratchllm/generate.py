@@ -170,8 +170,9 @@ def _last_logits(model, ids, cache=None):
 
 
 def _context_size(model) -> int:
-    """How many tokens the model can look at: its config's block_size."""
-    size = getattr(getattr(model, "config", None), "block_size", None) or getattr(model, "block_size", None)
+    """How many tokens the model can look at: a language model's context_length (a GPT's block_size)."""
+    size = (getattr(model, "context_length", None) or getattr(getattr(model, "config", None), "block_size", None)
+            or getattr(model, "block_size", None))
     if size is None:
         raise ScratchError(f"a {type(model).__name__} has no block_size: it cannot generate text")
     return int(size)
