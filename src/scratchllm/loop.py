@@ -9,6 +9,7 @@ A trainer subclasses :class:`TrainingLoop` and says only what is its own::
     between_steps()      what is due before the next step: evaluate, log, save, open an epoch
     finished()           whether every step of the run is done
     where()              the run's position in words: "step 40", "epoch 2, batch 7 (step 247)"
+    planned_steps()      how many steps the run will take, as far as known (where the snapshots go)
     rng_states() / extra_state() / load_extra_state(state)
                          its own part of the checkpoint (a batch generator, an epoch ...)
 
@@ -20,6 +21,11 @@ and :meth:`TrainingLoop.fit` runs it::
             break
         loss, tokens = advance()              # update(): lr, backward, NaN stop, clip, optimizer
     save if not saved at this step; say where it stopped and how to resume
+
+With ``cfg.snapshots`` N > 0, the weights at N steps of the run (0, the last,
+and log-spaced ones between: :func:`scratchllm.snapshots.snapshot_steps`) are
+kept in ``run/snapshots/`` as they are reached, and at a step the run stops at;
+a resumed run keeps those up to its step, a fresh one starts without any.
 
 A checkpoint (``run/ckpt``) holds the weights, the optimizer's moments, the
 step, the config, the generators' states and the trainer's own position, so a
@@ -36,6 +42,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from . import checkpoint
+from . import snapshots as snap
 from .distributed import DistributedBackward, SameOnAllRanks, world as current_world
 from .errors import loss_not_finite
 from .optim import clip_grad_norm
@@ -64,6 +71,9 @@ class TrainingLoop:
         self.echo = echo if self.world.is_root else _quiet
         self.record: dict = {}  # the last evaluation's figures, which fit() returns
         self.bar = None
+        snap.check_count(getattr(cfg, "snapshots", 0))
+        self.resuming = resume  # snapshots past the resumed step are dropped, or all of them in a fresh run
+        self.snapshot_plan = None  # the steps whose weights are kept, once the run's length is known
         if not resume:
             return cfg, None
         state = checkpoint.read_train_state(self.ckpt_dir)
@@ -162,10 +172,12 @@ class TrainingLoop:
             self.echo = echo if self.world.is_root else _quiet
         start, reason = time.perf_counter(), None
         self.tokens_per_s, self.last_save_time = 0.0, start
+        self.open_snapshots()
         with StopOnInterrupt() as stop:  # Ctrl-C: finish the step, then save and leave
             try:
                 while True:
                     self.between_steps()
+                    self.take_snapshot(last=self.finished())
                     if self.finished():
                         break
                     reason = self.stop_reason(stop, start)
@@ -186,7 +198,10 @@ class TrainingLoop:
         if reason is not None:
             if self.last_saved != self.step:
                 self.save()
+            self.take_snapshot(last=True)
             self.echo(f"{reason} at {self.where()}; saved to {self.ckpt_dir}. Resume with --resume --out {self.run}")
+        else:  # the run's end
+            self.report_snapshots()
         return self.record
 
     def stop_reason(self, stop, start: float) -> str | None:
@@ -195,6 +210,38 @@ class TrainingLoop:
 
     def after_step(self, loss: float, tokens: int, seconds: float):
         pass
+
+    def planned_steps(self) -> int | None:
+        """The run's length in steps as far as it is known (None: unknown; the last step is kept anyway)."""
+        return None
+
+    # ---- snapshots ---------------------------------------------------------------------
+    def snapshot_count(self) -> int:
+        return getattr(self.cfg, "snapshots", 0)
+
+    def open_snapshots(self):
+        """A resumed run keeps the snapshots up to its step (it redoes the rest); a fresh one drops them all."""
+        if self.snapshot_count() and self.world.is_root:
+            snap.trim_snapshots(self.run, self.step if self.resuming else None)
+        self.resuming = True  # a second fit() goes on from here
+
+    def take_snapshot(self, last: bool = False):
+        """Keep the weights of this step if it is one of the planned steps, or ``last`` (the run ends here)."""
+        n = self.snapshot_count()
+        if not n:
+            return
+        if self.snapshot_plan is None:  # asked here, after between_steps() has opened the run (an epoch's batches)
+            total = self.planned_steps()
+            self.snapshot_plan = set(snap.snapshot_steps(total, n)) if total is not None else {0}
+        if (last or self.step in self.snapshot_plan) and self.world.is_root \
+                and not snap.snapshot_path(self.run, self.step).exists():  # one a resumed run kept: the same weights
+            snap.write_snapshot(self.run, self.step, self.model)
+
+    def report_snapshots(self):
+        if not self.snapshot_count() or not self.world.is_root:
+            return
+        count, size = snap.snapshots_size(self.run)
+        self.echo(f"snapshots: {count} steps' weights in {self.run / snap.DIR}, {size / 1e6:.1f} MB")
 
     # ---- the progress bar (rank 0's) -------------------------------------------------------
     def open_bar(self, **kw):

@@ -10,6 +10,7 @@ A run directory (``--out``, default ``out/``) holds::
     ckpt/                          the checkpoint (config, weights, tokenizer,
                                    optimizer moments, RNG states, step)
     log.jsonl                      one line per evaluation
+    snapshots/                     the weights at --snapshots steps (scratchllm.snapshots)
     loss.png                       the curves (if matplotlib is installed)
 
 Resuming restores weights, optimizer moments, the step, and the states of the
@@ -79,6 +80,7 @@ class TrainConfig:
     val_frac: float = 0.1
     seed: int = 1337
     sample_tokens: int = 300
+    snapshots: int = 20  # steps whose weights are kept in out/snapshots (0, the last, log-spaced between); 0: none
     progress: bool = True
 
 
@@ -167,7 +169,7 @@ class Trainer(TrainingLoop):
 
     config_class = TrainConfig
     # Only the length of the run, its bookkeeping and the output may change on resume.
-    resumable = ("max_iters", "eval_interval", "eval_iters", "sample_tokens", "progress", "out")
+    resumable = ("max_iters", "eval_interval", "eval_iters", "sample_tokens", "snapshots", "progress", "out")
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, world=None):
         given_decay = cfg.lr_decay_iters
@@ -222,6 +224,9 @@ class Trainer(TrainingLoop):
 
     def finished(self) -> bool:
         return self.step >= self.cfg.max_iters
+
+    def planned_steps(self) -> int:
+        return self.cfg.max_iters
 
     def where(self) -> str:
         return f"step {self.step}"

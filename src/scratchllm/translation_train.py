@@ -96,12 +96,13 @@ class TranslationConfig:
     minutes: float = 0.0  # stop (and save) after this much wall-clock time; 0: no limit
     save_minutes: float = 10.0  # also save mid-epoch this often
     seed: int = 0
+    snapshots: int = 20  # steps whose weights are kept in out/snapshots (0, the last, log-spaced between); 0: none
     progress: bool = True
 
 
 # What a resumed run may change: its length and bookkeeping, never the model or the data.
-RESUMABLE = ("epochs", "bleu_sentences", "log_interval", "max_steps", "minutes", "save_minutes", "progress",
-             "data_dir", "out")
+RESUMABLE = ("epochs", "bleu_sentences", "log_interval", "max_steps", "minutes", "save_minutes", "snapshots",
+             "progress", "data_dir", "out")
 
 
 # ---- data -----------------------------------------------------------------------------
@@ -316,6 +317,12 @@ class TranslationTrainer(TrainingLoop):
 
     def finished(self) -> bool:
         return self.epoch >= self.cfg.epochs
+
+    def planned_steps(self) -> int:
+        """This epoch's batches and as many in each epoch to come (their count varies little), or --max-steps."""
+        left = len(self.batches) - self.batch + len(self.batches) * (self.cfg.epochs - self.epoch - 1) \
+            if self.batches is not None else 0
+        return min(self.step + left, self.cfg.max_steps or self.step + left)
 
     def where(self) -> str:
         return f"epoch {self.epoch + 1}, batch {self.batch} (step {self.step})"

@@ -29,6 +29,8 @@ _HELP = {
     "eval_interval": "evaluate, log and save a checkpoint every this many steps",
     "eval_iters": "batches per evaluation",
     "sample_tokens": "tokens of text to sample at the end (0: none)",
+    "snapshots": "keep the weights of this many steps in OUT/snapshots, to watch the model learn: step 0, the last, "
+                 "and more early than late (0: none)",
 }
 _SKIP = {"progress", "bias", "val_frac"}
 

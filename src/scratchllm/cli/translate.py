@@ -45,6 +45,8 @@ _HELP = {
     "max_steps": "stop, saving a checkpoint, at this step (0: no limit)",
     "minutes": "stop, saving a checkpoint, after this many minutes (0: no limit)",
     "save_minutes": "also save a checkpoint this often within an epoch (0: only after epochs)",
+    "snapshots": "keep the weights of this many steps in OUT/snapshots, to watch the model learn: step 0, the last, "
+                 "and more early than late (0: none)",
 }
 _SKIP = {"progress"}
 
