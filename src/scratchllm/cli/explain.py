@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..errors import ScratchError
 from . import charmlp as charmlp_cli
@@ -198,7 +199,8 @@ def _register_gpt(sub):
     g.add_argument("--full", action="store_true", help="every number of each vector, not the first 8")
     g.add_argument("--target", default=None, metavar="TEXT",
                    help="the token that should come next: adds the loss, the gradients and one SGD step")
-    g.add_argument("--lr", default="0.1", help="learning rate of that SGD step (default: 0.1)")
+    g.add_argument("--lr", default=None, help="learning rate of that SGD step (default: chosen from a scan of 1e-05 … 10 "
+                   "so that the step lowers the loss; the scan is printed)")
     g.add_argument("--temperature", default="1.0", metavar="T", help="sampling temperature shown (default: 1.0)")
     g.add_argument("--top-k", default=None, metavar="K", help="sampling: keep the K most likely tokens")
     g.add_argument("--top-p", default=None, metavar="P", help="sampling: nucleus, 0 < P ≤ 1")
@@ -331,8 +333,8 @@ def run_gpt(args) -> int:
     temperature = number(args.temperature, "--temperature", float)
     top_k = None if args.top_k is None else number(args.top_k, "--top-k", int)
     top_p = None if args.top_p is None else number(args.top_p, "--top-p", float)
-    lr = number(args.lr, "--lr", float)
-    if lr <= 0:
+    lr = None if args.lr is None else number(args.lr, "--lr", float)
+    if lr is not None and not 0 < lr < math.inf:
         raise ScratchError(f"--lr must be above 0, got {args.lr}")
     try:
         check_sampling_args(0, temperature, top_k, top_p)

@@ -9,13 +9,12 @@ the weighted sum of values) the model's own result is printed beside it.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 
 from ..generate import distribution
-from ..optim import SGD
+from .step import chosen_lr, loss_curve, plot_curve, step_copy, verdict
 from .trace import trace
 
 
@@ -70,10 +69,11 @@ def _mean_std(v):
     return v.mean(), v.std()
 
 
-def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=False, target=None, lr=0.1,
+def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=False, target=None, lr=None,
                 temperature=1.0, top_k=None, top_p=None, top=10, source="") -> str:
     """The printout of ``scratchllm explain gpt`` for token ``ids`` (a list);
-    ``target`` is the id of the token that should come after ``position``."""
+    ``target`` is the id of the token that should come after ``position``; ``lr``
+    the learning rate of its SGD step (None: the one that lowers the loss most)."""
     cfg = model.config
     ids = np.asarray(ids, dtype=np.int64)
     T, C, H, L, V = len(ids), cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.vocab_size
@@ -221,6 +221,11 @@ def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, to
         entries += [(float(size[j]), name, int(j)) for j in biggest]
     entries.sort(key=lambda e: -e[0])
     params = dict(model.named_parameters())
+    # how far to step: the loss after one step of each learning rate of a scan (on copies of the model)
+    loss_of = lambda m: m(ids[None], targets[None])[1]  # noqa: E731
+    curve = loss_curve(model, loss_of, extra=() if lr is None else (lr,))
+    picked = lr is None
+    lr = chosen_lr(curve) if picked else lr
     say(f"Step 13. The {top} weights with the largest gradients, and each one after an SGD step "
         f"(new = old − lr × gradient, lr {lr:g})")
     say(f"    {'weight':<44}{'value':>12}{'gradient':>15}{'new value':>12}")
@@ -232,15 +237,19 @@ def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, to
         label = f"{name}[{','.join(map(str, index))}]"
         say(f"    {label:<44}{old:>+12.6f}{g:>+15.6e}{old - lr * g:>+12.6f}")
 
+    say("")
+    say("Step 14. How far to step: the loss after one step for each learning rate (each a real SGD step on a "
+        "copy). Too small changes")
+    say("    nothing; too large overshoots, because the step is a straight line and the loss curves. "
+        + (f"lr {lr:g}, the bottom of the first valley, is the default (--lr to choose)." if picked else f"--lr {lr:g} is marked."))
+    out += plot_curve(curve, marked=lr)
+
     # the step taken for real, on a copy: optim.SGD with the gradients of an ordinary backward
-    twin = copy.deepcopy(model).eval()
-    twin.zero_grad()
-    _, loss = twin(ids[None], targets[None])
-    loss.backward()
-    SGD(twin.parameters(), lr=lr).step()
+    twin = step_copy(model, loss_of, lr)
     twin_trace = trace(twin, ids, targets)
     new_p = float(twin_trace["probs"][0, P, target])
     say("")
-    say(f"Step 14. One SGD step with lr {lr:g}, taken on a copy of the model: p({token_text(tokenizer, target)}) "
+    say(f"Step 15. One SGD step with lr {lr:g}, taken on a copy of the model: p({token_text(tokenizer, target)}) "
         f"{probs[target]:.6f} → {new_p:.6f}, loss {tr.loss:.6f} → {twin_trace.loss:.6f}")
+    out += verdict(curve, lr)
     return out

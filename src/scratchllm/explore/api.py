@@ -428,31 +428,36 @@ class Explorer:
                 "params": params[:15], "n_params": len(params)}
 
     def step(self, body: dict) -> dict:
-        """One SGD step on a copy of the model: the loss and the targets' probabilities before and after."""
-        from ..functional import cross_entropy
+        """One SGD step on a copy of the model: the loss and the targets' probabilities before and after,
+        and the loss after a step of each learning rate of a scan (the curve). Without 'lr', the step
+        takes the scan's choice (:func:`scratchllm.explain.step.chosen_lr`), which lowers the loss."""
+        from ..explain.step import chosen_lr, loss_curve, step_copy, verdict
         from ..generate import probabilities
-        from ..optim import SGD
 
         self._gpt_only()
         ids = self.encode(text_field(body))
-        lr = number_field(body, "lr", float, 0, 1000, default=0.1)
+        lr = number_field(body, "lr", float, 0, 1000, optional=True)
+        if lr == 0:
+            raise BadRequest("'lr' must be above 0")
         inputs, targets, what = self._targets(body, ids)
         x = np.asarray([inputs], dtype=np.int64)
         y = np.asarray([targets], dtype=np.int64)
         before = self._trace(x, y)
         with self.lock:
             model = copy.deepcopy(self.model)  # the checkpoint's model is never changed
-        opt = SGD(model.parameters(), lr=lr)
-        opt.zero_grad()
-        logits = model(x)
-        cross_entropy(logits, y).backward()
-        opt.step()
+        loss_of = lambda m: m(x, y)[1]  # noqa: E731
+        curve = loss_curve(model, loss_of, extra=() if lr is None else (lr,))
+        chosen = lr is None
+        lr = chosen_lr(curve) if chosen else lr
+        model = step_copy(model, loss_of, lr)
         with no_grad():
             logits_after, loss_after = model(x, y)
         p_before = np.asarray(before["probs"][0], dtype=np.float64)  # (T, V)
         p_after = probabilities(logits_after.data[0])  # (T, V)
         rows = [t for t, v in enumerate(targets) if v >= 0]
-        return {"what": what, "lr": lr, "loss_before": float(before.loss), "loss_after": float(loss_after.data),
+        return {"what": what, "lr": lr, "lr_chosen": chosen, "loss_before": float(before.loss),
+                "loss_after": float(loss_after.data), "curve": curve.as_dict(),
+                "verdict": " ".join(line.strip() for line in verdict(curve, lr)).replace(", or leave --lr out", ""),
                 "targets": [{"position": t, "id": int(targets[t]), "piece": self.piece(targets[t]),
                              "p_before": round(float(p_before[t, targets[t]]), 8),
                              "p_after": round(float(p_after[t, targets[t]]), 8)} for t in rows]}
