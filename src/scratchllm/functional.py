@@ -310,21 +310,42 @@ def embedding(ids, weight: Tensor) -> Tensor:
 _causal_cache: dict = {}
 
 
-def _causal_bias_t(Tq: int, Tk: int, dtype):
+def _causal_bias_t(Tq: int, Tk: int, dtype, groups: int = 1):
     """(Tk, Tq): 0 where key j is visible to query i, −inf where it is not.
     Queries are the last Tq of Tk positions, so a KV cache (Tq < Tk) lines up
-    at the bottom right of the (Tq, Tk) picture. Stored keys-first, as the scores are."""
-    key = (Tq, Tk, xp.dtype(dtype).str)
+    at the bottom right of the (Tq, Tk) picture. Stored keys-first, as the scores are.
+    With ``groups`` G the picture is repeated side by side, (Tk, G·Tq): the G
+    query heads that share one key/value head (grouped-query attention)."""
+    key = (Tq, Tk, xp.dtype(dtype).str, groups)
     if key not in _causal_cache:
         blocked = xp.triu(xp.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1).T  # (Tk, Tq)
-        _causal_cache[key] = xp.where(blocked, -xp.inf, 0).astype(dtype)
+        _causal_cache[key] = xp.tile(xp.where(blocked, -xp.inf, 0).astype(dtype), (1, groups))
     return _causal_cache[key]
 
 
-def _attention_weights(q, k, scale, causal, mask, keep=None):
+def _grouped_mask_t(m, groups: int, Tq: int, Tk: int):
+    """A mask (…, H or 1, Tq, Tk) of H = Hkv·G query heads, rearranged keys-first
+    for grouped queries: (…, Hkv or 1, Tk, G·Tq). A copy: masks are the rare path."""
+    m = m.reshape((1,) * (4 - m.ndim) + m.shape)  # (b, h, Tq, Tk)
+    b, h = m.shape[:2]
+    if h == 1:
+        m = xp.broadcast_to(m[:, :, None], (b, 1, groups, Tq, Tk))
+    else:
+        m = xp.broadcast_to(m, (b, h, Tq, Tk)).reshape(b, h // groups, groups, Tq, Tk)
+    m = xp.broadcast_to(m, m.shape[:3] + (Tq, Tk))
+    return xp.ascontiguousarray(m.transpose(0, 1, 4, 2, 3)).reshape(m.shape[0], m.shape[1], Tk, groups * Tq)
+
+
+def _attention_weights(q, k, scale, causal, mask, keep=None, groups: int = 1):
     """softmax(q kᵀ · scale + mask) for arrays q (…, Tq, D), k (…, Tk, D) -> (…, Tq, Tk).
     With ``keep`` (a dict, for a trace) a copy of the scores is put there
     before the softmax overwrites them.
+
+    Grouped-query attention: with ``groups`` G, q (…, G·Tq, D) holds the
+    queries of the G heads that read one key/value head, one after the other
+    (a free reshape of (B, H, Tq, D) into (B, Hkv, G·Tq, D)); the causal
+    pattern and the mask repeat per group. The keys are then read once by one
+    product G times as wide, never copied per query head.
 
     The result is a transposed view of a contiguous (…, Tk, Tq) array: with keys
     on axis −2 the softmax's max and shifts run across contiguous rows (NumPy's
@@ -332,15 +353,19 @@ def _attention_weights(q, k, scale, causal, mask, keep=None):
     products, k·(q·scale)ᵀ here and aᵀ·v after, have the layouts BLAS reads
     without copies. Callers use it as (…, Tq, Tk) as usual.
     """
-    Tq, Tk, D = q.shape[-2], k.shape[-2], q.shape[-1]
-    qt = xp.empty(q.shape[:-2] + (D, Tq), dtype=q.dtype)  # (…, D, Tq)
+    GTq, Tk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    Tq = GTq // groups
+    qt = xp.empty(q.shape[:-2] + (D, GTq), dtype=q.dtype)  # (…, D, G·Tq)
     xp.multiply(xp.swapaxes(q, -1, -2), scale, out=qt)  # scaled and transposed in one pass
-    s = k @ qt  # (…, Tk, Tq) = scoresᵀ
-    bias = _causal_bias_t(Tq, Tk, s.dtype) if causal else None  # (Tk, Tq)
+    s = k @ qt  # (…, Tk, G·Tq) = scoresᵀ
+    bias = _causal_bias_t(Tq, Tk, s.dtype, groups) if causal else None  # (Tk, G·Tq)
     if mask is not None:
         m = _data(mask)
         m = xp.where(m, 0, -xp.inf).astype(s.dtype) if m.dtype == bool else m.astype(s.dtype)
-        m = xp.swapaxes(m.reshape((1,) * (2 - m.ndim) + m.shape), -1, -2)  # (…, Tk, Tq) view
+        if groups > 1:
+            m = _grouped_mask_t(m, groups, Tq, Tk)  # (…, Tk, G·Tq)
+        else:
+            m = xp.swapaxes(m.reshape((1,) * (2 - m.ndim) + m.shape), -1, -2)  # (…, Tk, Tq) view
         bias = m if bias is None else bias + m
     if bias is not None:
         if xp.broadcast_shapes(s.shape, bias.shape) == s.shape:
@@ -393,23 +418,48 @@ def _attention_grads(g, q, k, v, a, scale, gq=None, gk=None, gv=None, out=None, 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) -> Tensor:
     """Scaled dot-product attention, forward and backward as one op.
 
-    q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D).
+    q (B, H, Tq, D), k and v (B, Hkv, Tk, D) -> (B, H, Tq, D), where Hkv
+    divides H: query head h reads key/value head h // (H / Hkv), as Hugging
+    Face's ``repeat_kv`` (grouped-query attention; Hkv = 1 is multi-query,
+    Hkv = H the usual multi-head attention).
     ``mask``: a boolean array broadcastable to (B, H, Tq, Tk), True where
     attention is allowed (as PyTorch's ``scaled_dot_product_attention``), or a
     float array added to the scores. A query that may see no key at all gets
     zeros instead of NaN.
+
+    With Hkv < H the G = H / Hkv query heads of a group are laid one after the
+    other along the query axis, (B, Hkv, G·Tq, D), so each key/value head
+    meets all its queries in one product and the backward's products sum the
+    group's key and value gradients as they go. Measured against repeating
+    k and v G times (and summing their gradients after), forward + backward,
+    causal, float32, BLAS on one thread: B 12, H 8, Hkv 2, T 64, D 32 took
+    20 ms instead of 33; MQA (Hkv 1) 26 instead of 36; SmolLM2's heads
+    (B 4, H 9, Hkv 3, T 256, D 64) 150 instead of 199.
     """
-    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    H, Tq, D = q.shape[-3:] if q.ndim >= 3 else (1,) + q.shape
+    Hkv = k.shape[-3] if k.ndim >= 3 else 1
+    if H % Hkv or v.shape[:-1] != k.shape[:-1]:
+        raise ValueError(f"attention: {Hkv} key/value heads cannot serve {H} query heads (it must divide them)")
+    G = H // Hkv
+    qg = q.data if G == 1 else q.data.reshape(q.shape[:-3] + (Hkv, G * Tq, D))  # (B, Hkv, G·Tq, D), a view if contiguous
+    scale = q.dtype.type(1.0 / math.sqrt(D))
     kept = {} if _tape.active is not None else None
-    a = _attention_weights(q.data, k.data, scale, causal, mask, kept)  # (B, H, Tq, Tk)
-    out = a @ v.data  # (B, H, Tq, D)
-    site = _tape.active.attention(q.data, k.data, v.data, kept["scores"], a) if kept is not None else None
+    a = _attention_weights(qg, k.data, scale, causal, mask, kept, G)  # (B, Hkv, G·Tq, Tk)
+    out = a @ v.data  # (B, Hkv, G·Tq, D)
+    ungroup = out.shape if G == 1 else out.shape[:-3] + (H, Tq, D)  # (B, H, Tq, D)
+    out = out.reshape(ungroup)
+    site = None
+    if kept is not None:
+        weights = a.reshape(ungroup[:-1] + (a.shape[-1],))  # (B, H, Tq, Tk): splitting an axis needs no copy
+        site = _tape.active.attention(q.data, k.data, v.data, kept["scores"].reshape(weights.shape), weights)
 
     def backward(g):
         grads = {} if site is not None else None
-        gq, gk, gv = _attention_grads(g, q.data, k.data, v.data, a, scale, out=out, keep=grads)
+        gq, gk, gv = _attention_grads(g.reshape(a.shape[:-1] + (D,)), qg, k.data, v.data, a, scale,
+                                      out=out.reshape(a.shape[:-1] + (D,)), keep=grads)
+        gq = gq.reshape(ungroup)  # (B, H, Tq, D)
         if site is not None:  # a trace takes the gradients of its internals as they pass
-            site(q=gq, k=gk, v=gv, **grads)
+            site(q=gq, k=gk, v=gv, **{n: x.reshape(ungroup[:-1] + (x.shape[-1],)) for n, x in grads.items()})
         return unbroadcast(gq, q.shape), unbroadcast(gk, k.shape), unbroadcast(gv, v.shape)
 
     return _op(out, (q, k, v), backward)
@@ -446,3 +496,154 @@ def self_attention(qkv: Tensor, n_head: int, causal: bool = True, mask=None) -> 
         return (gqkv.reshape(B, T, C3),)
 
     return _op(out.reshape(B, T, C), (qkv,), backward)
+
+
+# ---- the Llama family: RMSNorm, rotary positions, SwiGLU -------------------------
+def rms_norm(x: Tensor, weight: Tensor | None, eps: float = 1e-6) -> Tensor:
+    """x / rms(x) · weight over the last axis, rms(x) = √(mean(x²) + eps).
+
+    LayerNorm without the mean and the shift (Zhang & Sennrich, 2019): the
+    scale of each vector is normalised, its direction kept."""
+    C = x.shape[-1]
+    a = x.data.reshape(-1, C)  # (N, C)
+    inv_c = a.dtype.type(1.0 / C)
+    rstd = xp.vecdot(a, a)  # (N,) sums of squares
+    rstd *= inv_c
+    rstd += eps
+    xp.sqrt(rstd, out=rstd)
+    xp.reciprocal(rstd, out=rstd)  # (N,) 1 / rms
+    xhat = a * rstd[:, None]  # (N, C)
+    out = xhat * weight.data if weight is not None else xhat.copy()
+
+    def backward(g):
+        g2 = g.reshape(-1, C)  # (N, C)
+        gw = gx = None
+        if weight is not None and weight.requires_grad:
+            gw = xp.ones(g2.shape[0], dtype=g2.dtype) @ (g2 * xhat)  # (C,) column sums by BLAS
+        if x.requires_grad:
+            # dx = rstd·(ĝ − x̂·mean(ĝ·x̂)) with ĝ = g·weight
+            gx = g2 * weight.data if weight is not None else g2.copy()  # ĝ (N, C)
+            proj = xp.vecdot(gx, xhat)  # (N,)
+            proj *= inv_c
+            gx -= xhat * proj[:, None]
+            gx *= rstd[:, None]
+            gx = gx.reshape(x.shape)
+        return (gx, gw) if weight is not None else (gx,)
+
+    return _op(out.reshape(x.shape), (x, weight) if weight is not None else (x,), backward)
+
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None = None):
+    """The rotation speeds θᵢ = theta^(−2i/D), i < D/2, of rotary position
+    embeddings (Su et al., 2021), float64 (D/2,): the pair i turns by m·θᵢ at
+    position m, fast pairs first.
+
+    ``scaling`` ``{"rope_type": "llama3", "factor", "low_freq_factor",
+    "high_freq_factor", "original_max_position_embeddings"}`` slows the slow
+    pairs down as Llama 3.1 does: wavelengths longer than
+    original/low_freq_factor are divided by ``factor``, those shorter than
+    original/high_freq_factor kept, those between blended smoothly."""
+    inv_freq = theta ** -(xp.arange(0, head_dim, 2, dtype=xp.float64) / head_dim)  # (D/2,)
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind != "llama3":
+        raise ValueError(f"rope_type {kind!r} is not supported (only 'default' and 'llama3')")
+    factor, lo, hi = (float(scaling[n]) for n in ("factor", "low_freq_factor", "high_freq_factor"))
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_len / wavelen - lo) / (hi - lo)  # 0 at the long end of the blend, 1 at the short end
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return xp.where(wavelen < old_len / hi, inv_freq, xp.where(wavelen > old_len / lo, inv_freq / factor, blended))
+
+
+def rope_cos_sin(inv_freq, start: int, T: int, dtype=xp.float32):
+    """cos and sin of the angles m·θᵢ for positions m = start … start+T−1, each (T, D/2)."""
+    angles = xp.arange(start, start + T, dtype=xp.float64)[:, None] * inv_freq  # (T, D/2), exact in float64
+    return xp.cos(angles).astype(dtype), xp.sin(angles).astype(dtype)
+
+
+def rope(x: Tensor, cos, sin) -> Tensor:
+    """Rotary position embedding as Hugging Face pairs the dimensions: i with
+    i + D/2 ("rotate half"), each pair turned by its angle.
+
+    x (…, T, D) (any layout, e.g. heads as a transposed view), cos and sin
+    (T, D/2) -> (…, T, D), contiguous. With x = [x₁ | x₂]:
+    out = [x₁·cos − x₂·sin | x₂·cos + x₁·sin]. A rotation's backward is the
+    rotation by the opposite angle."""
+    h = x.shape[-1] // 2
+    out = _rotate(x.data, cos, sin, h)
+
+    def backward(g):
+        return (_rotate(g, cos, -sin, h),)
+
+    return _op(out, (x,), backward)
+
+
+def _rotate(a, cos, sin, h):
+    out = xp.empty(a.shape, dtype=a.dtype)  # (…, T, D)
+    a1, a2, o1, o2 = a[..., :h], a[..., h:], out[..., :h], out[..., h:]
+    tmp = xp.multiply(a2, sin)
+    xp.multiply(a1, cos, out=o1)
+    o1 -= tmp
+    xp.multiply(a1, sin, out=tmp)
+    xp.multiply(a2, cos, out=o2)
+    o2 += tmp
+    return out
+
+
+def _sigmoid_into(a, out):
+    """σ(a) written into ``out``, as 1 / (1 + 2^(−a·log₂e)) (NumPy's float32
+    exp2 is faster than its exp); clipped so it neither overflows nor slows."""
+    xp.multiply(a, -_LOG2_E, out=out)
+    xp.clip(out, -125.0, 125.0, out=out)
+    xp.exp2(out, out=out)
+    out += 1
+    xp.reciprocal(out, out=out)
+    return out
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU (swish): x·σ(x); d/dx = σ·(1 + x·(1 − σ))."""
+    a = x.data.reshape(-1)
+    s = _sigmoid_into(a, xp.empty_like(a))
+    out = a * s
+
+    def backward(g):
+        d = 1 - s
+        d *= a
+        d += 1
+        d *= s
+        d *= g.reshape(-1)
+        return (d.reshape(x.shape),)
+
+    return _op(out.reshape(x.shape), (x,), backward)
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """SwiGLU's product silu(gate)·up (Shazeer, 2020), one fused op: the gate
+    decides, element by element, how much of the up projection passes.
+    gate, up (…, I) -> (…, I). Runs block by block so each block stays in cache."""
+    a, u = gate.data.reshape(-1), up.data.reshape(-1)  # (N,) flat
+    s, out = xp.empty_like(a), xp.empty_like(a)
+    for b in _blocks(a.size):
+        sb = _sigmoid_into(a[b], s[b])  # σ(gate), kept for the backward
+        xp.multiply(a[b], sb, out=out[b])  # silu(gate)
+        out[b] *= u[b]
+
+    def backward(g):
+        g = g.reshape(-1)
+        gg, gu = xp.empty_like(a), xp.empty_like(a)
+        for b in _blocks(a.size):
+            ab, sb, ggb, gub = a[b], s[b], gg[b], gu[b]
+            xp.multiply(ab, sb, out=gub)  # silu(gate)
+            gub *= g[b]  # d/d up = g·silu(gate)
+            xp.subtract(1, sb, out=ggb)
+            ggb *= ab
+            ggb += 1
+            ggb *= sb  # silu'(gate) = σ·(1 + gate·(1 − σ))
+            ggb *= u[b]
+            ggb *= g[b]
+        return gg.reshape(gate.shape), gu.reshape(up.shape)
+
+    return _op(out.reshape(gate.shape), (gate, up), backward)

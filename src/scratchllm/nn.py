@@ -195,6 +195,20 @@ class LayerNorm(Module):
         return f"{self.dim}, eps={self.eps}"
 
 
+class RMSNorm(Module):
+    """Divide each vector by its root mean square, then scale (weight, init 1); no shift."""
+
+    def __init__(self, dim, eps=1e-6, dtype=DEFAULT_DTYPE):
+        self.dim, self.eps = dim, eps
+        self.weight = Parameter(xp.ones(dim, dtype=dtype))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight, self.eps)
+
+    def extra_repr(self):
+        return f"{self.dim}, eps={self.eps}"
+
+
 class Dropout(Module):
     def __init__(self, p=0.1, rng=None):
         self.p = p
