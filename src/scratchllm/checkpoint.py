@@ -1,5 +1,17 @@
 """Checkpoints: a directory of JSON and safetensors files, never pickle.
 
+:func:`open_model` is the one place that tells the kinds of model we read
+apart and returns a model with its tokenizer:
+
+* our checkpoint directories, or a training run's directory (``RUN/ckpt``);
+* Hugging Face model directories (config.json with ``model_type``, read by
+  :mod:`scratchllm.hf`);
+* GGUF files (``*.gguf``, read by :mod:`scratchllm.gguf`).
+
+``load`` and ``load_tokenizer`` are its two halves.
+
+Our own directory holds:
+
     config.json            {"model": kind, "format_version": 1, "config": {...}}
     model.safetensors      the weights, named as ``model.state_dict()``
     tokenizer.json         the tokenizer, if one was given
@@ -84,12 +96,52 @@ def save(model, path, tokenizer=None, extra_config=None) -> Path:
     return target
 
 
-def load(path):
-    """A model from a checkpoint directory (ours, or a Hugging Face GPT-2 directory)."""
-    d = resolve_dir(path)
+def _locate(path):
+    """("gguf", file) for a GGUF file, ("hf", dir) for a Hugging Face directory, ("ours", dir) for ours."""
+    p = Path(path)
+    if p.suffix.lower() == ".gguf":
+        if not p.is_file():
+            raise ScratchError(f"GGUF file {p} does not exist" if not p.exists() else f"{p} is not a file")
+        return "gguf", p
+    d = resolve_dir(p)
     config = _read_json(d / "config.json")
-    if "model_type" in config:  # a Hugging Face directory
-        return load_hf(d)
+    return ("hf" if "model_type" in config else "ours"), d
+
+
+def _gguf_module():
+    """scratchllm.gguf, which reads GGUF files: ``load_model(path)`` and ``load_tokenizer(path)``."""
+    try:
+        from . import gguf
+    except ImportError:
+        gguf = None
+    if gguf is None or not hasattr(gguf, "load_model"):
+        raise ScratchError("this version of scratchllm cannot read GGUF files yet")
+    return gguf
+
+
+def _open_gguf(path, tokenizer: bool = True):
+    gguf = _gguf_module()
+    model = gguf.load_model(path)
+    return model, (gguf.load_tokenizer(path) if tokenizer else None)
+
+
+def open_model(path, tokenizer: bool = True):
+    """(model, tokenizer) of ``path``: one of our checkpoints (or a run directory holding ckpt/), a
+    Hugging Face model directory, or a GGUF file. ``tokenizer=False`` skips the tokenizer (None)."""
+    where, p = _locate(path)
+    if where == "gguf":
+        return _open_gguf(p, tokenizer)
+    model = load_hf(p) if where == "hf" else _load_ours(p)
+    return model, (_directory_tokenizer(p, where) if tokenizer else None)
+
+
+def load(path):
+    """A model from a checkpoint directory (ours, or a Hugging Face model directory) or a GGUF file."""
+    return open_model(path, tokenizer=False)[0]
+
+
+def _load_ours(d: Path):
+    config = _read_json(d / "config.json")
     kind = config.get("model")
     if kind is None:
         raise ScratchError(f"{d / 'config.json'} names no model kind: not a scratchllm checkpoint")
@@ -106,14 +158,26 @@ def load(path):
     return model
 
 
-def load_tokenizer(path):
-    """The tokenizer saved beside a checkpoint's weights."""
+def _directory_tokenizer(d: Path, where: str):
     from . import tokenizers
 
-    d = resolve_dir(path)
+    if where == "hf":  # tokenizer.json with the family's own settings, else GPT-2's vocab.json + merges.txt
+        from_hf_dir = getattr(tokenizers, "from_hf_dir", None)
+        if from_hf_dir is not None and (d / "tokenizer.json").is_file():
+            return from_hf_dir(d)
+        return tokenizers.load(d)
     if not (d / "tokenizer.json").is_file():
         raise ScratchError(f"{d} has no tokenizer.json")
     return tokenizers.load(d / "tokenizer.json")
+
+
+def load_tokenizer(path):
+    """The tokenizer that belongs to a checkpoint: saved beside our weights, a Hugging Face
+    directory's tokenizer files, or a GGUF file's vocabulary."""
+    where, p = _locate(path)
+    if where == "gguf":
+        return _gguf_module().load_tokenizer(p)
+    return _directory_tokenizer(p, where)
 
 
 # ---- training state ------------------------------------------------------------------

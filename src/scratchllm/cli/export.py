@@ -1,4 +1,4 @@
-"""``scratchllm export``: write a trained GPT as a Hugging Face GPT-2 directory."""
+"""``scratchllm export``: write a trained model as a Hugging Face directory (a GPT as GPT-2)."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,9 @@ exported (GPT-2 has no fixed sinusoidal encoding)."""
 def register(subparsers):
     p = subparsers.add_parser("export", help="write a GPT checkpoint as a Hugging Face GPT-2 directory",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="out", metavar="DIR", help="checkpoint directory (default: out)")
+    p.add_argument("--ckpt", "--model", dest="ckpt", default="out", metavar="PATH",
+                   help="checkpoint directory (or any model scratchllm reads); --model is another spelling "
+                        "(default: out)")
     p.add_argument("--hf", required=True, metavar="OUTDIR",
                    help="folder to write (new, empty, or an earlier GPT-2 export, which is replaced)")
     p.add_argument("--no-tokenizer", action="store_true", help="write only the model, not the tokenizer")
@@ -29,12 +31,10 @@ def register(subparsers):
 
 def run(args) -> int:
     from .. import checkpoint
-    from ..hf import save_hf_gpt2
+    from ..hf import save_hf
 
     check_output_dir(args.hf)
-    model = checkpoint.load(args.ckpt)
-    if getattr(model, "kind", None) != "gpt":
-        raise ScratchError(f"{args.ckpt} holds a {type(model).__name__}; only a GPT can be exported as GPT-2")
+    model, _ = checkpoint.open_model(args.ckpt, tokenizer=False)
     tokenizer, note = None, "no tokenizer"
     if not args.no_tokenizer:
         try:
@@ -47,11 +47,11 @@ def run(args) -> int:
             tokenizer = None
         if tokenizer is not None:
             note = f"tokenizer: {type(tokenizer).__name__}, {tokenizer.vocab_size} tokens"
-    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+    if tokenizer is not None and tokenizer.vocab_size > getattr(model, "vocab_size", tokenizer.vocab_size):
         raise ScratchError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                           f"{model.config.vocab_size}; export with --no-tokenizer")
-    out = save_hf_gpt2(model, args.hf, tokenizer=tokenizer)
-    c = model.config
-    print(f"wrote {out}: GPT-2 with {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, "
-          f"vocab {c.vocab_size}, context {c.block_size} ({model.num_parameters():,} parameters; {note})")
+                           f"{model.vocab_size}; export with --no-tokenizer")
+    out = save_hf(model, args.hf, tokenizer=tokenizer)
+    m = model
+    print(f"wrote {out}: {m.title} with {m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, "
+          f"vocab {m.vocab_size}, context {m.context_length} ({m.num_parameters():,} parameters; {note})")
     return 0

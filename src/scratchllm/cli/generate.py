@@ -12,8 +12,8 @@ from . import number
 
 DESCRIPTION = """\
 Continue a prompt with text sampled from a trained model (a scratchllm
-checkpoint directory, e.g. the out/ of `scratchllm train`, or a Hugging Face
-GPT-2 directory). Tokens are printed as they are sampled.
+checkpoint directory, e.g. the out/ of `scratchllm train`, a Hugging Face
+model directory, or a GGUF file). Tokens are printed as they are sampled.
 
 Sampling: --temperature divides the logits (0 = always the most likely token,
 <1 = safer, >1 = wilder); --top-k keeps the k most likely tokens; --top-p keeps
@@ -24,7 +24,9 @@ the smallest set of most likely tokens whose probabilities reach p. The same
 def register(subparsers):
     p = subparsers.add_parser("generate", help="sample text from a trained model",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="out", metavar="DIR", help="checkpoint directory (default: out)")
+    p.add_argument("--ckpt", "--model", dest="ckpt", default="out", metavar="PATH",
+                   help="checkpoint directory, Hugging Face model directory or GGUF file; --model is another "
+                        "spelling (default: out)")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", default="200", metavar="N", help="tokens to sample per sample (default: 200)")
     p.add_argument("--temperature", default="1.0", metavar="T", help="≥ 0; 0 = greedy (default: 1.0)")
@@ -90,26 +92,25 @@ def _char_vocabulary(tokenizer):
     return set(tokenizer.chars)
 
 
-_OTHER_VERBS = {
-    "charmlp": "sample from it with `scratchllm charmlp generate`",
-    "transformer": "it translates: use `scratchllm translate`",
-}
-
-
 def _load(ckpt: str):
-    from .. import checkpoint, tokenizers
+    from .. import checkpoint
+    from ..models.base import LanguageModel
 
     path = Path(ckpt)
     if not path.exists():
         raise ScratchError(f"checkpoint directory {ckpt!r} does not exist; train one with "
                            "`scratchllm train` or point --ckpt at a checkpoint directory")
-    model = checkpoint.load(path)
-    if not hasattr(getattr(model, "config", None), "block_size") or not hasattr(model, "new_cache"):
+    model, _ = checkpoint.open_model(path, tokenizer=False)
+    if not isinstance(model, LanguageModel) or model.is_encoder_decoder or not hasattr(model, "new_cache"):
         kind = getattr(model, "kind", type(model).__name__)
-        hint = _OTHER_VERBS.get(kind, "this verb samples from GPT checkpoints only")
+        if isinstance(model, LanguageModel):
+            hint = "it translates: use `scratchllm translate`"
+        elif kind == "charmlp":
+            hint = "sample from it with `scratchllm charmlp generate`"
+        else:
+            hint = "this verb samples from language models (GPT and the like) only"
         raise ScratchError(f"{ckpt} holds a {kind} model, not a GPT: {hint}")
-    tokenizer = tokenizers.load(checkpoint.resolve_dir(path))  # tokenizer.json, or GPT-2's files
-    return model, tokenizer
+    return model, checkpoint.load_tokenizer(path)  # tokenizer.json, an HF directory's files, GGUF metadata
 
 
 def run(args):
@@ -131,10 +132,10 @@ def run(args):
 
     model, tokenizer = _load(args.ckpt)
     ids = np.asarray([_encode_prompt(tokenizer, args.prompt)], dtype=np.int64)  # (1, T)
-    if ids.max() >= model.config.vocab_size:
+    if ids.max() >= model.vocab_size:
         raise ScratchError(f"the tokenizer gives id {ids.max()} but the model knows only "
-                           f"{model.config.vocab_size} tokens: tokenizer and model do not belong together")
-    block = model.config.block_size
+                           f"{model.vocab_size} tokens: tokenizer and model do not belong together")
+    block = model.context_length
     if ids.shape[1] > block:
         print(f"note: the prompt is {ids.shape[1]} tokens long; the model sees only its last {block}",
               file=sys.stderr)

@@ -4,7 +4,8 @@ One module per family holds its config ↔ config.json mapping and its
 parameter rename table; this package only picks the module from the
 directory's ``model_type``.
 
-    load_hf(dir)              -> a model (GPT-2 now; what ``scratchllm.load(dir)`` calls)
+    load_hf(dir)              -> a model (what ``scratchllm.load(dir)`` calls)
+    save_hf(model, dir, tokenizer=None)   the family's writer, chosen by the model's kind
     load_hf_gpt2(dir), save_hf_gpt2(model, dir)
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .common import read_config
 from .gpt2 import load_hf_gpt2, save_hf_gpt2
 
 _READERS = {"gpt2": load_hf_gpt2}  # model_type -> reader of such a directory
+_WRITERS = {"gpt": ("a GPT", save_hf_gpt2)}  # our checkpoints' kind -> (its name, writer of an HF directory)
 
 
 def load_hf(path):
@@ -28,4 +30,13 @@ def load_hf(path):
     return reader(d)
 
 
-__all__ = ["load_hf", "load_hf_gpt2", "save_hf_gpt2"]
+def save_hf(model, path, tokenizer=None) -> Path:
+    """Write ``model`` as a Hugging Face directory that transformers loads (its family's format)."""
+    found = _WRITERS.get(getattr(model, "kind", None))
+    if found is None:
+        names = " or ".join(name for name, _ in _WRITERS.values())
+        raise ScratchError(f"only {names} can be exported as a Hugging Face directory, not a {type(model).__name__}")
+    return found[1](model, path, tokenizer=tokenizer)
+
+
+__all__ = ["load_hf", "save_hf", "load_hf_gpt2", "save_hf_gpt2"]
