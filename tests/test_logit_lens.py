@@ -1,0 +1,105 @@
+"""The logit lens against transformers' hidden states: each one through the final
+norm and the unembedding; its last row is the model's own prediction."""
+import numpy as np
+import pytest
+
+import scratchllm as sl
+from scratchllm.explain.lens import explain_lens, first_top_layer, lens_figure, logit_lens
+from scratchllm.models import GPT, GPTConfig, Transformer, TransformerConfig
+from scramble import scramble  # tests/ is on sys.path
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def small_gpt(seed=0):
+    return scramble(GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=3, n_head=2, n_embd=16)), seed)
+
+
+def test_gpt2_lens_matches_transformers_hidden_states(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = small_gpt()
+    sl.hf.save_hf_gpt2(model, tmp_path / "gpt2")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
+    ids = np.random.default_rng(1).integers(0, 50, size=(2, 12))
+    with torch.no_grad():
+        out = hf(torch.from_numpy(ids), output_hidden_states=True)
+        hs = out.hidden_states  # embeddings, then after each block; the last already through ln_f
+        assert len(hs) == model.n_layer + 1
+        ref = [hf.lm_head(hf.transformer.ln_f(h)) for h in hs[:-1]] + [hf.lm_head(hs[-1])]
+    ref = softmax(np.stack([r.double().numpy() for r in ref]))  # (L + 1, B, T, V)
+    probs = logit_lens(model, ids)
+    assert probs.shape == (model.n_layer + 1, 2, 12, 50)
+    np.testing.assert_allclose(probs, ref, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(probs[-1], softmax(out.logits.double().numpy()), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_last_row_is_the_models_own_prediction(dtype):
+    model = small_gpt(seed=3)
+    if dtype == "float64":
+        for p in model.parameters():
+            p.data = p.data.astype(np.float64)
+    ids = np.random.default_rng(0).integers(0, 50, size=(3, 9))
+    probs = logit_lens(model, ids)
+    assert probs.dtype == np.dtype(dtype)
+    own = softmax(model(ids).data.astype(np.float64))
+    np.testing.assert_allclose(probs[-1], own, rtol=0, atol=1e-6 if dtype == "float32" else 1e-13)
+    np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_the_transformer_decoder_has_a_lens(norm_first):
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16, n_head=2, n_encoder_layers=1,
+                            n_decoder_layers=2, d_ff=32, max_len=16, norm_first=norm_first, dropout=0.0)
+    model = scramble(Transformer(cfg), seed=1)
+    rng = np.random.default_rng(2)
+    src, tgt = rng.integers(3, 30, size=(2, 7)), rng.integers(3, 30, size=(2, 5))
+    probs = logit_lens(model, (src, tgt))
+    assert probs.shape == (3, 2, 5, 30)
+    np.testing.assert_allclose(probs[-1], softmax(model(src, tgt).data.astype(np.float64)), rtol=0, atol=1e-6)
+
+
+def test_first_top_layer_by_hand():
+    # one sequence, two positions, three rows (embeddings, block 0, block 1), vocabulary 3
+    probs = np.array([[[.6, .3, .1], [.1, .2, .7]],
+                      [[.2, .7, .1], [.5, .3, .2]],
+                      [[.1, .8, .1], [.6, .2, .2]]])[:, None]  # (3, 1, 2, 3)
+    assert first_top_layer(probs).tolist() == [[1, 1]]
+    probs[0, 0, 1] = [.9, .05, .05]
+    assert first_top_layer(probs).tolist() == [[1, 0]]
+
+
+class Chars:
+    def decode(self, ids):
+        return "".join(chr(97 + i % 26) for i in ids)
+
+
+def test_explain_lens_prints_every_layer_and_where_the_answer_comes_out_on_top():
+    model = small_gpt(seed=5)
+    ids = np.array([1, 2, 3, 4])
+    text = explain_lens(model, Chars(), ids, top=2)
+    probs = logit_lens(model, ids)
+    first = first_top_layer(probs)[0]
+    blocks = [line for line in text.splitlines() if line.strip().startswith(("embeddings", "after block"))]
+    assert len(blocks) == 4 * (model.n_layer + 1)
+    for t in range(4):
+        answer = Chars().decode([int(probs[-1, 0, t].argmax())])
+        where = "the embeddings" if first[t] == 0 else f"block {first[t] - 1}"
+        assert f"the final answer {answer!r} is first on top after {where}" in text
+        top = int(probs[2, 0, t].argmax())  # after block 1, the best first
+        assert f"{Chars().decode([top])!r} {probs[2, 0, t, top]:.3f}" in blocks[4 * t + 2]
+
+
+def test_lens_figure_is_a_layer_by_position_heatmap():
+    pytest.importorskip("plotly")
+    model = small_gpt()
+    probs = logit_lens(model, np.arange(6))
+    fig = lens_figure(probs, labels=lambda i: Chars().decode([i]))
+    (heat,) = fig.data
+    assert heat.type == "heatmap"
+    np.testing.assert_allclose(np.asarray(heat.z), probs[:, 0].max(-1))
+    assert heat.text[1][2] == Chars().decode([int(probs[1, 0, 2].argmax())])
