@@ -64,7 +64,8 @@ def register(subparsers) -> None:
     pos = sub.add_parser("positions", help="positional encodings: the sinusoidal table, or a checkpoint's rows",
                          description="The fixed sinusoidal table of Vaswani et al. (2017) with its formula, or, "
                                      "with --ckpt, the positions a model adds (its learned rows, or its table).")
-    pos.add_argument("--ckpt", metavar="DIR", help="a GPT or Transformer checkpoint (ours or Hugging Face GPT-2)")
+    pos.add_argument("--ckpt", "--model", dest="ckpt", metavar="PATH",
+                     help="a GPT or Transformer checkpoint (ours or Hugging Face GPT-2); --model is another spelling")
     pos.add_argument("--width", default="128", metavar="C",
                      help="width of the sinusoidal table without --ckpt (default: 128)")
     pos.add_argument("--positions", default="8", metavar="N", help="positions (rows) to show (default: 8)")
@@ -121,9 +122,10 @@ def run_positions(args) -> int:
         print(explain_sinusoidal(number(args.width, "--width", int, 1), n_pos, n_dims))
         return 0
     from .. import checkpoint
+    from ..models.base import LanguageModel
 
     model = checkpoint.load(args.ckpt)
-    if not hasattr(model, "config") or getattr(model, "kind", "") not in ("gpt", "transformer"):
+    if not isinstance(model, LanguageModel):
         raise ScratchError(f"{args.ckpt} holds a {type(model).__name__}, which has no positions: "
                            "give a GPT or Transformer checkpoint")
     print(explain_learned(model, n_pos, n_dims, source=str(args.ckpt)))
@@ -188,9 +190,10 @@ weight gradients, and one SGD step taken on a copy of the model.
 def _register_gpt(sub):
     g = sub.add_parser("gpt", help="a GPT on a text: every number of its forward (and backward) pass",
                        description=GPT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g.add_argument("--ckpt", default="out", metavar="DIR",
-                   help="a GPT checkpoint (ours, e.g. the out/ of `scratchllm train`, or a Hugging Face GPT-2 "
-                        "directory; default: out)")
+    g.add_argument("--ckpt", "--model", dest="ckpt", default="out", metavar="PATH",
+                   help="a GPT or another decoder-only model: our checkpoint (e.g. the out/ of `scratchllm "
+                        "train`), a Hugging Face model directory or a GGUF file; --model is another spelling "
+                        "(default: out)")
     g.add_argument("--text", required=True, help="the text so far; the model predicts the token after it")
     g.add_argument("--layer", default="0", metavar="L", help="the block whose attention is worked out (default: 0)")
     g.add_argument("--head", default="0", metavar="H", help="the attention head worked out (default: 0)")
@@ -215,8 +218,9 @@ def _register_transformer(sub):
                                    "works out one output token's cross-attention term by term, e.g. "
                                    "`scratchllm explain transformer --ckpt out-translate --text \"Ein Hund rennt "
                                    "über die Wiese.\" --layer 0 --head 1 --position 2`.")
-    t.add_argument("--ckpt", default="out-translate", metavar="DIR",
-                   help="a checkpoint of `scratchllm translate-train` (default: out-translate)")
+    t.add_argument("--ckpt", "--model", dest="ckpt", default="out-translate", metavar="DIR",
+                   help="a checkpoint of `scratchllm translate-train`; --model is another spelling "
+                        "(default: out-translate)")
     t.add_argument("--text", required=True, help="the sentence to translate")
     t.add_argument("--layer", default=None, metavar="L", help="the decoder layer shown (default: the last)")
     t.add_argument("--head", default=None, metavar="H", help="one head instead of the average over heads")
@@ -244,9 +248,9 @@ probability (a model trained without dropout is shown with p = 0.1).
 def _register_dropout(sub):
     d = sub.add_parser("dropout", help="dropout's mask and rescaling in one training pass, and eval turning it off",
                        description=DROPOUT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--ckpt", default="out", metavar="DIR",
-                   help="a GPT checkpoint (ours or a Hugging Face GPT-2 directory) or a translation model's "
-                        "(default: out)")
+    d.add_argument("--ckpt", "--model", dest="ckpt", default="out", metavar="PATH",
+                   help="a GPT checkpoint (ours or a Hugging Face GPT-2 directory) or a translation model's; "
+                        "--model is another spelling (default: out)")
     d.add_argument("--text", required=True,
                    help="the text (a GPT) or the sentence to translate (a Transformer; the decoder reads its "
                         "greedy translation)")
@@ -261,19 +265,21 @@ def _register_dropout(sub):
     d.set_defaults(func=run_dropout)
 
 
-def _load_checkpoint(ckpt: str, kind: str, other_verb: str):
-    """(model, tokenizer) of ``ckpt``, which must hold a model of ``kind``."""
+def _load_checkpoint(ckpt: str, verb: str, encoder_decoder: bool, other_verb: str):
+    """(model, tokenizer) of ``ckpt``, which must hold a language model that is an encoder–decoder
+    or not, as ``encoder_decoder`` says (``explain {verb}`` reads it; ``other_verb`` the other kind)."""
     from pathlib import Path
 
-    from .. import checkpoint, tokenizers
+    from .. import checkpoint
+    from ..models.base import LanguageModel
 
     if not Path(ckpt).exists():
         raise ScratchError(f"checkpoint directory {ckpt!r} does not exist")
-    model = checkpoint.load(ckpt)
-    found = getattr(model, "kind", type(model).__name__)
-    if found != kind:
-        raise ScratchError(f"{ckpt} holds a {found} model, not a {kind}: {other_verb}")
-    return model, tokenizers.load(checkpoint.resolve_dir(ckpt))
+    model, _ = checkpoint.open_model(ckpt, tokenizer=False)
+    if not isinstance(model, LanguageModel) or model.is_encoder_decoder != encoder_decoder:
+        found = getattr(model, "kind", type(model).__name__)
+        raise ScratchError(f"{ckpt} holds a {found} model, not a {verb}: {other_verb}")
+    return model, checkpoint.load_tokenizer(ckpt)
 
 
 def _in_range(text, option, n, what):
@@ -295,18 +301,19 @@ def _encode_text(tokenizer, text, option):
         raise ScratchError(str(e).replace("the prompt", option).replace("--prompt", option)) from None
 
 
-def _gpt_ids(tokenizer, cfg, text):
-    """A GPT's token ids of ``--text``, cut to the block with a note."""
+def _gpt_ids(tokenizer, model, text):
+    """A decoder-only model's token ids of ``--text``, cut to its context with a note."""
     import sys
 
     ids = _encode_text(tokenizer, text, "--text")
-    if max(ids) >= cfg.vocab_size:
-        raise ScratchError(f"the tokenizer gives id {max(ids)} but the model knows only {cfg.vocab_size} tokens: "
+    if max(ids) >= model.vocab_size:
+        raise ScratchError(f"the tokenizer gives id {max(ids)} but the model knows only {model.vocab_size} tokens: "
                            "tokenizer and model do not belong together")
-    if len(ids) > cfg.block_size:
-        print(f"note: the text is {len(ids)} tokens long; the model sees only its last {cfg.block_size}, "
+    n = model.context_length
+    if len(ids) > n:
+        print(f"note: the text is {len(ids)} tokens long; the model sees only its last {n}, "
               "so it was cut to those", file=sys.stderr)
-        ids = ids[-cfg.block_size:]
+        ids = ids[-n:]
     return ids
 
 
@@ -343,12 +350,11 @@ def run_gpt(args) -> int:
                            .replace("temperature", "--temperature", 1)) from None
     if not args.text:
         raise ScratchError("--text is empty: give some text, e.g. --text \"To be or not\"")
-    model, tokenizer = _load_checkpoint(args.ckpt, "gpt", "use `scratchllm explain transformer` for a "
+    model, tokenizer = _load_checkpoint(args.ckpt, "gpt", False, "use `scratchllm explain transformer` for a "
                                         "translation model")
-    cfg = model.config
-    ids = _gpt_ids(tokenizer, cfg, args.text)
-    layer = _in_range(args.layer, "--layer", cfg.n_layer, "the model has layers")
-    head = _in_range(args.head, "--head", cfg.n_head, "each layer has heads")
+    ids = _gpt_ids(tokenizer, model, args.text)
+    layer = _in_range(args.layer, "--layer", model.n_layer, "the model has layers")
+    head = _in_range(args.head, "--head", model.n_head, "each layer has heads")
     position = None if args.position is None else _in_range(args.position, "--position", len(ids),
                                                              "the text has tokens")
     target = None
@@ -370,7 +376,7 @@ def run_transformer(args) -> int:
 
     if not args.text or not args.text.strip():
         raise ScratchError("--text is empty: give a sentence, e.g. --text \"Ein Hund rennt über die Wiese.\"")
-    model, tokenizer = _load_checkpoint(args.ckpt, "transformer", "use `scratchllm explain gpt`")
+    model, tokenizer = _load_checkpoint(args.ckpt, "transformer", True, "use `scratchllm explain gpt`")
     special_ids(tokenizer)
     cfg = model.config
     layer = None if args.layer is None else _in_range(args.layer, "--layer", cfg.n_decoder_layers,
@@ -388,8 +394,9 @@ def run_transformer(args) -> int:
 def run_dropout(args) -> int:
     from pathlib import Path
 
-    from .. import checkpoint, tokenizers
+    from .. import checkpoint
     from ..explain.dropout import dropout_sites, explain_dropout
+    from ..models.base import LanguageModel
 
     p = None
     if args.p is not None:
@@ -401,22 +408,22 @@ def run_dropout(args) -> int:
         raise ScratchError("--text is empty: give some text, e.g. --text \"To be or not\"")
     if not Path(args.ckpt).exists():
         raise ScratchError(f"checkpoint directory {args.ckpt!r} does not exist")
-    model = checkpoint.load(args.ckpt)
-    kind = getattr(model, "kind", type(model).__name__)
-    if kind not in ("gpt", "transformer"):
-        raise ScratchError(f"{args.ckpt} holds a {kind} model: explain dropout reads a GPT or a Transformer")
-    tokenizer = tokenizers.load(checkpoint.resolve_dir(args.ckpt))
+    model, _ = checkpoint.open_model(args.ckpt, tokenizer=False)
+    if not isinstance(model, LanguageModel) or not dropout_sites(model):
+        kind = getattr(model, "kind", type(model).__name__)
+        raise ScratchError(f"{args.ckpt} holds a {kind} model without dropout: explain dropout reads a GPT or a "
+                           "Transformer")
+    tokenizer = checkpoint.load_tokenizer(args.ckpt)
     sites = dropout_sites(model)
     if args.site is not None and args.site not in sites:
         raise ScratchError(f"--site {args.site!r} is not a dropout of this model; its dropouts: {', '.join(sites)}")
-    cfg = model.config
-    if kind == "gpt":
-        ids = _gpt_ids(tokenizer, cfg, args.text)
+    if not model.is_encoder_decoder:
+        ids = _gpt_ids(tokenizer, model, args.text)
     else:
         from ..translate import special_ids
 
         special_ids(tokenizer)
-        ids = _source_ids(tokenizer, cfg, args.text)
+        ids = _source_ids(tokenizer, model.config, args.text)
     position = None if args.position is None else number(args.position, "--position", int, 0)
     print(explain_dropout(model, tokenizer, ids, site=args.site, position=position, p=p, seed=seed, full=args.full,
                           source=str(args.ckpt)))

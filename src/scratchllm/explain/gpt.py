@@ -64,6 +64,12 @@ def attention_arithmetic(q, k, v, scores, weights, y, head, query_label, key_lab
     return out
 
 
+def _param_name(model, param) -> str:
+    """The short name of a parameter of ``model`` (its module's name: "wte", "embed_tokens", "lm_head")."""
+    name = next(n for n, p in model.named_parameters() if p is param)
+    return name.rsplit(".", 2)[-2] if "." in name else name
+
+
 def _mean_std(v):
     v = np.asarray(v, dtype=np.float64)
     return v.mean(), v.std()
@@ -74,10 +80,9 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     """The printout of ``scratchllm explain gpt`` for token ``ids`` (a list);
     ``target`` is the id of the token that should come after ``position``; ``lr``
     the learning rate of its SGD step (None: the one that lowers the loss most)."""
-    cfg = model.config
     ids = np.asarray(ids, dtype=np.int64)
-    T, C, H, L, V = len(ids), cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.vocab_size
-    D = C // H
+    T, C, H, L, V = len(ids), model.n_embd, model.n_head, model.n_layer, model.vocab_size
+    D, H_kv = model.head_dim, model.n_kv_head
     P = T - 1 if position is None else position
     targets = None
     if target is not None:
@@ -88,10 +93,12 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     w = max(6, max(len(s) for s in names) + 1)
     out = []
     say = out.append
-    learned = cfg.positional == "learned"
+    learned = getattr(getattr(model, "config", None), "positional", None) == "learned"
+    table, head_table = _param_name(model, model.token_embedding()), _param_name(model, model.unembedding())
+    kv = f" sharing {H_kv} key/value heads" if H_kv != H else ""
 
-    say(f"GPT: {L} layers, {H} heads of {D} numbers (width C = {C}), vocabulary {V}, "
-        f"block {cfg.block_size} tokens" + (f"; checkpoint {source}" if source else "") + ".")
+    say(f"{model.title}: {L} layers, {H} heads of {D} numbers{kv} (width C = {C}), vocabulary {V}, "
+        f"block {model.context_length} tokens" + (f"; checkpoint {source}" if source else "") + ".")
     say(f"Every number below is the model's own (a trace of its forward{' and backward' if target is not None else ''} "
         "pass, in evaluation mode); first 8 numbers of each vector, --full for all.")
 
@@ -102,11 +109,16 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
         say(f"    {t:>8}  {s:<{w}}{int(i):>7}")
 
     say("")
-    pos_what = "its row of the learned table wpe" if learned else "the fixed sinusoidal row of its position"
-    say(f"Step 2. Embeddings: each token's row of wte ({V} × {C}) plus {pos_what} = the row entering block 0")
+    if "pos_emb" in tr:
+        pos_what = "its row of the learned table wpe" if learned else "the fixed sinusoidal row of its position"
+        say(f"Step 2. Embeddings: each token's row of {table} ({V} × {C}) plus {pos_what} = the row entering block 0")
+    else:
+        say(f"Step 2. Embeddings: each token's row of {table} ({V} × {C}) is the row entering block 0; no position "
+            "vector is added (positions enter inside attention, where q and k are rotated by their position)")
     for t, s in enumerate(names):
         say(f"    {t:>3} {s:<{w}} token     {vec(tr['tok_emb'][0, t], full)}")
-        say(f"    {'':>3} {'':<{w}} position  {vec(tr['pos_emb'][t], full)}")
+        if "pos_emb" in tr:
+            say(f"    {'':>3} {'':<{w}} position  {vec(tr['pos_emb'][t], full)}")
         say(f"    {'':>3} {'':<{w}} = x       {vec(tr['emb'][0, t], full)}")
 
     say("")
@@ -123,20 +135,24 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     say("")
     say(f"Step 4. Attention in layer {layer}, head {head}, for position {P} {names[P]} "
         f"(--layer, --head, --position): it sees positions 0 … {P}")
+    g = head * H_kv // H  # the key/value head this query head reads (grouped-query attention: shared)
+    if H_kv != H:
+        say(f"    query heads {g * H // H_kv} … {(g + 1) * H // H_kv - 1} share key/value head {g}: "
+            f"the cache keeps {H_kv} heads of keys and values instead of {H}")
     q = tr[f"h.{layer}.attn.q"][0, head, P]  # (D,)
-    k = tr[f"h.{layer}.attn.k"][0, head, :P + 1]  # (P+1, D)
-    v = tr[f"h.{layer}.attn.v"][0, head, :P + 1]
+    k = tr[f"h.{layer}.attn.k"][0, g, :P + 1]  # (P+1, D)
+    v = tr[f"h.{layer}.attn.v"][0, g, :P + 1]
     scores = tr[f"h.{layer}.attn.scores"][0, head, P, :P + 1]
     weights = tr[f"h.{layer}.attn.weights"][0, head, P, :P + 1]
     y_head = tr[f"h.{layer}.attn.y"][0, P, head * D:(head + 1) * D]
     out += attention_arithmetic(q, k, v, scores, weights, y_head, head, names[P], names[:P + 1], w, full)
     say("")
-    say(f"Step 5. The {H} heads side by side (y, {H} × {D} = {C} numbers), then the output projection "
-        f"c_proj ({C} × {C}) mixes them")
+    say(f"Step 5. The {H} heads side by side (y, {H} × {D} = {H * D} numbers), then the output projection "
+        f"({C} × {H * D}) mixes them")
     y = tr[f"h.{layer}.attn.y"][0, P]
     for h in range(H):
         say(f"    head {h}: {vec(y[h * D:(h + 1) * D], full, n=4)}")
-    say(f"    out = y · c_projᵀ + b = {vec(tr[f'h.{layer}.attn.out'][0, P], full)}")
+    say(f"    out = y · W_oᵀ (+ b) = {vec(tr[f'h.{layer}.attn.out'][0, P], full)}")
 
     say("")
     say(f"Step 6. The residual add (layer {layer}, position {P}): the block's input plus the attention's output")
@@ -144,7 +160,12 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     say(f"    x         {vec(x_prev[0, P], full)}")
     say(f"    + out     {vec(tr[f'h.{layer}.attn.out'][0, P], full)}")
     say(f"    = x       {vec(tr[f'h.{layer}.resid_1'][0, P], full)}")
-    say(f"    then ln_2, the MLP ({C} → {4 * C} with GELU → {C}) and a second residual add:")
+    if f"h.{layer}.mlp.gate" in tr:  # a gated MLP (SwiGLU): silu(x·W_gateᵀ) × x·W_upᵀ, then W_down
+        inner = tr[f"h.{layer}.mlp.up"].shape[-1]
+        say(f"    then ln_2, the gated MLP (silu(gate) × up, {C} → {inner} → {C}) and a second residual add:")
+    else:
+        say(f"    then ln_2, the MLP ({C} → {tr[f'h.{layer}.mlp.fc'].shape[-1]} with GELU → {C}) and a second "
+            "residual add:")
     say(f"    + mlp     {vec(tr[f'h.{layer}.mlp.out'][0, P], full)}")
     say(f"    = x       {vec(tr[f'h.{layer}.resid_2'][0, P], full)}")
 
@@ -158,7 +179,7 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     probs = tr["probs"][0, P].astype(np.float64)
     order = np.argsort(-probs, kind="stable")[:top]
     say("")
-    say(f"Step 8. The next token after position {P}: logits = ln_f · wteᵀ (one per token of the vocabulary), "
+    say(f"Step 8. The next token after position {P}: logits = ln_f · {head_table}ᵀ (one per token of the vocabulary), "
         f"probability = softmax(logits); the top {len(order)}")
     say(f"    {'rank':>4}  {'token':<{w}}{'id':>7}{'logit':>12}{'probability':>14}")
     for r, i in enumerate(order, 1):
@@ -188,8 +209,7 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
 
 
 def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, top, w):
-    cfg = model.config
-    L = cfg.n_layer
+    L = model.n_layer
     probs = tr["probs"][0, P].astype(np.float64)
     g_logits = tr.grad("logits")[0, P].astype(np.float64)
     out = []

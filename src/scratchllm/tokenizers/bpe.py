@@ -63,8 +63,14 @@ class BPETokenizer(Tokenizer):
         self._build(base, [], {s: 256 + k for k, s in enumerate(specials)})
 
     # -- building ------------------------------------------------------------
-    def _build(self, tokens: Mapping[int, bytes], merges: list[tuple[int, int, int]], specials: Mapping[str, int]):
-        """Set the whole state from id -> bytes, merges (a, b, merged) and specials."""
+    def _build(self, tokens: Mapping[int, bytes], merges: list[tuple[int, int, int]], specials: Mapping[str, int],
+               missing_byte="error"):
+        """Set the whole state from id -> bytes, merges (a, b, merged) and specials.
+
+        missing_byte: what a byte without a token of its own becomes: "error" (refuse the
+        vocabulary), an id (an unknown token), or None: nothing, the byte is dropped, as in
+        Hugging Face's BPE without an unk token (published vocabularies may lack bytes that
+        never occur in UTF-8 text, or rare control characters)."""
         size = len(tokens) + len(specials)
         table: list[bytes | None] = [None] * size
         for i, data in chain(tokens.items(), ((i, s.encode("utf-8")) for s, i in specials.items())):
@@ -75,11 +81,12 @@ class BPETokenizer(Tokenizer):
         if len(token_ids) != len(tokens):
             raise ScratchError("two tokens have the same bytes")
         missing = [b for b in range(256) if bytes([b]) not in token_ids]
-        if missing:
+        if missing and missing_byte == "error":
             raise ScratchError(f"not a byte-level vocabulary: no token for byte {missing[0]:#04x}")
         self._id_bytes: list[bytes] = table
         self._token_ids = token_ids
-        self._byte_ids = [token_ids[bytes([b])] for b in range(256)]
+        self._byte_ids = [token_ids.get(bytes([b]), missing_byte) for b in range(256)]
+        self._drops_bytes = bool(missing) and missing_byte is None
         self.merges = list(merges)
         self.special_tokens = dict(specials)
         self._special_ids = {i: s for s, i in specials.items()}
@@ -177,6 +184,8 @@ class BPETokenizer(Tokenizer):
             if whole is not None:
                 return (whole,)
         ids = list(map(self._byte_ids.__getitem__, data))
+        if self._drops_bytes:
+            ids = [i for i in ids if i is not None]
         if len(ids) > 1:
             ids = merge_piece(ids, self._table)
         return tuple(ids)
