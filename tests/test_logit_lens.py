@@ -103,3 +103,21 @@ def test_lens_figure_is_a_layer_by_position_heatmap():
     assert heat.type == "heatmap"
     np.testing.assert_allclose(np.asarray(heat.z), probs[:, 0].max(-1))
     assert heat.text[1][2] == Chars().decode([int(probs[1, 0, 2].argmax())])
+
+
+def test_explain_gpt_lens_on_the_command_line(tmp_path, capsys):
+    from scratchllm import checkpoint
+    from scratchllm.cli import main
+    from scratchllm.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_text("abcdefgh ")
+    model = scramble(GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16)), 4)
+    checkpoint.save(model, tmp_path / "ckpt", tokenizer=tok)
+    assert main(["explain", "gpt", "--ckpt", str(tmp_path / "ckpt"), "--text", "abc", "--lens"]) == 0
+    out = capsys.readouterr().out
+    ids = np.array(tok.encode("abc"))
+    assert out.strip() == explain_lens(model, tok, ids).strip()
+    assert out.count("is first on top after") == 3 and out.count("after block 1 ") == 3
+    assert main(["explain", "gpt", "--ckpt", str(tmp_path / "ckpt"), "--text", "abc", "--lens",
+                 "--position", "1"]) == 0
+    assert capsys.readouterr().out.count("is first on top after") == 1

@@ -207,6 +207,8 @@ def _register_gpt(sub):
     g.add_argument("--temperature", default="1.0", metavar="T", help="sampling temperature shown (default: 1.0)")
     g.add_argument("--top-k", default=None, metavar="K", help="sampling: keep the K most likely tokens")
     g.add_argument("--top-p", default=None, metavar="P", help="sampling: nucleus, 0 < P ≤ 1")
+    g.add_argument("--lens", action="store_true", help="the logit lens instead: each layer's top next tokens at each "
+                   "position (or --position), and the layer where the final answer first comes out on top")
     g.set_defaults(func=run_gpt)
 
 
@@ -357,6 +359,11 @@ def run_gpt(args) -> int:
     head = _in_range(args.head, "--head", model.n_head, "each layer has heads")
     position = None if args.position is None else _in_range(args.position, "--position", len(ids),
                                                              "the text has tokens")
+    if args.lens:
+        from ..explain.lens import explain_lens
+
+        print(explain_lens(model, tokenizer, ids, positions=None if position is None else [position]))
+        return 0
     target = None
     if args.target is not None:
         target_ids = _encode_text(tokenizer, args.target, "--target")

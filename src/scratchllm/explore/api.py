@@ -83,23 +83,21 @@ def rounded(a, digits=6):
 
 class Explorer:
     def __init__(self, ckpt):
-        from ..models.transformer import Transformer
+        from ..models.base import LanguageModel
 
         self.path = Path(ckpt)
-        self.ckpt_dir = checkpoint.resolve_dir(ckpt)
-        self.model = checkpoint.load(self.ckpt_dir)
-        self.model.eval()
-        self.tokenizer = tokenizers.load(self.ckpt_dir)
-        if isinstance(self.model, Transformer):
-            self.kind = "transformer"
-        elif hasattr(getattr(self.model, "config", None), "block_size"):
-            self.kind = "gpt"
-        else:
+        self.ckpt_dir = checkpoint.locate(ckpt)  # the checkpoint's directory (or a GGUF file)
+        self.model, _ = checkpoint.open_model(self.ckpt_dir, tokenizer=False)
+        if not isinstance(self.model, LanguageModel):
             raise ScratchError(f"{ckpt} holds a {getattr(self.model, 'kind', type(self.model).__name__)} model; "
                                "explore shows GPT and Transformer checkpoints")
+        self.model.eval()
+        self.tokenizer = checkpoint.load_tokenizer(self.ckpt_dir)
+        self.kind = self.model.kind
+        self.encoder_decoder = self.model.is_encoder_decoder  # the page shows translation, not the next token
         self.lock = threading.Lock()  # one trace, forward or copy of the model at a time
         self._traces: OrderedDict = OrderedDict()  # (inputs, targets) -> Trace, the last few
-        if self.kind == "transformer":
+        if self.encoder_decoder:
             from ..translate import special_ids
 
             self.pad_id, self.bos_id, self.eos_id = special_ids(self.tokenizer)
@@ -110,13 +108,17 @@ class Explorer:
         params = {n: list(p.shape) for n, p in self.model.named_parameters()}
         return {
             "kind": self.kind,
+            "title": self.model.title,
+            "decoder_only": not self.encoder_decoder,
             "checkpoint": str(self.ckpt_dir),
             "config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},
             "parameters": int(sum(int(np.prod(s)) for s in params.values())),
             "vocab_size": self.vocab_size,
             "context": self.context,
             "layers": self.n_layers,
-            "heads": cfg.n_head,
+            "heads": self.model.n_head,
+            "kv_heads": self.model.n_kv_head,
+            "width": self.model.n_embd,
             "has_run": self.log_path() is not None,
             "max_chars": MAX_CHARS,
             "default_text": self.default_text(),
@@ -127,7 +129,7 @@ class Explorer:
         run's validation tokens, else the first tokens of the vocabulary."""
         for text in ("To be or not to be", "The cat sat on the mat"):
             try:
-                if self.kind == "transformer" or len(self.encode(text)) < self.context:
+                if self.encoder_decoder or len(self.encode(text)) < self.context:
                     return text
             except BadRequest:
                 pass
@@ -144,18 +146,15 @@ class Explorer:
 
     @property
     def vocab_size(self) -> int:
-        cfg = self.model.config
-        return cfg.vocab_size if self.kind == "gpt" else cfg.tgt_vocab_size
+        return self.model.vocab_size
 
     @property
     def context(self) -> int:
-        cfg = self.model.config
-        return cfg.block_size if self.kind == "gpt" else cfg.max_len
+        return self.model.context_length
 
     @property
     def n_layers(self) -> int:
-        cfg = self.model.config
-        return cfg.n_layer if self.kind == "gpt" else cfg.n_decoder_layers
+        return self.model.n_layer
 
     # ---- text -> tokens ---------------------------------------------------------------
     def piece(self, i: int) -> str:
@@ -201,7 +200,7 @@ class Explorer:
 
     # ---- the next token -------------------------------------------------------------------
     def _gpt_only(self):
-        if self.kind != "gpt":
+        if self.encoder_decoder:
             raise BadRequest("this view needs a GPT checkpoint; this one translates (see the Translation view)")
 
     def _last_logits(self, ids) -> np.ndarray:
@@ -281,8 +280,7 @@ class Explorer:
 
     # ---- embeddings -------------------------------------------------------------------
     def _embedding_table(self) -> np.ndarray:
-        w = self.model.transformer.wte.weight if self.kind == "gpt" else self.model.tgt_embed.weight
-        return np.asarray(w.data, dtype=np.float64)
+        return np.asarray(self.model.token_embedding().data, dtype=np.float64)
 
     def embeddings(self, body: dict) -> dict:
         """The token embedding rows projected on their two principal directions."""
@@ -467,7 +465,7 @@ class Explorer:
         """A translation (greedy or beam), the cross-attention behind it and each step's candidates."""
         from ..translate import beam_search, encode_source, greedy_decode, length_penalty_of
 
-        if self.kind != "transformer":
+        if not self.encoder_decoder:
             raise BadRequest("translation needs a Transformer checkpoint (scratchllm translate-train)")
         text = text_field(body)
         beam = number_field(body, "beam", int, 1, 16, default=1)
