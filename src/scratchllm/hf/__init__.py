@@ -15,9 +15,12 @@ from pathlib import Path
 from ..errors import ScratchError
 from .common import read_config
 from .gpt2 import load_hf_gpt2, save_hf_gpt2
+from .llama import load_hf_llama, save_hf_llama
 
-_READERS = {"gpt2": load_hf_gpt2}  # model_type -> reader of such a directory
-_WRITERS = {"gpt": ("a GPT", save_hf_gpt2)}  # our checkpoints' kind -> (its name, writer of an HF directory)
+_READERS = {"gpt2": load_hf_gpt2, "llama": load_hf_llama, "mistral": load_hf_llama, "qwen2": load_hf_llama,
+            "qwen3": load_hf_llama}  # model_type -> reader of such a directory
+# our checkpoints' kind -> (its name, writer of an HF directory)
+_WRITERS = {"gpt": ("a GPT", save_hf_gpt2), "llama": ("a Llama", save_hf_llama)}
 
 
 def load_hf(path):
@@ -39,4 +42,4 @@ def save_hf(model, path, tokenizer=None) -> Path:
     return found[1](model, path, tokenizer=tokenizer)
 
 
-__all__ = ["load_hf", "save_hf", "load_hf_gpt2", "save_hf_gpt2"]
+__all__ = ["load_hf", "save_hf", "load_hf_gpt2", "save_hf_gpt2", "load_hf_llama", "save_hf_llama"]

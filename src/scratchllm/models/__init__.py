@@ -3,4 +3,5 @@ from .base import LanguageModel
 from .charmlp import CharMLP
 from .classifier import Classifier
 from .gpt import GPT, GPTConfig
+from .llama import Llama, LlamaConfig
 from .transformer import Transformer, TransformerConfig
