@@ -33,8 +33,9 @@ class Chat:
     def __init__(self, model, tokenizer, system=None, temperature=0.7, top_k=None, top_p=None, seed=None,
                  max_new_tokens=256):
         check_sampling_args(max_new_tokens, temperature, top_k, top_p)
-        if not hasattr(model, "new_cache"):
-            raise ScratchError(f"a {type(model).__name__} cannot chat: it has no KV cache (a decoder-only model can)")
+        if getattr(model, "is_encoder_decoder", False) or not hasattr(model, "new_cache"):
+            raise ScratchError(f"a {type(model).__name__} cannot chat: only a decoder-only language model "
+                               "(GPT, Llama family) continues a conversation")
         self.model, self.tok, self.system = model, tokenizer, system
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
         self.max_new_tokens = int(max_new_tokens)

@@ -20,8 +20,9 @@ with their cross-attention. Everything runs offline; Ctrl-C stops it."""
 def register(subparsers):
     p = subparsers.add_parser("explore", help="a local web page showing a model's attention, gradients and training",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="out", metavar="DIR",
-                   help="a checkpoint directory, or a run directory holding ckpt/ and log.jsonl (default: out)")
+    p.add_argument("--ckpt", "--model", dest="ckpt", default="out", metavar="PATH",
+                   help="a checkpoint directory, a run directory holding ckpt/ and log.jsonl, a Hugging Face model "
+                        "directory or a GGUF file; --model is another spelling (default: out)")
     p.add_argument("--port", default="8000", metavar="N", help="port to listen on; 0 picks a free one (default: 8000)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this computer only); another address lets "

@@ -121,8 +121,9 @@ def _run_train(args):
 
 # ---- decoding options shared by translate and translate-eval --------------------------
 def _add_decoding(p):
-    p.add_argument("--ckpt", default=DEFAULT_OUT, metavar="DIR",
-                   help=f"checkpoint directory, or a run directory holding ckpt/ (default: {DEFAULT_OUT})")
+    p.add_argument("--ckpt", "--model", dest="ckpt", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"checkpoint directory, or a run directory holding ckpt/; --model is another spelling "
+                        f"(default: {DEFAULT_OUT})")
     p.add_argument("--beam", type=int, default=4, metavar="N", help="beam size; 1 = greedy (default: 4)")
     p.add_argument("--length-penalty", type=float, default=0.6, metavar="A",
                    help="GNMT length penalty alpha for beam search; 0 = raw log-probabilities (default: 0.6)")
@@ -133,7 +134,7 @@ def _add_decoding(p):
 def _load(args):
     """(model, tokenizer) of --ckpt, checked to be a translation model."""
     from .. import checkpoint
-    from ..models.transformer import Transformer
+    from ..models.base import LanguageModel
     from ..translate import special_ids
 
     if args.beam < 1:
@@ -142,8 +143,8 @@ def _load(args):
         raise ScratchError(f"--length-penalty must be ≥ 0, got {args.length_penalty}")
     if args.batch_size < 1:
         raise ScratchError(f"--batch-size must be at least 1, got {args.batch_size}")
-    model = checkpoint.load(args.ckpt)
-    if not isinstance(model, Transformer):
+    model, _ = checkpoint.open_model(args.ckpt, tokenizer=False)
+    if not (isinstance(model, LanguageModel) and model.is_encoder_decoder):
         raise ScratchError(f"{args.ckpt} holds a {getattr(model, 'kind', type(model).__name__)} model, not a "
                            "translation model: train one with 'scratchllm translate-train'")
     tokenizer = checkpoint.load_tokenizer(args.ckpt)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checkpoint, tokenizers
+from .. import checkpoint
 from ..errors import ScratchError
 from ..tensor import no_grad
 
@@ -104,14 +104,13 @@ class Explorer:
 
     # ---- what the page shows first -----------------------------------------------------
     def info(self, body: dict | None = None) -> dict:
-        cfg = self.model.config
         params = {n: list(p.shape) for n, p in self.model.named_parameters()}
         return {
             "kind": self.kind,
             "title": self.model.title,
             "decoder_only": not self.encoder_decoder,
             "checkpoint": str(self.ckpt_dir),
-            "config": {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},
+            "config": {k: v for k, v in self.model.config_dict().items() if isinstance(v, (int, float, str, bool))},
             "parameters": int(sum(int(np.prod(s)) for s in params.values())),
             "vocab_size": self.vocab_size,
             "context": self.context,

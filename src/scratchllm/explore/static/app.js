@@ -95,10 +95,11 @@ async function start() {
     return;
   }
   const i = state.info;
-  document.body.classList.add(i.kind);
+  document.body.classList.add(i.decoder_only ? "gpt" : "transformer");  // which views the page offers
   const c = i.config;
-  $("model-info").textContent = i.kind === "gpt"
-    ? `GPT · ${i.layers} layers · ${i.heads} heads · width ${c.n_embd} · ${i.vocab_size} tokens · context ${i.context} · ${i.parameters.toLocaleString()} parameters · ${i.checkpoint}`
+  const kv = i.kv_heads !== i.heads ? ` (${i.kv_heads} key/value)` : "";
+  $("model-info").textContent = i.decoder_only
+    ? `${i.title} · ${i.layers} layers · ${i.heads} heads${kv} · width ${i.width} · ${i.vocab_size} tokens · context ${i.context} · ${i.parameters.toLocaleString()} parameters · ${i.checkpoint}`
     : `Transformer · ${c.n_encoder_layers}+${c.n_decoder_layers} layers · ${i.heads} heads · width ${c.d_model} · ${i.vocab_size} tokens · ${i.parameters.toLocaleString()} parameters · ${i.checkpoint}`;
   for (const s of ["attn-layer", "block-layer", "bw-layer", "tr-layer"]) layerOptions($(s), i.layers);
   $("top-k").max = Math.min(i.vocab_size, 100);
@@ -107,7 +108,7 @@ async function start() {
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => select(b.dataset.view));
   if (!i.has_run) document.querySelector('[data-view="run"]').title = "no log.jsonl beside this checkpoint";
   wire();
-  select(i.kind === "gpt" ? "next" : "translate");
+  select(i.decoder_only ? "next" : "translate");
 }
 
 function select(view) {
