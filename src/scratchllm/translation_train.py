@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import checkpoint
+from . import snapshots as snap
 from .data import length_grouped_batches, load_parallel, multi30k, pad_batch
 from .errors import ScratchError
 from .loop import TrainingLoop
@@ -88,7 +89,7 @@ class TranslationConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
-    threads: int = 1  # each batch split over this many threads (scratchllm.sharded); 1: BLAS's threads only
+    threads: int = 2  # each batch split over this many threads (scratchllm.sharded); 1: BLAS's threads only
     # bookkeeping
     bleu_sentences: int = 500  # validation sentences translated (greedy) for BLEU after each epoch; 0: none
     log_interval: int = 50
@@ -141,6 +142,34 @@ def train_tokenizer(src_lines, tgt_lines, vocab_size: int, kind: str = "bpe"):
     else:
         raise ScratchError(f"--tokenizer must be 'bpe' or 'unigram', not {kind!r}")
     return tok.train("\n".join(list(src_lines) + list(tgt_lines)), vocab_size)
+
+
+def check_config(cfg: TranslationConfig) -> None:
+    """Every value of a TranslationConfig checked before any data is read or any file written."""
+    for name in ("threads", "epochs", "max_tokens", "d_model", "n_head", "n_layers", "d_ff", "max_len", "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("warmup_steps", "weight_decay", "grad_clip", "bleu_sentences", "max_steps", "minutes",
+                 "save_minutes", "label_smoothing"):
+        if getattr(cfg, name) < 0:
+            raise ScratchError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
+    if not cfg.lr > 0 or not cfg.eps > 0:
+        raise ScratchError(f"--{'lr' if not cfg.lr > 0 else 'eps'} must be above 0, got "
+                           f"{cfg.lr if not cfg.lr > 0 else cfg.eps}")
+    for name in ("dropout", "beta1", "beta2", "label_smoothing"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise ScratchError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(cfg, name)}")
+    snap.check_count(cfg.snapshots)
+    if cfg.d_model % cfg.n_head:
+        raise ScratchError(f"--d-model ({cfg.d_model}) must be divisible by --n-head ({cfg.n_head})")
+    if cfg.tokenizer not in ("bpe", "unigram"):
+        raise ScratchError(f"--tokenizer must be 'bpe' or 'unigram', not {cfg.tokenizer!r}")
+    if cfg.vocab_size < 260:
+        raise ScratchError(f"--vocab-size must be at least 260 (the 256 bytes, the special tokens, some merges), "
+                           f"got {cfg.vocab_size}")
+    if not (cfg.src or cfg.tgt) and cfg.data not in PARALLEL_DATASETS:
+        raise ScratchError(f"unknown parallel dataset {cfg.data!r}: use {', '.join(PARALLEL_DATASETS)} "
+                           "or --src FILE --tgt FILE")
 
 
 class PairData:
@@ -232,6 +261,16 @@ def validation_loss(model: Transformer, data: PairData, max_tokens: int) -> floa
 
 
 # ---- the run ----------------------------------------------------------------------------
+ESTIMATE_AFTER = 20  # steps timed before the run's length is estimated
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
 class TranslationTrainer(TrainingLoop):
     """A Transformer's run: epochs of length-grouped batches, a "train" log line every
     ``log_interval`` steps, evaluated and saved after each epoch (and every
@@ -243,11 +282,7 @@ class TranslationTrainer(TrainingLoop):
     def __init__(self, cfg: TranslationConfig, resume: bool = False, echo=print, world=None):
         cfg, state = self.open_run(cfg, resume, world, echo)
         self.cfg = cfg
-        for name in ("threads", "epochs", "max_tokens", "d_model", "n_head", "n_layers", "d_ff", "max_len", "log_interval"):
-            if getattr(cfg, name) < 1:
-                raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-        if not 0 <= cfg.dropout < 1:
-            raise ScratchError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+        check_config(cfg)
         train_src, train_tgt, self.val_src, self.val_tgt = load_pairs(cfg)
         self.tokenizer = checkpoint.load_tokenizer(self.ckpt_dir) if state is not None \
             else train_tokenizer(train_src, train_tgt, cfg.vocab_size, cfg.tokenizer)
@@ -303,6 +338,9 @@ class TranslationTrainer(TrainingLoop):
 
     def after_step(self, loss: float, tokens: int, seconds: float):
         cfg = self.cfg
+        self.fit_steps += 1
+        if self.fit_steps == ESTIMATE_AFTER:
+            self._say(self.time_estimate(time.perf_counter() - self.fit_start))
         self.train_tokens += tokens
         self.train_seconds += seconds
         w = self.window
@@ -355,9 +393,31 @@ class TranslationTrainer(TrainingLoop):
             self.save()
             self.batches = None
 
+    def time_estimate(self, elapsed: float) -> str:
+        """How long the run will take at the speed of its first steps, and how to make it shorter."""
+        per_step = elapsed / max(self.fit_steps, 1)
+        left = max(self.planned_steps() - self.step, 0)
+        seconds = per_step * left
+        capped = ""
+        if self.cfg.minutes and seconds > 60 * self.cfg.minutes - elapsed:
+            seconds, capped = max(60 * self.cfg.minutes - elapsed, 0.0), f", stopped by --minutes {self.cfg.minutes:g}"
+        evals = f", plus a validation pass{' and BLEU' if self.cfg.bleu_sentences else ''} after each epoch" \
+            if not capped else ""
+        return (f"estimate: {per_step:.2f} s a step on this machine, {left:,} steps to go: about "
+                f"{_duration(seconds)}{capped}{evals}. Shorter: --minutes M (stops and saves; --resume goes on), "
+                f"--epochs N, or a smaller model (e.g. --d-model 128 --d-ff 512 --n-layers 2).")
+
+    def _say(self, line: str):
+        """A line between the progress bar's updates (the bar is redrawn under it)."""
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(line)
+        else:
+            self.echo(line)
+
     def fit(self, echo=None) -> dict:
         """Train to ``epochs`` (or until a stop); return the last epoch's record."""
         self.fit_start = time.perf_counter()
+        self.fit_steps = 0
         self.window = [0.0, 0, 0, 0.0]
         return super().fit(echo)
 

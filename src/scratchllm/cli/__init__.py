@@ -77,7 +77,11 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # here, so that a reader gone away (`| head`) is met below, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except ScratchError as e:
         return _fail(args, e)
     except OSError as e:  # the file system refused: a missing folder, a file where a folder should be, ...
@@ -147,6 +151,18 @@ def _check_parents(path: Path) -> None:
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
         raise ScratchError(f"cannot write {path}: {parent} is a file, not a folder")
+
+
+def _reader_gone() -> int:
+    """The reader of our output left (`scratchllm … | head`): end quietly, as Python's documentation
+    advises: point stdout at devnull, so that the flush at exit does not fail a second time."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured in tests)
+        pass
+    return 1
 
 
 def _fail(args, message) -> int:

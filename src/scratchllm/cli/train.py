@@ -29,6 +29,18 @@ _HELP = {
     "eval_interval": "evaluate, log and save a checkpoint every this many steps",
     "eval_iters": "batches per evaluation",
     "sample_tokens": "tokens of text to sample at the end (0: none)",
+    "n_layer": "transformer blocks, one after the other",
+    "n_head": "attention heads in each block; must divide --n-embd",
+    "n_embd": "width: the numbers in each token's vector (the embedding size)",
+    "dropout": "share of activations zeroed during training, in [0, 1) (0: no dropout)",
+    "positional": "position information: 'learned' (a trained row per position, as GPT-2) or 'sinusoidal' "
+                  "(the fixed sine/cosine table of Vaswani et al.)",
+    "batch_size": "sequences of --block-size tokens in each batch",
+    "lr": "peak learning rate of AdamW, reached after the warmup",
+    "weight_decay": "AdamW's decoupled weight decay on the weight matrices (0: none)",
+    "beta1": "AdamW's decay of its running mean of gradients, in [0, 1)",
+    "beta2": "AdamW's decay of its running mean of squared gradients, in [0, 1)",
+    "seed": "seed of the initial weights and of the batches drawn (same seed, same run)",
     "snapshots": "keep the weights of this many steps in OUT/snapshots, to watch the model learn: step 0, the last, "
                  "and more early than late (0: none)",
 }
@@ -72,10 +84,43 @@ def _config(args):
     for name in ("batch_size", "block_size", "max_iters", "n_layer", "n_head", "n_embd", "grad_accum", "eval_interval", "eval_iters"):
         if getattr(cfg, name) < 1:
             raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if not 0 <= cfg.dropout < 1:
-        raise ScratchError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    check_config(cfg)
     check_output_dir(cfg.out)  # before the data and the tokenizer, not after them
     return cfg
+
+
+def check_config(cfg) -> None:
+    """Every value of a TrainConfig checked before any data is read or any file written."""
+    from ..models.gpt import GPTConfig
+    from ..snapshots import check_count
+
+    for name in ("batch_size", "block_size", "max_iters", "n_layer", "n_head", "n_embd", "grad_accum", "eval_interval",
+                 "eval_iters", "threads"):
+        if getattr(cfg, name) < 1:
+            raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("warmup_iters", "lr_decay_iters", "sample_tokens", "weight_decay", "grad_clip", "min_lr"):
+        if getattr(cfg, name) < 0:
+            raise ScratchError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
+    check_count(cfg.snapshots)
+    if not cfg.lr > 0:
+        raise ScratchError(f"--lr must be above 0, got {cfg.lr}")
+    if not 0 <= cfg.dropout < 1:
+        raise ScratchError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise ScratchError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.tokenizer not in ("char", "bpe", "unigram") and not Path(cfg.tokenizer).is_file():
+        raise ScratchError(f"--tokenizer must be 'char', 'bpe', 'unigram' or a tokenizer file; "
+                           f"{cfg.tokenizer} is none of these")
+    if cfg.tokenizer in ("bpe", "unigram") and cfg.bpe_vocab_size < 260:
+        raise ScratchError(f"--bpe-vocab-size must be at least 260 (the 256 bytes and some merges), "
+                           f"got {cfg.bpe_vocab_size}")
+    try:  # the model's own checks (width divisible by heads, a known kind of positions)
+        GPTConfig(vocab_size=1, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                  n_embd=cfg.n_embd, positional=cfg.positional)
+    except ScratchError as e:
+        raise ScratchError(str(e).replace("n_embd", "--n-embd").replace("n_head", "--n-head")
+                           .replace("positional", "--positional")) from None
 
 
 def run(args):

@@ -39,7 +39,7 @@ _HELP = {
     "eps": "Adam epsilon",
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
     "threads": "threads that share each batch, each taking a slice of its pairs (1: one thread, BLAS uses all "
-               "cores); under mpirun, threads per rank",
+               "cores); under mpirun, threads per rank, default 1",
     "bleu_sentences": "validation sentences translated (greedy) for BLEU after each epoch (0: none)",
     "log_interval": "write a training line to log.jsonl every this many steps",
     "max_steps": "stop, saving a checkpoint, at this step (0: no limit)",
@@ -64,7 +64,8 @@ def _register_train(sub):
     p = sub.add_parser("translate-train", help="train a Transformer to translate (default: Multi30k German -> English)",
                        description="Train the encoder-decoder Transformer of 'Attention is all you need' on sentence "
                                    "pairs: Multi30k German -> English by default, or --src/--tgt files. A joint BPE "
-                                   "tokenizer is learned first; val loss and val BLEU are printed after each epoch; "
+                                   "tokenizer is learned first; after 20 steps it says how long the run will take "
+                                   "on this machine; val loss and val BLEU are printed after each epoch; "
                                    "Ctrl-C saves a checkpoint that --resume continues exactly.")
     add_config_options(p, TranslationConfig, _HELP, _SKIP)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -73,7 +74,8 @@ def _register_train(sub):
 
 
 def _train_config(args):
-    from ..translation_train import TranslationConfig
+    from ..distributed import launched
+    from ..translation_train import TranslationConfig, check_config
 
     cfg = TranslationConfig()
     for f in fields(TranslationConfig):
@@ -83,6 +85,9 @@ def _train_config(args):
     if cfg.src or cfg.tgt:
         cfg.data = ""  # files given: no dataset
     cfg.progress = not args.no_progress
+    if args.threads is None and launched()[1] > 1:
+        cfg.threads = 1  # under mpirun the ranks share the cores: N ranks × 1 thread = N threads in one process
+    check_config(cfg)  # every value, before any data is read or file written
     return cfg
 
 
