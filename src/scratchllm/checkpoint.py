@@ -108,6 +108,11 @@ def _locate(path):
     return ("hf" if "model_type" in config else "ours"), d
 
 
+def locate(path) -> Path:
+    """Where the model of ``path`` lives: a GGUF file itself, else the directory holding config.json."""
+    return _locate(path)[1]
+
+
 def _gguf_module():
     """scratchllm.gguf, which reads GGUF files: ``load_model(path)`` and ``load_tokenizer(path)``."""
     try:
