@@ -1,5 +1,12 @@
 """Snapshots over training: which steps are kept, and that snapshot k is exactly
 the checkpoint of the same run stopped at step k (GPT and Transformer)."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -100,9 +107,6 @@ def test_a_fresh_run_drops_the_old_snapshots(tmp_path):
 
 
 def test_an_interrupted_run_keeps_the_step_it_stopped_at(tmp_path):
-    import os
-    import signal
-
     trainer = T.Trainer(gpt_config(tmp_path, max_iters=40, lr_decay_iters=40, snapshots=4))
     real = trainer.train_step
 
@@ -156,3 +160,31 @@ def test_a_transformer_snapshot_is_the_checkpoint_of_the_run_stopped_there(tmp_p
     TT.train_translation(translation_config(tmp_path / "part", max_steps=k, snapshots=0), echo=quiet)
     ckpt = read_safetensors(tmp_path / "part" / "run" / "ckpt" / "model.safetensors")
     assert_same_tensors(S.read_snapshot(tmp_path / "full" / "run", k), ckpt)
+
+
+# ---- MPI ----------------------------------------------------------------------------------------
+def test_under_mpi_rank_0_writes_the_snapshots_of_the_threads_run(tmp_path):
+    pytest.importorskip("mpi4py")
+    mpirun = next((str(p) for p in [Path(sys.executable).parent / "mpirun"] if p.exists()), shutil.which("mpirun"))
+    if mpirun is None:
+        pytest.skip("needs mpirun: pip install -e '.[mpi]'")
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    args = ["train", "--data", "corpus.txt", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size",
+            "8", "--batch-size", "6", "--max-iters", "5", "--eval-iters", "1", "--sample-tokens", "0",
+            "--no-progress", "--snapshots", "4"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "HYDRA_", "MPI_"))}
+    proc = subprocess.run([mpirun, "-n", "2", sys.executable, "-m", "scratchllm", *args, "--out", "ranks"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("snapshots: 4 steps' weights in ranks/snapshots") == 1  # said once, by rank 0
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(args + ["--threads", "2", "--out", "threads"]) == 0
+    finally:
+        os.chdir(here)
+    ranks, threads = S.list_snapshots(tmp_path / "ranks"), S.list_snapshots(tmp_path / "threads")
+    assert list(ranks) == list(threads) == [0, 1, 2, 5]
+    assert not [p for p in (tmp_path / "ranks" / "snapshots").iterdir() if p.name.startswith(".")]  # no leftovers
+    for k in ranks:
+        assert_same_tensors(S.read_snapshot(tmp_path / "ranks", k), S.read_snapshot(tmp_path / "threads", k))
