@@ -1,9 +1,11 @@
 """Loss curves of a training run (log.jsonl) as a PNG; needs matplotlib (the ``plot`` extra).
 
-Both trainers' logs are read: ``scratchllm train`` writes one line per
+Every trainer's log is read: ``scratchllm train`` writes one line per
 evaluation with ``train_loss`` and ``val_loss``; ``scratchllm translate-train``
 writes ``"kind": "train"`` lines with the running ``loss`` and ``"kind":
-"epoch"`` lines with the epoch's ``val_loss``.
+"epoch"`` lines with the epoch's ``val_loss``; ``charmlp train`` and
+``classify train`` write their history (:func:`write_log`) beside their
+weights, one line per evaluation or epoch.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def read_log(run) -> list[dict]:
     if path.suffix != ".jsonl":
         path = path / "log.jsonl"
     if not path.is_file():
-        raise ScratchError(f"{path} not found: is {run} a training run directory?")
+        raise ScratchError(f"{path} not found: scratchllm plot draws the log.jsonl of a run of train, "
+                           "translate-train, charmlp train or classify train (give its --out folder)")
     records = []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
@@ -37,6 +40,11 @@ def read_log(run) -> list[dict]:
             raise ScratchError(f"{path}, line {n}, has no step number: not a training log line")
         records.append(record)
     return records
+
+
+def write_log(folder, records) -> Path:
+    """FOLDER/log.jsonl: one JSON record per line (each with a ``step``), for ``scratchllm plot``."""
+    return write_atomic(Path(folder) / "log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
 def loss_curves(records) -> dict:
@@ -68,8 +76,9 @@ def plot_run(run, output=None, quiet=False):
     for label, points in curves.items():
         if points:
             ax.plot(*zip(*points), marker="o" if len(points) < 100 else None, ms=3, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss (nats/token)")
+    by_epoch = all(r.get("epoch") == r["step"] for r in read_log(run))  # the classifier counts epochs
+    ax.set_xlabel("epoch" if by_epoch else "step")
+    ax.set_ylabel("cross-entropy loss (nats)")
     ax.set_title(f"training run {Path(run).resolve().name}")
     ax.grid(alpha=0.3)
     ax.legend()

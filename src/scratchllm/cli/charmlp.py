@@ -139,6 +139,7 @@ def run_train(args) -> int:
     from .. import checkpoint
     from ..data import load_text
     from ..models.charmlp import CharMLP, fit, pad_id_for
+    from ..plot import write_log
     from ..tokenizers import CharTokenizer
 
     context = number(args.context, "--context", int, 1)
@@ -193,7 +194,8 @@ def run_train(args) -> int:
     extra = {"training": {"data": str(args.data), "chars": len(text), "steps": steps, "seed": seed,
                           "val_loss": res.val_loss}}
     path = checkpoint.save(model, args.out, tokenizer=tok, extra_config=extra)
-    print(f"saved to {path}")
+    write_log(path, res.history)
+    print(f"saved to {path}; loss curves: scratchllm plot {path}")
     pad = pad_id_for(tok)
     sample = model.generate([[pad]], 300, temperature=0.8, seed=seed, pad_id=pad)
     print("sample (temperature 0.8):\n" + tok.decode(sample[0, 1:].tolist()))

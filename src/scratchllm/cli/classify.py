@@ -133,6 +133,7 @@ def run_train(args) -> int:
 
     from .. import checkpoint
     from ..models.classifier import train_classifier
+    from ..plot import write_log
 
     seed = number(args.seed, "--seed", int, 0)
     epochs = number(args.epochs, "--epochs", int, 1)
@@ -162,7 +163,8 @@ def run_train(args) -> int:
     extra = {"training": {"seed": seed, "examples": examples, "best_epoch": res.best_epoch,
                           "val_loss": res.val_loss, "val_accuracy": res.val_accuracy}}
     path = checkpoint.save(model, args.out, extra_config=extra)
-    print(f"saved to {path}; try: scratchllm classify {EXAMPLE}")
+    write_log(path, [{"step": r["epoch"]} | r for r in res.history])
+    print(f"saved to {path}; try: scratchllm classify {EXAMPLE}; loss curves: scratchllm plot {path}")
     return 0
 
 
