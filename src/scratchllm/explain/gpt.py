@@ -70,6 +70,11 @@ def _param_name(model, param) -> str:
     return name.rsplit(".", 2)[-2] if "." in name else name
 
 
+def _rms(v):
+    v = np.asarray(v, dtype=np.float64)
+    return float(np.sqrt(np.mean(v * v)))
+
+
 def _mean_std(v):
     v = np.asarray(v, dtype=np.float64)
     return v.mean(), v.std()
@@ -171,8 +176,11 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
 
     say("")
     f_in, f_out = _mean_std(tr[f"h.{L - 1}.resid_2"][0, P]), _mean_std(tr["ln_f"][0, P])
-    say(f"Step 7. The final layer norm ln_f at position {P}: mean {f_in[0]:+.4f} std {f_in[1]:.4f} → "
-        f"mean {f_out[0]:+.4f} std {f_out[1]:.4f}, then scale and shift")
+    rms_in, rms_out = _rms(tr[f"h.{L - 1}.resid_2"][0, P]), _rms(tr["ln_f"][0, P])
+    say(f"Step 7. The final norm ln_f at position {P}: mean {f_in[0]:+.4f} std {f_in[1]:.4f} "
+        f"root mean square {rms_in:.4f} → mean {f_out[0]:+.4f} std {f_out[1]:.4f} root mean square {rms_out:.4f} "
+        "(a layer norm subtracts the mean and divides by the std, an RMSNorm divides by the root mean square; "
+        "then the learned scale, and a layer norm's shift)")
     say(f"    ln_f      {vec(tr['ln_f'][0, P], full)}")
 
     logits = tr["logits"][0, P].astype(np.float64)

@@ -377,8 +377,12 @@ class Explorer:
                 "ln_1_mean": rounded(stream_in.mean(-1), 5), "ln_1_std": rounded(stream_in.std(-1), 5),
                 "ln_2_mean": rounded(resid_1.mean(-1), 5), "ln_2_std": rounded(resid_1.std(-1), 5),
             })
+        # the MLP's hidden layer: GELU's output (a GPT), or silu(gate) × up (a gated, SwiGLU MLP)
+        gelu = f"h.{layer}.mlp.gelu" in tr
+        hidden = rounded(tr[f"h.{layer}.mlp.gelu" if gelu else f"h.{layer}.mlp.prod"][0], 4)  # (T, hidden width)
         return {"tokens": self.tokens_of(ids), "layer": layer, "layers": layers,
-                "gelu": rounded(tr[f"h.{layer}.mlp.gelu"][0], 4)}  # (T, 4C)
+                "mlp": hidden, "mlp_label": "after GELU" if gelu else "silu(gate) × up",
+                **({"gelu": hidden} if gelu else {})}
 
     def _targets(self, body, ids):
         """(inputs, targets, where): the text's own next tokens, or one chosen token after the text."""

@@ -329,11 +329,11 @@ async function loadBlock(current) {
   heatmap("block-stats", std, r.layers.map((_, i) => `ln_1 of block ${i}`), labels, {
     colorscale: "Viridis", title: "layer norm's input: std (hover: mean)", left: 110, cell: 30,
     extra: (i, j) => fmt(mean[i][j]), hover: "%{customdata[0]} · token %{customdata[1]}<br>std %{z:.4f}<br>mean %{customdata[2]}<extra></extra>" });
-  const width = r.gelu[0].length, neurons = Array.from({ length: width }, (_, j) => String(j));
-  heatmap("block-gelu", r.gelu, labels, neurons, {
-    colorscale: SIGNED, zmid: 0, gap: 0, title: `layer ${layer}: the MLP's ${width} activations after GELU`,
+  const width = r.mlp[0].length, neurons = Array.from({ length: width }, (_, j) => String(j));
+  heatmap("block-gelu", r.mlp, labels, neurons, {
+    colorscale: SIGNED, zmid: 0, gap: 0, title: `layer ${layer}: the MLP's ${width} activations, ${r.mlp_label}`,
     xtitle: "neuron", height: 120 + 22 * labels.length,
-    hover: "token %{customdata[0]}<br>neuron %{customdata[1]}<br>gelu %{z:.4f}<extra></extra>" });
+    hover: "token %{customdata[0]}<br>neuron %{customdata[1]}<br>value %{z:.4f}<extra></extra>" });
   done("block");
 }
 
