@@ -69,6 +69,8 @@ class LlamaConfig:
                                f"num_attention_heads ({self.num_attention_heads})")
         if self.head_dim % 2:
             raise ScratchError(f"head_dim ({self.head_dim}) must be even: rotary embedding turns pairs")
+        if self.rope_scaling is not None:  # a copy of its own, θ kept in rope_theta alone
+            self.rope_scaling = {k: v for k, v in self.rope_scaling.items() if k != "rope_theta"} or None
         kind = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
         if kind not in ("default", "llama3"):
             raise ScratchError(f"rope_type {kind!r} is not supported; supported: 'default' and 'llama3'")
