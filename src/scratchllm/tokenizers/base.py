@@ -14,11 +14,17 @@ import multiprocessing
 from pathlib import Path
 from typing import Iterable
 
+import regex
+
 from ..errors import ScratchError
 from ..files import write_atomic
 
 FORMAT = "scratchllm-tokenizer"
 VERSION = 1
+# The cache of encoded pre-tokens/words: only short ones are kept, and at most this many
+# (then it starts again), so that a long text of unique strings cannot fill the memory.
+_CACHE_PIECE_CHARS = 64
+_CACHE_ENTRIES = 1 << 19
 
 
 class Tokenizer:
@@ -79,6 +85,31 @@ class Tokenizer:
         with ctx.Pool(workers, initializer=_worker_init, initargs=(self, kw)) as pool:
             return pool.map(_worker_encode, texts, chunksize=chunk)
 
+    def _special_set(self, value, name) -> frozenset:
+        """allowed_special / disallowed_special as a set of this tokenizer's special tokens:
+        "all", a string, an iterable of them, or nothing (else a clear error)."""
+        if value == "all":
+            return frozenset(self.special_tokens)
+        if not value:
+            return frozenset()
+        if isinstance(value, str):
+            value = {value}
+        value = frozenset(value)
+        unknown = value - set(self.special_tokens)
+        if unknown:
+            raise ScratchError(f"{name}: {sorted(unknown)[0]!r} is not a special token of this tokenizer "
+                               f"(it has {sorted(self.special_tokens) or 'none'})")
+        return value
+
+    def _special_re(self, specials: frozenset):
+        """A regex that finds these special tokens in text (compiled once per set, in ``_special_res``)."""
+        r = self._special_res.get(specials)
+        if r is None:
+            # Longest first, so that a special token that starts another is not taken for it.
+            alts = sorted(specials, key=lambda s: (-len(s), s))
+            r = self._special_res[specials] = regex.compile("|".join(regex.escape(s) for s in alts))
+        return r
+
     def _check_ids(self, ids) -> list[int]:
         """ids as a list of ints, every one a valid id (else a clear error)."""
         ids = [int(i) for i in ids]
@@ -109,6 +140,31 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class _PieceCache(dict):
+    """Pre-token (or word) -> ids; a miss computes them. A dict subclass so hits stay in C."""
+
+    def __init__(self, compute):
+        super().__init__()
+        self._compute = compute
+
+    def __missing__(self, piece):
+        ids = self._compute(piece)
+        if len(piece) <= _CACHE_PIECE_CHARS:
+            if len(self) >= _CACHE_ENTRIES:
+                self.clear()
+            self[piece] = ids
+        return ids
+
+
+def _utf8_to_text(data: bytes) -> str:
+    try:
+        # surrogatepass: a lone surrogate in the input (which Python strings
+        # allow) was encoded as its 3 bytes and comes back as itself.
+        return data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace")
 
 
 def read_json(path) -> dict:

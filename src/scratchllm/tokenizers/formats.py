@@ -15,13 +15,12 @@ from .base import FORMAT, Tokenizer, from_file_dict, read_json
 from .bpe import BPETokenizer
 from .bpe_hf import read_hf_dict, read_vocab_merges
 from .unigram import UnigramTokenizer
-from .unigram_hf import from_hf_dict as unigram_from_hf
 
 
 def from_hf_dict(data: dict, where) -> Tokenizer:
     """A tokenizer from a Hugging Face tokenizer.json: a BPE or a unigram model."""
     if (data.get("model") or {}).get("type") == "Unigram":
-        return unigram_from_hf(data, where)
+        return UnigramTokenizer.from_hf_dict(data, where)
     return BPETokenizer.from_file_parts(**read_hf_dict(data, where))
 
 

@@ -18,12 +18,31 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from ..errors import ScratchError
 
 # Piece types (ModelProto.SentencePiece.Type).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+TYPE_NAMES = {NORMAL: "normal", UNKNOWN: "unknown", CONTROL: "control", USER_DEFINED: "user_defined",
+              UNUSED: "unused", BYTE: "byte"}
 UNIGRAM = 1  # TrainerSpec.model_type
+# An unknown character's score in the lattice: this far below the lowest piece's, so that
+# any cut into known pieces wins (encoding and training both use it).
+UNK_PENALTY = 10.0
+
+
+def byte_piece(b: int) -> str:
+    return f"<0x{b:02X}>"
+
+
+def meta_pieces(byte_fallback: bool, special_tokens: Iterable[str] = ()) -> list[tuple[str, float, int]]:
+    """sentencepiece's fixed pieces: <unk> <s> </s>, special tokens, then the 256 bytes."""
+    out = [("<unk>", 0.0, UNKNOWN), ("<s>", 0.0, CONTROL), ("</s>", 0.0, CONTROL)]
+    out += [(s, 0.0, CONTROL) for s in special_tokens if s not in ("<s>", "</s>")]
+    if byte_fallback:
+        out += [(byte_piece(b), 0.0, BYTE) for b in range(256)]
+    return out
 
 # TrainerSpec fields we read (numbers as in sentencepiece_model.proto).
 _TRAINER_INTS = {3: "model_type", 4: "vocab_size", 35: "byte_fallback", 24: "treat_whitespace_as_suffix",

@@ -38,30 +38,18 @@ import random
 from itertools import chain, islice
 from typing import Iterable
 
+import numpy as np
+
 from ..errors import ScratchError
-from .base import Tokenizer
-from .bpe import _CACHE_ENTRIES, _CACHE_PIECE_CHARS, BPETokenizer, _PieceCache, _utf8_to_text
+from .base import _CACHE_ENTRIES, _CACHE_PIECE_CHARS, Tokenizer, _PieceCache, _utf8_to_text
 from .normalize import SPACE, Normalizer, charsmap_for
-from .sentencepiece_model import (BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, ModelFile, read_model,
-                                  trainer_spec, write_model)
+from .sentencepiece_model import (BYTE, CONTROL, NORMAL, TYPE_NAMES, UNK_PENALTY, UNKNOWN, USER_DEFINED, ModelFile,
+                                  meta_pieces, read_model, trainer_spec, write_model)
+from .unigram_hf import read_hf_dict, write_hf
+from .unigram_lattice import Lattices
+from .unigram_train import train_unigram
 
-UNK_PENALTY = 10.0
-TYPE_NAMES = {NORMAL: "normal", UNKNOWN: "unknown", CONTROL: "control", USER_DEFINED: "user_defined",
-              UNUSED: "unused", BYTE: "byte"}
 _TYPES = {v: k for k, v in TYPE_NAMES.items()}
-
-
-def byte_piece(b: int) -> str:
-    return f"<0x{b:02X}>"
-
-
-def meta_pieces(byte_fallback: bool, special_tokens: Iterable[str] = ()) -> list[tuple[str, float, int]]:
-    """sentencepiece's fixed pieces: <unk> <s> </s>, special tokens, then the 256 bytes."""
-    out = [("<unk>", 0.0, UNKNOWN), ("<s>", 0.0, CONTROL), ("</s>", 0.0, CONTROL)]
-    out += [(s, 0.0, CONTROL) for s in special_tokens if s not in ("<s>", "</s>")]
-    if byte_fallback:
-        out += [(byte_piece(b), 0.0, BYTE) for b in range(256)]
-    return out
 
 
 class UnigramTokenizer(Tokenizer):
@@ -233,9 +221,6 @@ class UnigramTokenizer(Tokenizer):
     def _encode_words(self, words: list[str]) -> list[tuple[int, ...]]:
         """_encode_word of many words at once: the Viterbi of the trainer's lattices, which runs
         over all words together in NumPy (the same best paths: ties go to the earliest start)."""
-        import numpy as np
-
-        from .unigram_train import Lattices
         if self._lattice_scores is None:
             index = {p: hit[0] for p, hit in self._table.items() if hit is not None}
             logp = np.full(self.vocab_size, -np.inf)
@@ -267,9 +252,6 @@ class UnigramTokenizer(Tokenizer):
         return out
 
     # -- encoding ------------------------------------------------------------
-    _special_set = BPETokenizer._special_set
-    _special_re = BPETokenizer._special_re
-
     def encode(self, text: str, *, allowed_special=(), disallowed_special="all", alpha: float | None = None,
                seed=None) -> list[int]:
         """Token ids of text: the Viterbi segmentation, or a sampled one if alpha is given.
@@ -481,29 +463,39 @@ class UnigramTokenizer(Tokenizer):
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UnigramTokenizer":
+    def from_file_parts(cls, pieces, normalizer: Normalizer, byte_fallback: bool, normalization: str,
+                        unk_surface: str = " \u2047 ") -> "UnigramTokenizer":
+        """A tokenizer from what a file reader found: (piece, score, type) triples, the normalizer..."""
         tok = cls.__new__(cls)
-        tok.normalization = str(d["normalization"])
+        tok.normalization = normalization
+        tok._build(pieces, normalizer, byte_fallback, unk_surface)
+        return tok
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UnigramTokenizer":
         charsmap = base64.b64decode(d["charsmap"], validate=True)
         normalizer = Normalizer(charsmap, bool(d["add_dummy_prefix"]), bool(d["remove_extra_whitespaces"]))
         pieces = [(p, float(s), _TYPES[t]) for p, s, t in d["pieces"]]
-        tok._build(pieces, normalizer, bool(d["byte_fallback"]), str(d.get("unk_surface", " \u2047 ")))
-        return tok
+        return cls.from_file_parts(pieces, normalizer, bool(d["byte_fallback"]), str(d["normalization"]),
+                                   str(d.get("unk_surface", " \u2047 ")))
+
+    @classmethod
+    def from_hf_dict(cls, data: dict, where) -> "UnigramTokenizer":
+        """A tokenizer from a Hugging Face tokenizer.json with a Unigram model (see unigram_hf.py)."""
+        return cls.from_file_parts(**read_hf_dict(data, where))
 
     @classmethod
     def from_sentencepiece(cls, path) -> "UnigramTokenizer":
         """A tokenizer that encodes as sentencepiece does with this .model file."""
         m = read_model(path)
-        tok = cls.__new__(cls)
-        tok.normalization = m.normalizer_name or "identity"
         if not m.escape_whitespaces:
             raise ScratchError(f"{path}: models with escape_whitespaces off are not supported")
         try:
             normalizer = Normalizer(m.charsmap, m.add_dummy_prefix, m.remove_extra_whitespaces)
-            tok._build(m.pieces, normalizer, m.byte_fallback, m.unk_surface)
+            return cls.from_file_parts(m.pieces, normalizer, m.byte_fallback, m.normalizer_name or "identity",
+                                       m.unk_surface)
         except ScratchError as e:
             raise ScratchError(f"{path}: {e}") from None
-        return tok
 
     def save_sentencepiece(self, path) -> None:
         """Write a .model file that sentencepiece.SentencePieceProcessor loads and encodes identically."""
@@ -518,13 +510,14 @@ class UnigramTokenizer(Tokenizer):
 
     def save_hf(self, directory) -> None:
         """Write tokenizer.json (model "Unigram") and tokenizer_config.json for Hugging Face into a folder."""
-        from .unigram_hf import write_hf
         write_hf(self, directory)
 
     def train(self, text_or_iterable, vocab_size: int, **kw) -> "UnigramTokenizer":
         """Learn pieces and scores by EM until the vocabulary has vocab_size pieces (see unigram_train)."""
-        from .unigram_train import train_unigram
-        return train_unigram(self, text_or_iterable, vocab_size, **kw)
+        pieces = train_unigram(text_or_iterable, vocab_size, self.normalizer, self.byte_fallback,
+                               list(self.special_tokens), **kw)
+        self._build(pieces, self.normalizer, self.byte_fallback)
+        return self
 
     def __getstate__(self):
         state = {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_bare", "_special_res")}

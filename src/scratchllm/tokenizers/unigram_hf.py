@@ -65,10 +65,9 @@ def write_hf(tok, directory) -> None:
     write_atomic(d / "tokenizer_config.json", json.dumps(config, indent=1))
 
 
-def from_hf_dict(data: dict, where):
-    """A UnigramTokenizer from a Hugging Face tokenizer.json of the layout above."""
-    from .unigram import UnigramTokenizer
-
+def read_hf_dict(data: dict, where) -> dict:
+    """The parts of a Hugging Face tokenizer.json of the layout above that
+    ``UnigramTokenizer.from_file_parts`` builds from."""
     model = data["model"]
     charsmap, remove_extra, prepend = b"", False, False
     norm = data.get("normalizer")
@@ -108,8 +107,6 @@ def from_hf_dict(data: dict, where):
         pieces.append((p, float(score), kind))
     if unk_id is None:
         raise ScratchError(f"{where}: the Unigram model has no unk_id")
-    tok = UnigramTokenizer.__new__(UnigramTokenizer)
-    tok.normalization = "nmt_nfkc" if charsmap else "identity"
-    tok._build(pieces, Normalizer(charsmap, prepend, remove_extra), bool(model.get("byte_fallback")))
-    return tok
+    return {"pieces": pieces, "normalizer": Normalizer(charsmap, prepend, remove_extra),
+            "byte_fallback": bool(model.get("byte_fallback")), "normalization": "nmt_nfkc" if charsmap else "identity"}
 

@@ -28,8 +28,8 @@
    pieces up to ``vocab_size`` (after <unk>, <s>, </s>, special tokens and,
    with byte fallback, the 256 byte pieces).
 
-The lattices of all words are held as flat NumPy arrays (one entry per
-node: word, start, end, piece); forward, backward and Viterbi run one end
+The lattices of all words are held as flat NumPy arrays (unigram_lattice.py:
+one entry per node: word, start, end, piece); forward, backward and Viterbi run one end
 position at a time over all words at once. With ``workers=2`` (the
 default) the words are split between this process and a forked one, each
 building and keeping the lattices of its half; per step only the scores go
@@ -38,7 +38,6 @@ in one process.)
 """
 from __future__ import annotations
 
-import functools
 import math
 import multiprocessing
 from collections import Counter
@@ -49,12 +48,11 @@ from tqdm import tqdm
 
 from ..errors import ScratchError
 from .normalize import SPACE
-from .sentencepiece_model import NORMAL
+from .sentencepiece_model import NORMAL, UNK_PENALTY, meta_pieces
 from .text_input import iter_text
-from .unigram import meta_pieces
+from .unigram_lattice import Lattices
 
 UNK_CHAR = "\u2585"          # stands for rare characters during training, as in sentencepiece
-UNK_PENALTY = 10.0
 MIN_EXPECTED = 0.5           # M-step: pieces expected fewer times are dropped
 REQUIRED_PENALTY_STEP = 1e-4
 
@@ -252,209 +250,6 @@ def _run_min(lcp, starts, ends):
     return mins[0::2]
 
 
-# -- 3. lattices of many strings as flat arrays ----------------------------------------------
-
-class Lattices:
-    """All segmentations of many strings, for vectorised forward-backward and Viterbi.
-
-    Node k is piece `piece[k]` (an index into the seed list, or -1: a
-    character that is no piece) over positions [start[k], end[k]) of string
-    `word[k]`; positions are flat (string offset + position) so one array
-    holds every string's forward sums.
-    """
-
-    def __init__(self, strings, counts, piece_index: dict[str, int], max_len: int):
-        self.word, self.start, self.end, self.piece, offsets = _lattice_nodes(strings, piece_index, max_len)
-        self.offsets = offsets[:-1]
-        self.lengths = np.diff(offsets) - 1
-        self.counts = np.asarray(counts, dtype=np.float64)
-        self.size = int(offsets[-1])
-        self.single = (self.end - self.start) == 1
-        rel_end = self.end - self.offsets[self.word]
-        self.by_end = _groups(rel_end, self.end, self.start)
-
-    @functools.cached_property
-    def by_start(self):
-        """Nodes grouped for the backward pass (not needed by Viterbi)."""
-        return _groups(-(self.start - self.offsets[self.word]), self.start, -self.end)
-
-    def scores(self, logp: np.ndarray, unk_score: float) -> tuple[np.ndarray, np.ndarray]:
-        """Each node's score, and whether it is an unknown character (dead pieces: -inf)."""
-        s = np.where(self.piece >= 0, logp[np.maximum(self.piece, 0)], -np.inf)
-        unk = self.single & ~np.isfinite(s)
-        s[unk] = unk_score
-        return s, unk
-
-    def forward(self, score):
-        alpha = np.full(self.size, -np.inf)
-        alpha[self.offsets] = 0.0
-        for idx, seg, tgt in self.by_end:
-            alpha[tgt] = _logsumexp_segments(alpha[self.start[idx]] + score[idx], seg)
-        return alpha
-
-    def backward(self, score):
-        beta = np.full(self.size, -np.inf)
-        beta[self.offsets + self.lengths] = 0.0
-        for idx, seg, tgt in self.by_start:
-            beta[tgt] = _logsumexp_segments(beta[self.end[idx]] + score[idx], seg)
-        return beta
-
-    def expected_counts(self, logp, unk_score, n_pieces):
-        """E-step: expected uses of each piece (weighted by string counts), and the log-likelihood."""
-        score, unk = self.scores(logp, unk_score)
-        alpha = self.forward(score)
-        beta = self.backward(score)
-        logz = alpha[self.offsets + self.lengths]
-        with np.errstate(invalid="ignore", over="ignore"):
-            post = np.exp(alpha[self.start] + score + beta[self.end] - logz[self.word]) * self.counts[self.word]
-        use = (self.piece >= 0) & ~unk & np.isfinite(post)
-        expected = np.bincount(self.piece[use], weights=post[use], minlength=n_pieces)
-        return expected, float((logz * self.counts).sum())
-
-    def viterbi(self, score):
-        """Best path of every string: (node indices on the paths, the string of each, total scores)."""
-        best = np.full(self.size, -np.inf)
-        best[self.offsets] = 0.0
-        back = np.full(self.size, -1, dtype=np.int64)
-        for idx, seg, tgt in self.by_end:
-            cand = best[self.start[idx]] + score[idx]
-            top = np.maximum.reduceat(cand, seg)
-            best[tgt] = top
-            # first node (earliest start) reaching the top wins ties, as in sentencepiece
-            hit = cand == np.repeat(top, np.diff(np.append(seg, len(idx))))
-            first = np.full(len(seg), len(idx))
-            grp = np.repeat(np.arange(len(seg)), np.diff(np.append(seg, len(idx))))
-            np.minimum.at(first, grp[hit], np.flatnonzero(hit))
-            ok = first < len(idx)
-            back[tgt[ok]] = idx[first[ok]]
-        pos = self.offsets + self.lengths
-        total = best[pos]
-        nodes, owner = [], []
-        w = np.arange(len(pos))
-        while len(pos):
-            k = back[pos]
-            keep = k >= 0
-            pos, w, k = pos[keep], w[keep], k[keep]
-            nodes.append(k)
-            owner.append(w)
-            pos = self.start[k]
-            more = pos > self.offsets[w]
-            pos, w = pos[more], w[more]
-        nodes = np.concatenate(nodes) if nodes else np.zeros(0, dtype=np.int64)
-        owner = np.concatenate(owner) if owner else np.zeros(0, dtype=np.int64)
-        return nodes, owner, total
-
-
-def _codes(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The strings' code points end to end, each string followed by a 0 (NUL is no piece's
-    character here: training replaces it), and where each string starts (one more entry: the end)."""
-    offsets = np.zeros(len(strings) + 1, dtype=np.int64)
-    np.cumsum([len(w) + 1 for w in strings], out=offsets[1:])
-    flat = "\0".join(strings) + "\0"
-    return np.frombuffer(flat.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64), offsets
-
-
-def _lattice_nodes(strings, piece_index: dict[str, int], max_len: int):
-    """Every piece occurrence in the strings, as (word, start, end, piece) arrays in the order
-    "by word, by start, shortest first", plus the one-character node at every position (piece -1
-    if that character is no piece), and the strings' flat offsets.
-
-    The pieces form a trie (node ids; an edge is parent * alphabet + character);
-    all positions walk it one character deeper per round, as long as they are on a prefix."""
-    pieces = list(piece_index)
-    pcodes, poff = _codes(pieces)
-    wcodes, offsets = _codes(strings)
-    alphabet, pinv = np.unique(pcodes, return_inverse=True)  # alphabet[0] is the 0 between pieces
-    sigma = len(alphabet)
-    # the strings' characters as trie symbols: 0 for characters of no piece (and for the gaps)
-    j = np.minimum(np.searchsorted(alphabet, wcodes), sigma - 1)
-    wsym = np.where(alphabet[j] == wcodes, j, 0)
-    wsym[offsets[1:] - 1] = 0
-    psym = pinv.reshape(-1)
-    plen = np.diff(poff) - 1
-    pid = np.asarray([piece_index[p] for p in pieces], dtype=np.int64)
-    # trie: level by level, node ids 1.. (0 is the root)
-    node = np.zeros(len(pieces), dtype=np.int64)
-    edge_keys, edge_child = [], []
-    piece_at = [np.full(1, -2, dtype=np.int64)]
-    n_nodes = 1
-    for depth in range(int(plen.max()) if len(plen) else 0):
-        live = np.flatnonzero(plen > depth)
-        key = node[live] * sigma + psym[poff[live] + depth]
-        uniq, inv = np.unique(key, return_inverse=True)
-        node[live] = n_nodes + inv.reshape(-1)
-        edge_keys.append(uniq)
-        edge_child.append(n_nodes + np.arange(len(uniq)))
-        at = np.full(len(uniq), -2, dtype=np.int64)
-        ends = plen[live] == depth + 1
-        at[inv.reshape(-1)[ends]] = pid[live[ends]]
-        piece_at.append(at)
-        n_nodes += len(uniq)
-    edge_keys = np.concatenate(edge_keys) if edge_keys else np.zeros(0, dtype=np.int64)
-    edge_child = np.concatenate(edge_child) if edge_child else np.zeros(0, dtype=np.int64)
-    order = np.argsort(edge_keys)
-    edge_keys, edge_child = edge_keys[order], edge_child[order]
-    piece_at = np.concatenate(piece_at)
-    # walk: every start position of every string, one character deeper per round
-    n_pos = len(wcodes)
-    starts = np.flatnonzero(wsym > 0)
-    here = np.zeros(len(starts), dtype=np.int64)
-    got_s, got_len, got_piece = [], [], []
-    single = np.ones(n_pos, dtype=bool)
-    single[offsets[1:] - 1] = False
-    singles = np.flatnonzero(single)
-    for length in range(1, max_len + 1):
-        if not len(starts):
-            break
-        pos = starts + length - 1
-        ok = pos < n_pos
-        starts, here, pos = starts[ok], here[ok], pos[ok]
-        key = here * sigma + wsym[pos]
-        k = np.minimum(np.searchsorted(edge_keys, key), max(len(edge_keys) - 1, 0))
-        hit = (wsym[pos] > 0) & (edge_keys[k] == key) if len(edge_keys) else np.zeros(len(key), dtype=bool)
-        starts, here = starts[hit], edge_child[k[hit]]
-        found = piece_at[here]
-        if length == 1:
-            one = np.full(n_pos, -1, dtype=np.int64)
-            one[starts] = np.maximum(found, -1)
-            got_s.append(singles)
-            got_len.append(np.ones(len(singles), dtype=np.int64))
-            got_piece.append(one[singles])
-        else:
-            is_piece = found >= 0
-            got_s.append(starts[is_piece])
-            got_len.append(np.full(int(is_piece.sum()), length, dtype=np.int64))
-            got_piece.append(found[is_piece])
-    start = np.concatenate(got_s)
-    length = np.concatenate(got_len)
-    piece = np.concatenate(got_piece)
-    order = np.lexsort((length, start))
-    start, length, piece = start[order], length[order], piece[order]
-    word = np.searchsorted(offsets, start, side="right") - 1
-    return word, start, start + length, piece, offsets
-
-
-def _groups(key, target, tiebreak):
-    """Nodes grouped by key (ascending), each group sorted by target then tiebreak;
-    per group: (node indices, segment starts, the target position of each segment)."""
-    order = np.lexsort((tiebreak, target, key))
-    k = key[order]
-    cuts = np.flatnonzero(np.diff(k)) + 1
-    out = []
-    for idx in np.split(order, cuts):
-        t = target[idx]
-        seg = np.concatenate([[0], np.flatnonzero(np.diff(t)) + 1])
-        out.append((idx, seg, t[seg]))
-    return out
-
-
-def _logsumexp_segments(x, seg):
-    top = np.maximum.reduceat(x, seg)
-    safe = np.where(np.isfinite(top), top, 0.0)
-    lens = np.diff(np.append(seg, len(x)))
-    with np.errstate(divide="ignore"):
-        return safe + np.log(np.add.reduceat(np.exp(x - np.repeat(safe, lens)), seg))
-
 
 # -- the trainer ------------------------------------------------------------------------------
 
@@ -543,17 +338,17 @@ def _usage(lat, logp, unk_score, n):
 _OPS = {"estep": _estep, "usage": _usage}
 
 
-def train_unigram(tok, data, vocab_size: int, *, character_coverage: float = 0.9995, seed_size: int = 1_000_000,
-                  shrinking_factor: float = 0.75, num_sub_iterations: int = 2, max_piece_length: int = 16,
-                  split_by_unicode_script: bool = True, max_sentence_length: int = 4192, workers: int = 2,
-                  progress: bool = False):
-    """Fill tok (a UnigramTokenizer) with pieces learned from data; see the module docstring."""
-    specials = [p for p in tok.special_tokens if p not in ("<s>", "</s>")]
-    meta = meta_pieces(tok.byte_fallback, specials)
+def train_unigram(data, vocab_size: int, normalizer, byte_fallback: bool, special_tokens=(), *,
+                  character_coverage: float = 0.9995, seed_size: int = 1_000_000, shrinking_factor: float = 0.75,
+                  num_sub_iterations: int = 2, max_piece_length: int = 16, split_by_unicode_script: bool = True,
+                  max_sentence_length: int = 4192, workers: int = 2, progress: bool = False):
+    """The pieces learned from data, as (piece, score, type), vocab_size of them: the fixed pieces
+    (meta_pieces) first, then the learned ones, best first; see the module docstring."""
+    meta = meta_pieces(byte_fallback, [p for p in special_tokens if p not in ("<s>", "</s>")])
     n_normal = int(vocab_size) - len(meta)
     if not 0.5 <= shrinking_factor < 1:
         raise ScratchError(f"shrinking_factor must be in [0.5, 1), not {shrinking_factor}")
-    sentences = read_sentences(data, tok.normalizer, max_sentence_length, progress)
+    sentences = read_sentences(data, normalizer, max_sentence_length, progress)
     if not sentences:
         raise ScratchError("the training text is empty")
     required = required_characters(sentences, character_coverage)
@@ -592,8 +387,7 @@ def train_unigram(tok, data, vocab_size: int, *, character_coverage: float = 0.9
     if len(final) < n_normal:
         raise ScratchError(f"the text allows at most {len(final) + len(meta)} pieces, fewer than vocab_size "
                            f"{vocab_size}: lower it or give more text")
-    tok._build(meta + [(p, s, NORMAL) for p, s in final], tok.normalizer, tok.byte_fallback)
-    return tok
+    return meta + [(p, s, NORMAL) for p, s in final]
 
 
 def _split_words(s: str) -> list[str]:
