@@ -251,6 +251,57 @@ def test_family_patterns_from_gguf_names(family, pre, tmp_path):
     assert ours.add_bos_token == (pre == "llama-bpe")  # llama.cpp's default for llama-bpe when the file is silent
 
 
+def test_ignore_merges_takes_a_whole_token(tmp_path):
+    """Llama 3's ignore_merges: a pre-token that is a token is taken whole, even where the merges
+    would not build it ("abc" here: b+c merges first, and no merge joins a with bc)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers
+    from scratchllm.tokenizers.byte_level import BYTE_TO_CHAR
+    vocab = {BYTE_TO_CHAR[b]: i for i, b in enumerate(range(256))}
+    for t in ("bc", "ab", "abc"):
+        vocab[t] = len(vocab)
+    merges = [("b", "c"), ("a", "b"), ("ab", "c")]
+    for ignore in (False, True):
+        ref = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore))
+        ref.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        ref.decoder = decoders.ByteLevel()
+        ref.save(str(tmp_path / "tokenizer.json"))
+        ours = from_hf_dir(tmp_path)
+        for text in ("abc", "abc abcabc", "xabc", "ab"):
+            assert ours.encode(text) == ref.encode(text).ids, (ignore, text)
+        assert (ours.encode("abc") == [vocab["abc"]]) == ignore
+
+
+def test_sentencepiece_bpe_hf_dir_equal_tokenizers(tmp_path):
+    """A Llama 2 / Mistral style tokenizer.json: BPE over pieces with byte fallback, ranked merges."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, normalizers
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for p in SPM_NORMAL:
+        vocab[p] = len(vocab)
+    merges = []  # every split of a piece into two pieces, the pieces in vocabulary order (best first)
+    for p in SPM_NORMAL:
+        merges += [(p[:k], p[k:]) for k in range(1, len(p)) if p[:k] in vocab and p[k:] in vocab]
+    ref = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
+                                          fuse_unk=True))
+    ref.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    ref.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    ref.add_special_tokens(["<unk>", "<s>", "</s>"])
+    ref.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
+                                                                "add_bos_token": False}))
+    ours = from_hf_dir(tmp_path)
+    assert isinstance(ours, SentencePieceBPETokenizer)
+    for text in SPM_TEXTS + [" hello", "  the", "a</s>b", "</s>hello"]:
+        ids = ours.encode(text)
+        assert ids == ref.encode(text).ids, text
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=False), text
+
+
 # -- SentencePiece BPE ("llama" GGUF vocabularies) ------------------------------------------------
 
 SPM_NORMAL = ["▁", "e", "h", "l", "o", "t", "w", "r", "d", "a", "n", "é", "中", "he", "ll", "▁t", "▁th", "▁the",
