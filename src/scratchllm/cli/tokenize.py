@@ -16,8 +16,15 @@ def register(subparsers) -> None:
 
     t = sub.add_parser("train", help="learn a tokenizer from text and save it as JSON",
                        description="Learn a tokenizer from a text file or folder (streamed), 'builtin' "
-                                   "(Python's documentation topics) or a registered dataset name.")
-    t.add_argument("--data", default="builtin", help="text file, folder, 'builtin' or a dataset name")
+                                   "(Python's documentation topics) or a registered dataset name. "
+                                   "'cats' → ' cat' + 's' needs a text with cats in it: --data multi30k.en "
+                                   "--vocab-size 1000, then `scratchllm explain bpe --tokenizer FILE \"two cats\"`.")
+    t.add_argument("--data", default="builtin",
+                   help="text file, folder, 'builtin', a dataset name ('tinyshakespeare'), or one side of "
+                        "Multi30k's training captions: 'multi30k.en' (English) or 'multi30k.de' (German)")
+    t.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder holding registered datasets (DIR/multi30k/train.en.gz ...); else "
+                        "$SCRATCHLLM_DATA_DIR or the cache")
     t.add_argument("--vocab-size", type=int, default=None,
                    help="tokens in all, special tokens included (bpe: required; char: default all characters)")
     t.add_argument("--out", default="tokenizer.json", help="where to write the tokenizer")
@@ -67,7 +74,7 @@ def run_train(args) -> int:
 
     check_output_file(args.out)  # before the training, not after it
     progress = not args.no_progress and sys.stderr.isatty()
-    data = _training_data(args.data)
+    data = _training_data(args.data, args.data_dir)
     if args.kind == "char":
         if args.special:
             raise ScratchError("--special applies to --kind bpe only")
@@ -91,13 +98,20 @@ def run_train(args) -> int:
     return 0
 
 
-def _training_data(spec: str):
-    """A path is streamed; other specs ('builtin', dataset names) come from scratchllm.data."""
+def _training_data(spec: str, data_dir=None):
+    """A path is streamed; 'multi30k.en' / 'multi30k.de' are one side of Multi30k's training pairs;
+    other specs ('builtin', dataset names) come from scratchllm.data."""
     path = Path(spec).expanduser()
     if path.exists():
         return path
+    side = {"multi30k.de": 0, "multi30k.en": 1}.get(spec)
+    if side is None and spec.startswith("multi30k."):
+        raise ScratchError(f"{spec}: Multi30k's sides are multi30k.en (English) and multi30k.de (German)")
+    if side is not None:
+        from ..data import multi30k
+        return "\n".join(multi30k("train", data_dir)[side]) + "\n"
     from ..data import load_text
-    return load_text(spec)
+    return load_text(spec, data_dir)
 
 
 def run_encode(args) -> int:

@@ -95,4 +95,20 @@ def explain_bpe(tok, text: str, source: str = "") -> str:
               f"ids:    {' '.join(map(str, all_ids))}",
               f"{len(all_ids)} token" + ("s" if len(all_ids) != 1 else "") + f" for {len(text)} character"
               + ("s" if len(text) != 1 else "")]
+    lines += _space_note(tok, pre)
     return "\n".join(lines)
+
+
+def _space_note(tok, pre) -> list[str]:
+    """A word at the very start has no space before it; inside a text it has one, and the merges were
+    learned on that form: say so when the spaced form is fewer tokens ("cats" → 'c' 'at' 's', " cats" → ' cat' 's')."""
+    first, s = pre[0]
+    if len(pre) > 1 or not first[:1].isalpha():  # one word alone, as a learner types "cats"
+        return []
+    spaced = merge_steps(tok, " " + first)["ids"]
+    if len(spaced) >= len(s["ids"]):
+        return []
+    return ["", f"note: {first!r} starts the text, with no space before it. Inside a text the word comes with "
+                f"its space, {' ' + first!r},",
+            f"      and that is the form the merges learned: {' ' + first!r} → {_show(tok, spaced)}. "
+            f"Try \"two {first}\"."]
