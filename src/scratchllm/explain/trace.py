@@ -271,6 +271,8 @@ def trace(model, ids, targets=None, *, train=False, seed=0, p=None, dropout_site
 
     if not isinstance(model, LanguageModel):
         raise ScratchError(f"trace reads a language model (a GPT or a Transformer, a Llama …), not a {type(model).__name__}")
+    if not model.trace_names:
+        raise ScratchError(f"a {model.title} names nothing it computes (no trace_names): it cannot be traced")
     if p is not None and not 0 <= p < 1:
         raise ScratchError(f"dropout probability p must be in [0, 1), got {p}")
     if model.is_encoder_decoder:
