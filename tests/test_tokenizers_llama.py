@@ -136,6 +136,11 @@ def test_smollm2_special_tokens(smol, smol_ref):
     assert {0, 2} <= smol.stop_token_ids
     # Special tokens' text as plain text on request.
     assert 1 not in smol.encode("<|im_start|>", parse_special=False)
+    # BPETokenizer's spelling: allowed_special picks which special tokens' text becomes their id.
+    assert smol.encode("<|im_start|><|im_end|>", allowed_special={"<|im_end|>"}) == \
+        smol.encode("<|im_start|>", parse_special=False) + [2]
+    assert smol.encode("<|im_start|>", allowed_special="all", disallowed_special=()) == [1]
+    assert smol.encode("<|im_start|>", allowed_special=()) == smol.encode("<|im_start|>", parse_special=False)
 
 
 @pytest.mark.parametrize("gen", [True, False])

@@ -68,12 +68,14 @@ class PretrainedTokenizer:
         self._added_res = {}
 
     # -- finding added tokens ----------------------------------------------------
-    def _added_re(self, parse_special: bool):
+    def _added_re(self, parse_special):
+        """The regex of the added tokens to find: the non-special ones always, the special ones
+        if parse_special is True, or those of them in parse_special if it is a set."""
         r = self._added_res.get(parse_special)
         if r is None:
             alts = []
             for a in sorted(self.added_tokens, key=lambda a: (-len(a["content"]), a["content"])):
-                if a["special"] and not parse_special:
+                if a["special"] and not (parse_special is True or (parse_special and a["content"] in parse_special)):
                     continue
                 p = regex.escape(a["content"])
                 if a["single_word"]:
@@ -86,15 +88,22 @@ class PretrainedTokenizer:
     def _added_ids(self) -> dict:
         return {a["content"]: a["id"] for a in self.added_tokens}
 
-    def encode(self, text: str, *, add_special_tokens: bool = True, parse_special: bool = True) -> list[int]:
+    def encode(self, text: str, *, add_special_tokens: bool = True, parse_special: bool = True,
+               allowed_special=None, disallowed_special=None) -> list[int]:
         """Token ids of text, as the model's own tokenizer gives them.
 
         Added tokens in the text become their ids (special ones only with
         parse_special, as Hugging Face does by default). add_special_tokens:
         put bos in front / eos behind where this tokenizer does.
+        allowed_special ("all" or a set) is BPETokenizer's spelling of
+        parse_special; special tokens' text is never refused here, so
+        disallowed_special changes nothing.
         """
         if not isinstance(text, str):
             raise ScratchError(f"encode takes a str, not {type(text).__name__}")
+        if allowed_special is not None:
+            parse_special = True if allowed_special == "all" else frozenset(
+                {allowed_special} if isinstance(allowed_special, str) else allowed_special)
         ids: list[int] = []
         if add_special_tokens and self.add_bos_token and self.bos_token_id is not None:
             ids.append(self.bos_token_id)
