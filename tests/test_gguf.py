@@ -302,14 +302,6 @@ def test_smollm2_every_tensor_and_key_equals_gguf_reader():
     assert len(meta["tokenizer.ggml.tokens"]) == 49152
 
 
-def test_smollm2_full_read_memory_and_shapes():
-    meta, tensors = read(smollm2_path(), progress=False)
-    assert tensors["token_embd.weight"].shape == (49152, 576)
-    assert tensors["blk.0.ffn_down.weight"].shape == (576, 1536)
-    assert all(t.dtype == np.float32 for t in tensors.values())
-    assert sum(t.size for t in tensors.values()) == 134_515_008
-
-
 # ---- Hugging Face names and config -----------------------------------------------------
 TINY = dict(n_layer=2, hidden=32, ffn=48, n_head=4, n_kv=2, vocab=64)
 
@@ -450,14 +442,82 @@ def test_unsupported_architecture_and_missing_tensors(tmp_path, rng):
 
 
 @pytest.fixture(scope="module")
-def smollm2_hf():
+def smollm2_hf():  # transformers reads the file in about 40 s on 2 cores (GGUFReader twice, then the model)
     path = smollm2_path()
     return path, hf_from_gguf(path)
 
 
+@pytest.mark.slow
 def test_smollm2_config_and_state_equal_transformers(smollm2_hf):
     path, model = smollm2_hf
     meta, lazy = read(path, lazy=True)
     config, state = gguf_to_hf(meta, lazy, progress=False)
     assert config["model_type"] == "llama" and config["tie_word_embeddings"]
     assert_matches_transformers(config, state, model)
+
+
+# ---- the model: sl.gguf.load_model (what sl.load(path.gguf) builds) ---------------------
+def assert_logits_close(model, hf_model, ids):
+    torch = pytest.importorskip("torch")
+    with sl.no_grad():
+        ours = model(np.asarray([ids])).data
+    with torch.no_grad():
+        ref = hf_model(torch.tensor([ids])).logits.numpy()
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() <= 2e-3 * np.abs(ref).max()
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_tiny_model_logits_match_transformers(tmp_path, rng, arch):
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, rng, head_dim=128 if arch == "qwen3" else None)
+    model = sl.gguf.load_model(path, progress=False)
+    assert model.config.vocab_size == TINY["vocab"] and not model.config.tie_word_embeddings
+    assert_logits_close(model, hf_from_gguf(path), [1, 5, 9, 33, 2, 63, 0, 17, 17, 40])
+
+
+def test_load_model_bad_files(tmp_path, rng):
+    path = write_tiny_model(tmp_path / "llama.gguf", "llama", rng)
+    data = path.read_bytes()
+    at = find_after(data, "general.architecture") + 4 + 8  # value type u32, length u64, then the text
+    (tmp_path / "gpt2.gguf").write_bytes(data[:at] + b"gpt2 " + data[at + 5:])
+    with pytest.raises(ScratchError, match="'gpt2 ' is not read here"):
+        sl.gguf.load_model(tmp_path / "gpt2.gguf")
+    (tmp_path / "cut.gguf").write_bytes(data[:-100])
+    with pytest.raises(ScratchError, match="runs past the end"):
+        sl.gguf.load_model(tmp_path / "cut.gguf")
+
+
+SMOLLM2_MEMORY = """
+import json, resource, sys
+import numpy as np
+from scratchllm.gguf import read
+meta, tensors = read(sys.argv[1], progress=False)
+print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "sizes": sum(t.size for t in tensors.values()),
+                  "float32": all(t.dtype == np.float32 for t in tensors.values()),
+                  "emb": tensors["token_embd.weight"].shape, "down": tensors["blk.0.ffn_down.weight"].shape}))
+"""
+
+
+def test_smollm2_read_whole_within_twice_its_float32_size():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SMOLLM2_MEMORY, str(smollm2_path())], capture_output=True,
+                         text=True, check=True).stdout
+    got = json.loads(out)
+    assert got["sizes"] == 134_515_008 and got["float32"]
+    assert got["emb"] == [49152, 576] and got["down"] == [576, 1536]
+    assert got["peak"] <= 2 * 4 * got["sizes"]  # the interpreter and NumPy included
+
+
+@pytest.mark.slow
+def test_smollm2_logits_match_transformers(smollm2_hf):
+    path, hf_model = smollm2_hf
+    model = sl.gguf.load_model(path, progress=False)
+    ids = sl.gguf.load_tokenizer(path).encode("The capital of France is Paris. Voilà: naïve café 東京 🙂\n"
+                                              "def f(x):\n    return x * 2  # twice")
+    assert len(ids) >= 30
+    assert_logits_close(model, hf_model, ids)

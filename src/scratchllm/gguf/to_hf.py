@@ -52,11 +52,11 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, D // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _items(tensors, progress):
-    """(name, float32 array) pairs; a lazy GGUFFile dequantizes them one at a time."""
-    if hasattr(tensors, "iter_tensors"):
-        return tensors.iter_tensors(progress)
-    return iter(tensors.items())
+def _shapes(tensors) -> dict:
+    """name -> NumPy shape, without dequantizing a lazy GGUFFile."""
+    if hasattr(tensors, "infos"):
+        return {name: info.shape for name, info in tensors.infos.items()}
+    return {name: w.shape for name, w in tensors.items()}
 
 
 def _get(meta: dict, key: str, default=None, required=True):
@@ -67,14 +67,9 @@ def _get(meta: dict, key: str, default=None, required=True):
     return default
 
 
-def gguf_to_hf(metadata: dict, tensors, progress=None):
-    """``(hf_config, state)``: config.json fields and the weights under Hugging Face's names.
-
-    ``tensors`` is the dict of :func:`read` or its lazy mapping (then each tensor
-    is dequantized once, in turn, and memory stays near the model's float32 size).
-    ``lm_head.weight`` is present only when the file has its own output matrix
-    (``tie_word_embeddings`` says which).
-    """
+def hf_config(metadata: dict, shapes: dict) -> dict:
+    """The config.json fields of the model whose metadata and tensor shapes (llama.cpp's
+    names -> NumPy shapes) are given; every tensor name is checked here, before any is read."""
     arch = metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ScratchError(f"GGUF architecture {arch!r} is not read here; the architectures read are: "
@@ -87,9 +82,23 @@ def gguf_to_hf(metadata: dict, tensors, progress=None):
     if not all(isinstance(v, int) and v > 0 for v in (n_head, n_kv, hidden, n_layer)):
         raise ScratchError(f"the GGUF metadata has impossible sizes: {n_head} heads, {n_kv} key/value heads, "
                            f"width {hidden}, {n_layer} layers")
+    if "rope_freqs.weight" in shapes:
+        raise ScratchError("this GGUF file scales RoPE's frequencies per dimension (rope_freqs, "
+                           "Llama 3.1 and later), which is not read here")
+    unknown = [name for name in shapes if hf_name(name) is None]
+    if unknown:
+        raise ScratchError(f"GGUF tensor {unknown[0]!r} is not part of a {arch} model as read here")
+    present = {hf_name(name) for name in shapes}
+    missing = [f"{_GLOBAL[g]}.weight" for g in ("token_embd", "output_norm")]
+    missing += [f"model.layers.{i}.{_LAYER[t]}.weight" for i in range(n_layer) for t in _REQUIRED_LAYER]
+    missing = [k for k in missing if k not in present]
+    if missing:
+        raise ScratchError(f"the GGUF file lacks {len(missing)} tensors of a {arch} model, e.g. {missing[0]}")
+
     config = {
         "architectures": [ARCHITECTURES[arch]],
         "model_type": arch,
+        "vocab_size": shapes["token_embd.weight"][0],
         "hidden_size": hidden,
         "intermediate_size": _get(metadata, a + "feed_forward_length"),
         "num_hidden_layers": n_layer,
@@ -102,6 +111,8 @@ def gguf_to_hf(metadata: dict, tensors, progress=None):
         "max_position_embeddings": _get(metadata, a + "context_length", 2048, required=False),
         "rms_norm_eps": _get(metadata, a + "attention.layer_norm_rms_epsilon"),
         "rope_theta": _get(metadata, a + "rope.freq_base", 10000.0, required=False),
+        "tie_word_embeddings": "output.weight" not in shapes,
+        "attention_bias": "blk.0.attn_q.bias" in shapes,
     }
     scaling = metadata.get(a + "rope.scaling.type", "none")
     if scaling == "linear":
@@ -111,25 +122,27 @@ def gguf_to_hf(metadata: dict, tensors, progress=None):
     for key, field in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id")):
         if f"tokenizer.ggml.{key}_token_id" in metadata:
             config[field] = metadata[f"tokenizer.ggml.{key}_token_id"]
+    return config
 
-    state = {}
-    for name, w in _items(tensors, progress):
-        if name == "rope_freqs.weight":
-            raise ScratchError("this GGUF file scales RoPE's frequencies per dimension (rope_freqs, "
-                               "Llama 3.1 and later), which is not read here")
+
+def hf_tensors(config: dict, tensors, progress=None):
+    """(Hugging Face name, float32 array) for each tensor in turn; a lazy GGUFFile
+    dequantizes them one at a time (with a progress bar when ``progress``)."""
+    items = tensors.iter_tensors(progress) if hasattr(tensors, "iter_tensors") else tensors.items()
+    for name, w in items:
         hf = hf_name(name)
-        if hf is None:
-            raise ScratchError(f"GGUF tensor {name!r} is not part of a {arch} model as read here")
-        if arch == "llama" and (".q_proj." in hf or ".k_proj." in hf):
-            w = unpermute_qk(w, n_head if ".q_proj." in hf else n_kv)
-        state[hf] = w
+        if config["model_type"] == "llama" and (".q_proj." in hf or ".k_proj." in hf):
+            w = unpermute_qk(w, config["num_attention_heads" if ".q_proj." in hf else "num_key_value_heads"])
+        yield hf, w
 
-    missing = [f"{_GLOBAL[g]}.weight" for g in ("token_embd", "output_norm")]
-    missing += [f"model.layers.{i}.{_LAYER[t]}.weight" for i in range(n_layer) for t in _REQUIRED_LAYER]
-    missing = [k for k in missing if k not in state]
-    if missing:
-        raise ScratchError(f"the GGUF file lacks {len(missing)} tensors of a {arch} model, e.g. {missing[0]}")
-    config["vocab_size"] = state["model.embed_tokens.weight"].shape[0]
-    config["tie_word_embeddings"] = "lm_head.weight" not in state
-    config["attention_bias"] = "model.layers.0.self_attn.q_proj.bias" in state
-    return config, state
+
+def gguf_to_hf(metadata: dict, tensors, progress=None):
+    """``(hf_config, state)``: config.json fields and the weights under Hugging Face's names.
+
+    ``tensors`` is the dict of :func:`read` or its lazy mapping (then each tensor
+    is dequantized once, in turn, and memory stays near the model's float32 size).
+    ``lm_head.weight`` is present only when the file has its own output matrix
+    (``tie_word_embeddings`` says which).
+    """
+    config = hf_config(metadata, _shapes(tensors))
+    return config, dict(hf_tensors(config, tensors, progress))
