@@ -59,6 +59,12 @@ def register(subparsers) -> None:
     m.add_argument("--top", default="10", metavar="N", help="how many next characters to list (default: 10)")
     m.add_argument("--weights", metavar="DIR", help=f"a trained CharMLP (default: {charmlp_cli.DEFAULT_DIR}, "
                                                      "or a small one trained now if none is saved)")
+    m.add_argument("--generate", default="0", metavar="N",
+                   help="then generate N characters, one step at a time: the window, the prediction, the chosen "
+                        "character appended, the window moving on (default: 0)")
+    m.add_argument("--temperature", default="0", metavar="T",
+                   help="with --generate: 0 picks the most likely character, above 0 samples (default: 0)")
+    m.add_argument("--seed", default="0", help="with --generate and --temperature: the sampling seed (default: 0)")
     m.set_defaults(func=run_charmlp)
 
     pos = sub.add_parser("positions", help="positional encodings: the sinusoidal table, or a checkpoint's rows",
@@ -167,7 +173,13 @@ def run_charmlp(args) -> int:
         raise ScratchError("--text is empty: give some text, e.g. --text \"The \"")
     model, tok, source = charmlp_cli.load_charmlp(args.weights)
     charmlp_cli.check_text(tok, args.text, "--text")
-    print(explain_charmlp(model, tok, args.text, top=min(top, model.vocab_size), source=source))
+    steps = number(args.generate, "--generate", int, 0)
+    temperature = number(args.temperature, "--temperature", float, 0)
+    seed = number(args.seed, "--seed", int, 0)
+    if steps > 500:
+        raise ScratchError(f"--generate shows at most 500 steps, got {steps}")
+    print(explain_charmlp(model, tok, args.text, top=min(top, model.vocab_size), source=source, generate=steps,
+                          temperature=temperature, seed=seed))
     return 0
 
 

@@ -1,5 +1,6 @@
 """The next-character model worked out for one text: which characters it sees,
-their ids, their embeddings, the hidden layer, and the most likely next characters.
+their ids, their embeddings, the hidden layer, and the most likely next characters;
+then, if asked, a few steps of generation, each prediction fed back into the window.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def _vector(v, digits=2, limit=16) -> str:
     return shown + (f"  … ({len(v) - limit} more)" if len(v) > limit else "")
 
 
-def explain_charmlp(model, tokenizer, text: str, top: int = 10, source: str = "") -> str:
+def explain_charmlp(model, tokenizer, text: str, top: int = 10, source: str = "", generate: int = 0,
+                    temperature: float = 0.0, seed: int = 0) -> str:
     t = trace_charmlp(model, tokenizer, text, top)
     T, E, V, Hn = model.context, model.n_embd, model.vocab_size, model.n_hidden
     chars = [tokenizer.decode([int(i)]) for i in t["window"]]
@@ -85,4 +87,38 @@ def explain_charmlp(model, tokenizer, text: str, top: int = 10, source: str = ""
     lines += ["",
               f"Most likely next character: {show(tokenizer.decode([best]))}",
               f"Check: the model's own forward pass gives the same logits (largest difference {gap:.1e})."]
+    if generate:
+        lines += [""] + generation_steps(model, tokenizer, text, generate, temperature, seed)
     return "\n".join(lines)
+
+
+def generation_steps(model, tokenizer, text: str, n: int, temperature: float = 0.0, seed=0, shown: int = 3) -> list:
+    """Generation one character at a time, as ``CharMLP.generate`` does it: the window, the model's
+    top next characters, the one chosen (the most likely at temperature 0, else sampled by
+    ``generate.sample_next``), appended to the text, and the window moved on by one."""
+    from ..generate import sample_next
+
+    rng = np.random.default_rng(seed)
+    pad = pad_id_for(tokenizer)
+    ids = list(tokenizer.encode(text))
+    how = "the most likely each time; --temperature to sample" if temperature == 0 else \
+        f"sampled at temperature {temperature:g}, seed {seed}"
+    T = model.context
+    lines = [f"Step 5. Generation feeds itself: the chosen character is appended to the text and the window "
+             f"moves on by one ({n} steps, {how})", ""]
+    width = max(T * 2 + 3, 8)
+    lines.append(f"    {'step':>4}  {'window':<{width}}  {'top ' + str(shown) + ' next':<33}chosen")
+    for k in range(1, n + 1):
+        window = model.window([ids], pad)  # (1, context)
+        with no_grad():
+            logits = model(window).data.astype(np.float64)  # (1, V)
+        p = np.exp(logits[0] - logits[0].max())
+        p /= p.sum()
+        nxt = int(sample_next(logits, temperature, None, None, rng)[0])
+        top = np.argsort(-p, kind="stable")[:shown]
+        seen = repr(tokenizer.decode([int(i) for i in window[0]]))
+        cands = "  ".join(f"{show(tokenizer.decode([int(i)]))} {100 * p[i]:4.1f}%" for i in top)
+        lines.append(f"    {k:>4}  {seen:<{width}}  {cands:<33}{show(tokenizer.decode([nxt]))} ({100 * p[nxt]:.1f}%)")
+        ids.append(nxt)
+    lines += ["", f"    text: {tokenizer.decode(ids)!r}"]
+    return lines

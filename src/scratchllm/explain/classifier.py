@@ -27,6 +27,11 @@ ACTIVATIONS = {  # name -> (function on arrays, formula for the reader)
 }
 
 
+# how to get the article's picture: 4 inputs → 3 hidden neurons → 2 outputs
+ARTICLE_NETWORK = ("The article's picture has 3 hidden neurons (4 → 3 → 2). That exact network: "
+                   "scratchllm classify train --hidden 3 --out out/classifier3, then add --weights out/classifier3.")
+
+
 def neuron_names(model) -> list[list[str]]:
     """Names of each layer's neurons: h1..hn (h1_1.. with several hidden layers), then the classes."""
     hidden = model.hidden
@@ -75,6 +80,7 @@ def explain_classifier(model, measured, source: str = "") -> str:
                        + [str(len(model.classes))])
     lines = [f"Leaf or flower? A network of {sizes} neurons, computed by hand"
              + (f" (weights: {source})" if source else "") + ".",
+             *([] if tuple(model.hidden) == (3,) else [ARTICLE_NETWORK]),
              "",
              "Legend: x = a neuron's input, w = its weight, b = its bias,",
              "        s = x₁·w₁ + x₂·w₂ + … + b (the neuron's sum), " + formula + ".",
