@@ -154,6 +154,29 @@ def test_smollm2_chat_template_equal_transformers(smol, smol_ref, gen):
     assert text.endswith("<|im_end|>\n") != gen
 
 
+TEMPLATES = [
+    # tojson keeps non-ASCII and does not escape <, > and & for HTML
+    "{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}",
+    # loop controls, namespace, whitespace control, trim_blocks / lstrip_blocks
+    "{% set ns = namespace(n=0) %}\n{% for m in messages %}\n    {% if m.role == 'system' %}{% continue %}{% endif %}\n"
+    "{% set ns.n = ns.n + 1 %}{{ ns.n }}. {{- m['content'] }}\n{% endfor %}\n{{ bos_token }}{{ eos_token }}",
+    # the generation tag of templates that mark the assistant's tokens
+    "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}"
+    "{% else %}{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}>>{% endif %}",
+    "{{ tools is none }} {{ documents is none }} {{ (strftime_now('%Y') | length) == 4 }}",
+]
+
+
+@pytest.mark.parametrize("k", range(len(TEMPLATES)))
+def test_template_rendering_equal_transformers(smol, smol_ref, k):
+    pytest.importorskip("jinja2")
+    conv = CONVERSATIONS[2] + [{"role": "user", "content": "<b>&'quotes\"</b> 😀 ünï"}]
+    for gen in (True, False):
+        ours = smol.apply_chat_template(conv, add_generation_prompt=gen, tokenize=False, chat_template=TEMPLATES[k])
+        assert ours == smol_ref.apply_chat_template(conv, add_generation_prompt=gen, tokenize=False,
+                                                    chat_template=TEMPLATES[k])
+
+
 # -- Hugging Face directories --------------------------------------------------------------------
 
 def test_smollm2_hf_dir_equal_transformers(smol_ref, tmp_path):
