@@ -185,8 +185,9 @@ def run_charmlp(args) -> int:
 
 # ---- explain gpt / explain transformer ------------------------------------------------
 GPT_DESCRIPTION = """\
-One forward pass of a GPT on a text, every number the model's own, in the
-order of the computation: the tokens and ids, each token's embedding row plus
+One forward pass of a GPT (or another decoder-only model: a Llama, Qwen or
+Mistral trained here, a Hugging Face directory, a GGUF file) on a text, every
+number the model's own, in the order of the computation: the tokens and ids, each token's embedding row plus
 its position row, a line per block, one attention head worked out (the query,
 each key, q·k term by term, the scaling by 1/√D, the softmax, the weighted sum
 of the values), the heads concatenated and projected, the residual add, the

@@ -1,4 +1,6 @@
-"""A GPT worked out for one text, in the order of the article: tokens, embeddings,
+"""A GPT — or any decoder-only language model (a Llama, Qwen, Mistral …: no
+position vectors, key/value heads shared by groups of query heads, a gated
+MLP) — worked out for one text, in the order of the article: tokens, embeddings,
 each block, one attention head number by number, the final layer norm, the
 next-token distribution and how sampling reshapes it; with a target, the
 backward pass and one SGD step.
