@@ -1,5 +1,7 @@
-"""A trace of one pass through a GPT or a Transformer: every value it computes
-and, given targets, the gradient of the loss with respect to each of them.
+"""A trace of one pass through a language model (a GPT, a Transformer, a
+Llama-family model): every value it computes and, given targets, the
+gradient of the loss with respect to each of them. Every recorded value has
+its gradient; one the backward pass did not reach is an error, never zeros.
 
     tr = trace(model, ids, targets)      # a GPT: ids (B, T) or (T,)
     tr = trace(model, (src_ids, tgt_in_ids), targets=tgt_out_ids)   # a Transformer
@@ -60,6 +62,20 @@ post-norm model the following ``norm_k`` is that sum normalised. Dropout
 sites: ``enc.drop`` and ``dec.drop`` (on embeddings + positions, their
 outputs ``enc.in`` and ``dec.in``), ``enc.{i}.drop_k`` / ``dec.{i}.drop_k``
 on the output of sub-layer k before it joins ``resid_k``.
+
+Names for a Llama-family model (Llama, Mistral, Qwen2, Qwen3; Hkv key/value
+heads, I the MLP's inner width) are the GPT's where the idea is the same, its
+RMSNorms taking the ``ln_`` names: ``tok_emb``, ``emb`` (= tok_emb: no
+position vectors), ``h.{i}.ln_1``, ``h.{i}.attn.q_pre`` (B,H,T,D) /
+``.k_pre`` (B,Hkv,T,D) what the rotation (RoPE) receives, ``.q`` / ``.k``
+after it, ``.v`` (B,Hkv,T,D), ``.scores`` / ``.weights`` (B,H,T,T), ``.y``
+(B,T,H·D), ``.out``, ``h.{i}.resid_1``, ``h.{i}.ln_2``, ``h.{i}.mlp.gate`` /
+``.up`` (B,T,I), ``.silu`` (silu(gate)), ``.prod`` (silu(gate)·up), ``.out``,
+``h.{i}.resid_2``, ``ln_f``, ``logits``, ``probs``.
+
+Each model names what it records in its own ``trace_names`` table
+(:class:`scratchllm.models.base.LanguageModel`); this module asks the model
+and knows no family.
 
 ``probs`` is softmax(logits) taken here with :func:`scratchllm.functional.softmax`;
 its gradient is that of the same loss written as −mean log probs[target]
