@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import time
+
 from .errors import ScratchError
 from .generate import check_sampling_args, sample_next
 from .tensor import no_grad
@@ -103,8 +105,12 @@ class Chat:
                                "start again (/reset)")
         answer, self.stopped = [], "length"
         with no_grad():
+            t0 = time.perf_counter()
             start = self._rewind(ids)
+            self.prompt_tokens = len(ids) - start  # run this turn; the rest came from the cache
             logits = self._feed(ids[start:])
+            t1 = time.perf_counter()
+            self.prefill_seconds = t1 - t0
             try:
                 while len(answer) < self.max_new_tokens:
                     tok = int(sample_next(logits[None], self.temperature, self.top_k, self.top_p, self.rng)[0])
@@ -127,6 +133,7 @@ class Chat:
                     logits = self._feed([tok])
             except KeyboardInterrupt:
                 self.stopped = "interrupted"
+        self.answer_seconds = time.perf_counter() - t1
         reply = self.tok.decode(answer).strip() if answer else ""
         self.messages.append({"role": "assistant", "content": reply})
         self.last_tokens = len(answer)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from ..errors import ScratchError
 from . import number
@@ -37,16 +36,16 @@ def register(subparsers):
 
 def _answer(chat, text, stream_cls, out, err):
     stream = stream_cls(chat.tok, out)
-    t0 = time.perf_counter()
     chat.reply(text, on_token=stream.push)
     stream.finish()
-    seconds = time.perf_counter() - t0
     out.write("\n")
     out.flush()
     why = {"length": " (--max-new-tokens reached)", "context": " (the context is full: /reset)",
            "interrupted": " (stopped)"}.get(chat.stopped, "")
-    rate = chat.last_tokens / seconds if seconds > 0 else 0.0
-    print(f"[{chat.last_tokens} tokens, {rate:.1f} tokens/s{why}]", file=err, flush=True)
+    read = chat.prompt_tokens / chat.prefill_seconds if chat.prefill_seconds > 0 else 0.0
+    rate = chat.last_tokens / chat.answer_seconds if chat.answer_seconds > 0 else 0.0
+    print(f"[{chat.prompt_tokens} prompt tokens read at {read:.0f} tokens/s; {chat.last_tokens} tokens written "
+          f"at {rate:.1f} tokens/s{why}]", file=err, flush=True)
 
 
 def run(args):
