@@ -118,6 +118,13 @@ def test_smollm2_digits_split_as_llama_cpp(smol):
     assert smol.encode("12345") == [smol.token_to_id(c) for c in "12345"]
 
 
+def test_smollm2_whole_corpus_equal_tokenizers(smol, smol_true_ref, shared_data):
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    ids = smol.encode(text)
+    assert ids == smol_true_ref.backend_tokenizer.encode(text, add_special_tokens=False).ids
+    assert smol.decode(ids) == text
+
+
 def test_smollm2_decode_round_trip(smol, smol_ref):
     for text in TEXTS:
         ids = smol.encode(text)
