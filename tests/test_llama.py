@@ -1,6 +1,8 @@
 """The Llama model: its gradients against float64 finite differences, the KV
 cache against full passes, generation, the context limit, checkpoints, and a
 trace's values and gradients against transformers run with hooks."""
+import json
+
 import numpy as np
 import pytest
 
@@ -197,3 +199,60 @@ def test_trace_values_and_gradients_equal_transformers(model_type, tmp_path, mon
         np.testing.assert_allclose(tr.grad(key), grad, rtol=1e-3, atol=1e-6, err_msg=f"gradient of {key}")
         compared += 1
     assert compared == 2 + 13 * cfg.num_hidden_layers + 1  # tok_emb, ln_f; 13 per layer; logits
+
+
+# ---- training through the shared loop (scratchllm train --arch llama) -----------------------------
+TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
+
+
+def train_config(tmp_path, **kw):
+    from scratchllm import train as T
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    base = dict(data=str(corpus), out=str(tmp_path / "run"), arch="llama", n_layer=1, n_head=4, n_embd=16,
+                block_size=8, batch_size=4, max_iters=6, eval_interval=3, eval_iters=2, warmup_iters=2,
+                progress=False, sample_tokens=0, snapshots=0)
+    return T.TrainConfig(**{**base, **kw})
+
+
+def test_training_steps_lower_the_loss(tmp_path):
+    from scratchllm import train as T
+
+    trainer = T.train(train_config(tmp_path, max_iters=40, eval_interval=40, eval_iters=4, lr=1e-2), echo=lambda *a: None)
+    assert isinstance(trainer.model, Llama) and trainer.model.n_kv_head == 2
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and log[-1]["step"] == 40
+    assert log[-1]["train_loss"] < log[0]["train_loss"] - 0.8
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resumed_run_is_bit_identical(tmp_path, threads):
+    from scratchllm import train as T
+
+    quiet = lambda *a: None  # noqa: E731
+    full = T.train(train_config(tmp_path / "a", threads=threads, lr_decay_iters=6), echo=quiet)
+    T.train(train_config(tmp_path / "b", threads=threads, lr_decay_iters=6, max_iters=3), echo=quiet)
+    resumed = T.train(train_config(tmp_path / "b", threads=threads, lr_decay_iters=6), resume=True, echo=quiet)
+    assert resumed.step == full.step == 6
+    for k, v in full.model.state_dict().items():
+        np.testing.assert_array_equal(resumed.model.state_dict()[k], v, err_msg=k)
+    assert isinstance(sl.load(tmp_path / "b" / "run" / "ckpt"), Llama)
+
+
+def test_cli_trains_a_llama_and_refuses_what_it_lacks(tmp_path, capsys):
+    from scratchllm.cli import main
+
+    (tmp_path / "t.txt").write_text(TEXT)
+    base = ["train", "--arch", "llama", "--data", str(tmp_path / "t.txt"), "--n-layer", "1", "--n-head", "4",
+            "--n-embd", "16", "--block-size", "8", "--batch-size", "4", "--eval-iters", "1", "--no-progress",
+            "--snapshots", "0"]
+    assert main(base + ["--out", str(tmp_path / "ok"), "--max-iters", "2", "--sample-tokens", "5"]) == 0
+    assert "Llama: " in capsys.readouterr().out
+    for extra, message in [(["--dropout", "0.1"], "no dropout"), (["--n-kv-head", "3"], "--n-kv-head must divide"),
+                           (["--arch", "mamba"], "--arch must be")]:
+        assert main(base + extra + ["--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -61,6 +61,8 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = True
     positional: str = "learned"
+    arch: str = "gpt"  # "gpt", or "llama" (RMSNorm, rotary positions, SwiGLU, grouped-query attention)
+    n_kv_head: int = 0  # a Llama's key/value heads; 0: half the query heads (all of them if n_head is odd)
     # optimisation (nanoGPT's shakespeare-char settings)
     batch_size: int = 12
     grad_accum: int = 1
@@ -138,7 +140,22 @@ def _source_key(cfg: TrainConfig) -> dict:
 
 
 # ---- model and optimizer ------------------------------------------------------------
-def build_model(cfg: TrainConfig, vocab_size: int) -> GPT:
+def llama_config(cfg: TrainConfig, vocab_size: int):
+    """The Llama of a run's sizes: SwiGLU's hidden width about 8/3 of the model's (its three matrices then
+    weigh what GPT's two 4× matrices do), rounded up to a multiple of 64; tied embeddings as the GPT's."""
+    from .models.llama import LlamaConfig
+
+    n_kv = cfg.n_kv_head or (cfg.n_head // 2 if cfg.n_head % 2 == 0 else cfg.n_head)
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=-(-8 * cfg.n_embd // 192) * 64,
+                       num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=n_kv,
+                       max_position_embeddings=cfg.block_size, tie_word_embeddings=True)
+
+
+def build_model(cfg: TrainConfig, vocab_size: int):
+    if cfg.arch == "llama":
+        from .models.llama import Llama
+
+        return Llama(llama_config(cfg, vocab_size), seed=cfg.seed)
     gcfg = GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                      n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, positional=cfg.positional)
     return GPT(gcfg, seed=cfg.seed)

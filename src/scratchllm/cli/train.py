@@ -35,6 +35,10 @@ _HELP = {
     "dropout": "share of activations zeroed during training, in [0, 1) (0: no dropout)",
     "positional": "position information: 'learned' (a trained row per position, as GPT-2) or 'sinusoidal' "
                   "(the fixed sine/cosine table of Vaswani et al.)",
+    "arch": "the model: 'gpt' (GPT-2's design) or 'llama' (RMSNorm, rotary positions, SwiGLU, grouped-query "
+            "attention; the same sizes give about the same parameter count)",
+    "n_kv_head": "--arch llama: key/value heads, shared by groups of query heads; must divide --n-head "
+                 "(0: half of them)",
     "batch_size": "sequences of --block-size tokens in each batch",
     "lr": "peak learning rate of AdamW, reached after the warmup",
     "weight_decay": "AdamW's decoupled weight decay on the weight matrices (0: none)",
@@ -51,7 +55,7 @@ def register(sub):
     from ..train import PRESETS, TrainConfig
 
     p = sub.add_parser("train", help="train a GPT (defaults: a small char-level GPT on the built-in corpus)",
-                       description="Train a GPT. With no arguments: 4 layers, width 128, char-level, on the "
+                       description="Train a GPT (or a Llama: --arch llama). With no arguments: 4 layers, width 128, char-level, on the "
                                    "built-in corpus (Python's own documentation text), a few minutes on 2 cores. "
                                    "Under 'mpirun -n N' the N ranks share each batch (README: several processes).")
     add_config_options(p, TrainConfig, _HELP, _SKIP)
@@ -115,12 +119,30 @@ def check_config(cfg) -> None:
     if cfg.tokenizer in ("bpe", "unigram") and cfg.bpe_vocab_size < 260:
         raise ScratchError(f"--bpe-vocab-size must be at least 260 (the 256 bytes and some merges), "
                            f"got {cfg.bpe_vocab_size}")
+    if cfg.arch not in ("gpt", "llama"):
+        raise ScratchError(f"--arch must be 'gpt' or 'llama', not {cfg.arch!r}")
+    if cfg.arch == "llama":
+        _check_llama(cfg)
     try:  # the model's own checks (width divisible by heads, a known kind of positions)
         GPTConfig(vocab_size=1, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                   n_embd=cfg.n_embd, positional=cfg.positional)
     except ScratchError as e:
         raise ScratchError(str(e).replace("n_embd", "--n-embd").replace("n_head", "--n-head")
                            .replace("positional", "--positional")) from None
+
+
+def _check_llama(cfg) -> None:
+    from ..train import llama_config
+
+    if cfg.dropout:
+        raise ScratchError("--dropout is not available with --arch llama: the Llama family has no dropout")
+    if cfg.n_kv_head < 0 or (cfg.n_kv_head and cfg.n_head % cfg.n_kv_head):
+        raise ScratchError(f"--n-kv-head must divide --n-head ({cfg.n_head}), got {cfg.n_kv_head}")
+    try:
+        llama_config(cfg, vocab_size=1)
+    except ScratchError as e:
+        raise ScratchError(str(e).replace("hidden_size", "--n-embd").replace("num_attention_heads", "--n-head")
+                           .replace("num_key_value_heads", "--n-kv-head")) from None
 
 
 def run(args):
@@ -143,7 +165,7 @@ def _run(args):
         print(f"note: {cfg.out}/ckpt exists and will be replaced; use --resume to continue it", file=sys.stderr)
     m = trainer.model
     ranks = f"; {trainer.world.size} ranks × {trainer.cfg.threads} thread(s)" if trainer.world.size > 1 else ""
-    print(f"GPT: {m.num_parameters():,} parameters, vocab {trainer.tokenizer.vocab_size}, "
+    print(f"{m.title}: {m.num_parameters():,} parameters, vocab {trainer.tokenizer.vocab_size}, "
           f"{len(trainer.train_ids):,} training tokens; run directory {cfg.out}{ranks}")
     trainer.fit()
     print(f"checkpoint: {trainer.ckpt_dir}")
