@@ -37,6 +37,37 @@ def test_gpt2_lens_matches_transformers_hidden_states(tmp_path):
     np.testing.assert_allclose(probs[-1], softmax(out.logits.double().numpy()), rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama_lens_matches_transformers_hidden_states(tmp_path, tied):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                   tie_word_embeddings=tied)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # weights of a working scale: HF's init leaves every prediction near uniform
+        for name, p in hf.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5 if p.ndim == 2
+                    else 1 + 0.2 * torch.randn(p.shape, generator=g))
+    hf.save_pretrained(tmp_path / "llama")
+    model = sl.load(tmp_path / "llama")
+    assert model.kind == "llama" and model.n_layer == 3
+    ids = np.random.default_rng(2).integers(0, 60, size=(2, 10))
+    with torch.no_grad():
+        out = hf(torch.from_numpy(ids), output_hidden_states=True)
+        hs = out.hidden_states  # embeddings, then after each block; the last already through the final norm
+        assert len(hs) == model.n_layer + 1
+        ref = [hf.lm_head(hf.model.norm(h)) for h in hs[:-1]] + [hf.lm_head(hs[-1])]
+    ref = softmax(np.stack([r.double().numpy() for r in ref]))
+    probs = logit_lens(model, ids)
+    assert probs.shape == (4, 2, 10, 60)
+    assert ref[:, 0, 3].max(-1).min() > 3 / 60  # well above uniform (1/60): a wrong row would show
+    np.testing.assert_allclose(probs, ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(probs[-1], softmax(out.logits.double().numpy()), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_last_row_is_the_models_own_prediction(dtype):
     model = small_gpt(seed=3)
