@@ -157,3 +157,26 @@ def test_a_run_without_snapshots_is_one_clear_error(tmp_path):
 
     with pytest.raises(ScratchError, match="has no snapshots: train with --snapshots"):
         D.head_scores_over_training(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama", "transformer"])
+def test_head_scores_of_every_family_read_its_self_attention(family):
+    from scratchllm.explain import trace
+    from scratchllm.models import GPT, GPTConfig, Transformer, TransformerConfig
+    from scratchllm.models.llama import Llama, LlamaConfig
+
+    model = {"gpt": lambda: GPT(GPTConfig(vocab_size=30, block_size=12, n_layer=2, n_head=2, n_embd=16)),
+             "llama": lambda: Llama(LlamaConfig(vocab_size=30, hidden_size=16, intermediate_size=32,
+                                                num_hidden_layers=2, num_attention_heads=2,
+                                                num_key_value_heads=1, max_position_embeddings=12)),
+             "transformer": lambda: Transformer(TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=16,
+                                                                  n_head=2, n_encoder_layers=1, n_decoder_layers=2,
+                                                                  d_ff=32, max_len=12, dropout=0.0))}[family]()
+    scores = D.head_scores(model)  # period 6: 12 tokens
+    ids = D.repeated_random_ids(30, 6)
+    name = "dec.1.self_attn.weights" if family == "transformer" else "h.1.attn.weights"
+    tr = trace(model, (ids, ids) if family == "transformer" else ids)
+    w = tr[name][0, 1].astype(np.float64)  # layer 1, head 1
+    assert scores["previous token"].shape == (2, 2)
+    assert scores["previous token"][1, 1] == pytest.approx(np.mean([w[t, t - 1] for t in range(1, 12)]))
+    assert scores["induction"][1, 1] == pytest.approx(np.mean([w[t, t - 5] for t in range(6, 12)]))
