@@ -23,7 +23,8 @@ LLAMA3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_fr
           "original_max_position_embeddings": 8}
 BASE = dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=V, max_position_embeddings=32, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-# name -> (model_type, settings over BASE): GQA, MQA, tied and untied, Llama 3 scaling, biases, Qwen3's head_dim and norms
+# name -> (model_type, settings over BASE):
+# GQA, MQA, tied and untied, Llama 3 scaling, biases, Qwen3's head_dim and norms
 SHAPES = {
     "llama-gqa-untied-llama3": ("llama", dict(tie_word_embeddings=False, rope_theta=500000.0, rope_scaling=LLAMA3)),
     "llama-mqa-tied-biases": ("llama", dict(num_key_value_heads=1, tie_word_embeddings=True, attention_bias=True,

@@ -220,7 +220,8 @@ def train_config(tmp_path, **kw):
 def test_training_steps_lower_the_loss(tmp_path):
     from scratchllm import train as T
 
-    trainer = T.train(train_config(tmp_path, max_iters=40, eval_interval=40, eval_iters=4, lr=1e-2), echo=lambda *a: None)
+    cfg = train_config(tmp_path, max_iters=40, eval_interval=40, eval_iters=4, lr=1e-2)
+    trainer = T.train(cfg, echo=lambda *a: None)
     assert isinstance(trainer.model, Llama) and trainer.model.n_kv_head == 2
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 0 and log[-1]["step"] == 40

@@ -441,7 +441,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, mask=None) 
     if H % Hkv or v.shape[:-1] != k.shape[:-1]:
         raise ValueError(f"attention: {Hkv} key/value heads cannot serve {H} query heads (it must divide them)")
     G = H // Hkv
-    qg = q.data if G == 1 else q.data.reshape(q.shape[:-3] + (Hkv, G * Tq, D))  # (B, Hkv, G·Tq, D), a view if contiguous
+    # (B, Hkv, G·Tq, D): the queries of each group one after the other, a view when q is contiguous
+    qg = q.data if G == 1 else q.data.reshape(q.shape[:-3] + (Hkv, G * Tq, D))
     scale = q.dtype.type(1.0 / math.sqrt(D))
     kept = {} if _tape.active is not None else None
     a = _attention_weights(qg, k.data, scale, causal, mask, kept, G)  # (B, Hkv, G·Tq, Tk)

@@ -29,44 +29,33 @@ _SUPPORTED = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCa
 _ROPE_TYPES = ("default", "llama3")
 
 # ---- the rename table ---------------------------------------------------------------
-# ours (Llama.named_parameters)                      HF (model.safetensors)                  transpose
-_MODEL_TABLE = [
-    ("model.embed_tokens.weight",                     "model.embed_tokens.weight",                     False),
-    ("model.norm.weight",                             "model.norm.weight",                             False),
+# Our parameter names are Hugging Face's and our weights (out, in) as theirs: every row maps a
+# name to itself, untransposed. The table is the list of what a directory must hold.
+_MODEL_NAMES = ["model.embed_tokens.weight", "model.norm.weight"]
+_LAYER_NAMES = [  # "model.layers.{i}." + name, and the config field that must be true for it to exist
+    ("input_layernorm.weight", None),
+    ("self_attn.q_proj.weight", None), ("self_attn.q_proj.bias", "attention_bias"),
+    ("self_attn.k_proj.weight", None), ("self_attn.k_proj.bias", "attention_bias"),
+    ("self_attn.v_proj.weight", None), ("self_attn.v_proj.bias", "attention_bias"),
+    ("self_attn.o_proj.weight", None), ("self_attn.o_proj.bias", "o_bias"),
+    ("self_attn.q_norm.weight", "qk_norm"), ("self_attn.k_norm.weight", "qk_norm"),
+    ("post_attention_layernorm.weight", None),
+    ("mlp.gate_proj.weight", None), ("mlp.gate_proj.bias", "mlp_bias"),
+    ("mlp.up_proj.weight", None), ("mlp.up_proj.bias", "mlp_bias"),
+    ("mlp.down_proj.weight", None), ("mlp.down_proj.bias", "mlp_bias"),
 ]
-_LAYER_TABLE = [  # (ours, hf, transpose, present when)
-    ("model.layers.{i}.input_layernorm.weight",          "model.layers.{i}.input_layernorm.weight",          False, None),
-    ("model.layers.{i}.self_attn.q_proj.weight",         "model.layers.{i}.self_attn.q_proj.weight",         False, None),
-    ("model.layers.{i}.self_attn.q_proj.bias",           "model.layers.{i}.self_attn.q_proj.bias",           False, "attention_bias"),
-    ("model.layers.{i}.self_attn.k_proj.weight",         "model.layers.{i}.self_attn.k_proj.weight",         False, None),
-    ("model.layers.{i}.self_attn.k_proj.bias",           "model.layers.{i}.self_attn.k_proj.bias",           False, "attention_bias"),
-    ("model.layers.{i}.self_attn.v_proj.weight",         "model.layers.{i}.self_attn.v_proj.weight",         False, None),
-    ("model.layers.{i}.self_attn.v_proj.bias",           "model.layers.{i}.self_attn.v_proj.bias",           False, "attention_bias"),
-    ("model.layers.{i}.self_attn.o_proj.weight",         "model.layers.{i}.self_attn.o_proj.weight",         False, None),
-    ("model.layers.{i}.self_attn.o_proj.bias",           "model.layers.{i}.self_attn.o_proj.bias",           False, "o_bias"),
-    ("model.layers.{i}.self_attn.q_norm.weight",         "model.layers.{i}.self_attn.q_norm.weight",         False, "qk_norm"),
-    ("model.layers.{i}.self_attn.k_norm.weight",         "model.layers.{i}.self_attn.k_norm.weight",         False, "qk_norm"),
-    ("model.layers.{i}.post_attention_layernorm.weight", "model.layers.{i}.post_attention_layernorm.weight", False, None),
-    ("model.layers.{i}.mlp.gate_proj.weight",            "model.layers.{i}.mlp.gate_proj.weight",            False, None),
-    ("model.layers.{i}.mlp.gate_proj.bias",              "model.layers.{i}.mlp.gate_proj.bias",              False, "mlp_bias"),
-    ("model.layers.{i}.mlp.up_proj.weight",              "model.layers.{i}.mlp.up_proj.weight",              False, None),
-    ("model.layers.{i}.mlp.up_proj.bias",                "model.layers.{i}.mlp.up_proj.bias",                False, "mlp_bias"),
-    ("model.layers.{i}.mlp.down_proj.weight",            "model.layers.{i}.mlp.down_proj.weight",            False, None),
-    ("model.layers.{i}.mlp.down_proj.bias",              "model.layers.{i}.mlp.down_proj.bias",              False, "mlp_bias"),
-]
-_UNTIED_HEAD = ("lm_head.weight", "lm_head.weight", False)  # only if untied
+_UNTIED_HEAD = "lm_head.weight"  # only if untied
 _BUFFERS = (".rotary_emb.inv_freq",)  # older files keep the rotary frequencies: computed here, not weights
 
 
 def rename_table(cfg) -> list[tuple[str, str, bool]]:
     """(our name, HF name, transpose) for every weight of a Llama with config ``cfg``."""
-    rows = list(_MODEL_TABLE)
+    names = list(_MODEL_NAMES)
     for i in range(cfg.num_hidden_layers):
-        rows += [(o.format(i=i), h.format(i=i), t) for o, h, t, when in _LAYER_TABLE
-                 if when is None or getattr(cfg, when)]
+        names += [f"model.layers.{i}.{name}" for name, when in _LAYER_NAMES if when is None or getattr(cfg, when)]
     if not cfg.tie_word_embeddings:
-        rows.append(_UNTIED_HEAD)
-    return rows
+        names.append(_UNTIED_HEAD)
+    return [(name, name, False) for name in names]
 
 
 # ---- configs ------------------------------------------------------------------------
