@@ -521,3 +521,61 @@ def test_smollm2_logits_match_transformers(smollm2_hf):
                                               "def f(x):\n    return x * 2  # twice")
     assert len(ids) >= 30
     assert_logits_close(model, hf_model, ids)
+
+
+def llama3_rope_factors(head_dim, theta, factor, low=1.0, high=4.0, old_len=8192):
+    """The per-pair divisors llama.cpp's converter stores as rope_freqs for Llama 3.1+ (written here
+    from Llama 3's definition: long wavelengths slowed by ``factor``, short ones kept, a blend between)."""
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * np.pi * theta ** (i / head_dim)
+        if wavelen < old_len / high:
+            factors.append(1.0)
+        elif wavelen > old_len / low:
+            factors.append(factor)
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, np.float32)
+
+
+def add_rope_freqs(path, factors, out):
+    """The tiny llama file of ``path`` again, with a rope_freqs tensor, written to ``out``."""
+    reader = gguf.GGUFReader(path)
+    w = gguf.GGUFWriter(str(out), "llama")
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = f.contents()
+        sub = f.types[-1] if f.types[0] == VT.ARRAY else None
+        w.add_key_value(key, value, f.types[0], sub_type=sub)
+    w.add_tensor("rope_freqs.weight", factors)
+    for t in reader.tensors:
+        w.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def test_llama3_rope_freqs_become_rope_scaling(tmp_path, rng):
+    D, theta = 64, 500000.0
+    plain = write_tiny_model(tmp_path / "llama.gguf", "llama", rng, head_dim=D)
+    meta, _ = read(plain, lazy=True)
+    meta_theta = meta["llama.rope.freq_base"]
+    factors = llama3_rope_factors(D, meta_theta, 32.0)
+    assert 1 < len(set(factors.tolist())) < D // 2  # kept, slowed and blended pairs all present
+    path = add_rope_freqs(plain, factors, tmp_path / "rope.gguf")
+    config, state = gguf_to_hf(*read(path, progress=False))
+    assert config["rope_scaling"] == {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert "rope_freqs.weight" not in state and len(state) == len(read(plain, lazy=True)[1])
+    model = sl.gguf.load_model(path, progress=False)
+    # llama.cpp turns pair i at speed theta^(-2i/D) / rope_freqs[i]
+    expected = meta_theta ** -(np.arange(0, D, 2) / D) / factors
+    np.testing.assert_allclose(model._inv_freq, expected, rtol=1e-6)
+
+    bad = add_rope_freqs(plain, np.linspace(1, 3, D // 2).astype(np.float32), tmp_path / "bad.gguf")
+    with pytest.raises(ScratchError, match="not Llama 3's RoPE scaling"):
+        sl.gguf.load_model(bad)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ScratchError
 from .reader import GGUFFile
-from .to_hf import _shapes, hf_config, hf_name, hf_tensors
+from .to_hf import ROPE_FREQS, _shapes, hf_config, hf_name, hf_tensors
 
 
 def load_model(path, progress=None):
@@ -21,12 +21,12 @@ def load_model(path, progress=None):
     from ..models.llama import Llama
 
     f = GGUFFile(path)
-    config = hf_config(f.metadata, _shapes(f))
+    config = hf_config(f.metadata, _shapes(f), f[ROPE_FREQS] if ROPE_FREQS in f.infos else None)
     cfg = llama_config_from_hf(config, where=f.path)
     model = Llama(cfg)
     params = dict(model.named_parameters())
     ours = {hf: name for name, hf, _ in rename_table(cfg)}  # every Llama-family name is Hugging Face's
-    expected, found = set(ours), {hf_name(n) for n in f.infos}
+    expected, found = set(ours), {hf_name(n) for n in f.infos if n != ROPE_FREQS}
     if expected != found:
         extra, lacking = sorted(found - expected), sorted(expected - found)
         raise ScratchError(f"{f.path}: its tensors do not make a {config['model_type']} model of its config"

@@ -31,6 +31,9 @@ _LAYER = {  # llama.cpp's blk.{i}.<name> -> model.layers.{i}.<name>
 _REQUIRED_LAYER = ("attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
                    "ffn_down")
 _NAME = re.compile(r"(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)")
+ROPE_FREQS = "rope_freqs.weight"
+# Llama 3.1, 3.2 and 3.3 all use these (config.json's rope_scaling); the factor varies (8, 32)
+_LLAMA3_BLEND = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
 def hf_name(name: str) -> str | None:
@@ -52,6 +55,24 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, D // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def llama3_scaling(rope_freqs, head_dim: int, theta: float) -> dict:
+    """config.json's rope_scaling for a file's ``rope_freqs``: llama.cpp divides each
+    rotation speed by its factor, which is Llama 3's scaling written out per pair.
+    The factor is the largest; the blend is Llama 3's own, checked against every value."""
+    from ..functional import rope_frequencies
+
+    r = np.asarray(rope_freqs, dtype=np.float64).reshape(-1)
+    if r.shape != (head_dim // 2,) or not np.all(np.isfinite(r)) or r.min() <= 0:
+        raise ScratchError(f"the GGUF tensor rope_freqs.weight has {r.size} values, not {head_dim // 2} positive "
+                           "factors (one per pair of a head)")
+    scaling = {"rope_type": "llama3", "factor": float(r.max()), **_LLAMA3_BLEND}
+    implied = rope_frequencies(head_dim, theta) / rope_frequencies(head_dim, theta, scaling)
+    if not np.allclose(implied, r, rtol=1e-5, atol=0):
+        raise ScratchError("the GGUF file's rope_freqs are not Llama 3's RoPE scaling (low_freq_factor 1, "
+                           "high_freq_factor 4, original context 8192), the only per-pair scaling read here")
+    return scaling
+
+
 def _shapes(tensors) -> dict:
     """name -> NumPy shape, without dequantizing a lazy GGUFFile."""
     if hasattr(tensors, "infos"):
@@ -67,9 +88,10 @@ def _get(meta: dict, key: str, default=None, required=True):
     return default
 
 
-def hf_config(metadata: dict, shapes: dict) -> dict:
+def hf_config(metadata: dict, shapes: dict, rope_freqs=None) -> dict:
     """The config.json fields of the model whose metadata and tensor shapes (llama.cpp's
-    names -> NumPy shapes) are given; every tensor name is checked here, before any is read."""
+    names -> NumPy shapes) are given; every tensor name is checked here, before any is read.
+    ``rope_freqs``: the values of the ``rope_freqs.weight`` tensor, when the file has one."""
     arch = metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise ScratchError(f"GGUF architecture {arch!r} is not read here; the architectures read are: "
@@ -82,10 +104,7 @@ def hf_config(metadata: dict, shapes: dict) -> dict:
     if not all(isinstance(v, int) and v > 0 for v in (n_head, n_kv, hidden, n_layer)):
         raise ScratchError(f"the GGUF metadata has impossible sizes: {n_head} heads, {n_kv} key/value heads, "
                            f"width {hidden}, {n_layer} layers")
-    if "rope_freqs.weight" in shapes:
-        raise ScratchError("this GGUF file scales RoPE's frequencies per dimension (rope_freqs, "
-                           "Llama 3.1 and later), which is not read here")
-    unknown = [name for name in shapes if hf_name(name) is None]
+    unknown = [name for name in shapes if hf_name(name) is None and name != ROPE_FREQS]
     if unknown:
         raise ScratchError(f"GGUF tensor {unknown[0]!r} is not part of a {arch} model as read here")
     present = {hf_name(name) for name in shapes}
@@ -115,7 +134,9 @@ def hf_config(metadata: dict, shapes: dict) -> dict:
         "attention_bias": "blk.0.attn_q.bias" in shapes,
     }
     scaling = metadata.get(a + "rope.scaling.type", "none")
-    if scaling == "linear":
+    if ROPE_FREQS in shapes:
+        config["rope_scaling"] = llama3_scaling(rope_freqs, config["head_dim"], config["rope_theta"])
+    elif scaling == "linear":
         config["rope_scaling"] = {"rope_type": "linear", "factor": metadata[a + "rope.scaling.factor"]}
     elif scaling not in ("none", None):
         raise ScratchError(f"GGUF RoPE scaling {scaling!r} is not read here (none and linear are)")
@@ -130,6 +151,8 @@ def hf_tensors(config: dict, tensors, progress=None):
     dequantizes them one at a time (with a progress bar when ``progress``)."""
     items = tensors.iter_tensors(progress) if hasattr(tensors, "iter_tensors") else tensors.items()
     for name, w in items:
+        if name == ROPE_FREQS:  # a setting (config's rope_scaling), not a weight
+            continue
         hf = hf_name(name)
         if config["model_type"] == "llama" and (".q_proj." in hf or ".k_proj." in hf):
             w = unpermute_qk(w, config["num_attention_heads" if ".q_proj." in hf else "num_key_value_heads"])
@@ -144,5 +167,6 @@ def gguf_to_hf(metadata: dict, tensors, progress=None):
     ``lm_head.weight`` is present only when the file has its own output matrix
     (``tie_word_embeddings`` says which).
     """
-    config = hf_config(metadata, _shapes(tensors))
+    shapes = _shapes(tensors)
+    config = hf_config(metadata, shapes, tensors[ROPE_FREQS] if ROPE_FREQS in shapes else None)
     return config, dict(hf_tensors(config, tensors, progress))
