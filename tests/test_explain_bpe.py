@@ -17,7 +17,7 @@ from scratchllm.tokenizers import BPETokenizer, CharTokenizer
 from tokenizers_refs import VARIED_TEXTS, ours_gpt2, tiktoken_gpt2
 
 WORDS = ["cats", "the cats sat", "Hello, world!", "unbelievable", "a", "  two spaces",
-         "I'm sure they'll say", "mississippi aaaa"]
+         "I'm sure they'll say", "mississippi aaaa", 'she said "it\'s" ok']  # "'s" is printed in double quotes
 MORE = ["naïve café", "日本語", "emoji: 😀", "3.14159 + 2"]  # ids compared; steps hold partial UTF-8 bytes
 
 
@@ -47,20 +47,34 @@ def run(capsys, argv):
     return code, out, err
 
 
+# A piece in single or double quotes (repr() picks double ones for "'s"), escapes included.
+QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+
+
 def pieces(text: str) -> list[bytes]:
-    """Quoted pieces 'ca' 't' ' s' (ASCII only) back to bytes."""
-    return [eval(q).encode() for q in re.findall(r"'(?:[^'\\]|\\.)*'|\"[^\"]*\"", text)]  # noqa: S307 - quoted ASCII
+    """Quoted pieces 'ca' 't' ' s' "'s" (ASCII only) back to bytes."""
+    return [eval(q).encode() for q in re.findall(QUOTED, text)]  # noqa: S307 - quoted ASCII
 
 
-def parse(out: str):
-    """[(pre-token start, [(left, right, rank, after)])], ids."""
+def parse(out: str, text: str):
+    """[(pre-token start, [(left, right, rank, after)])], ids; every row counted, so that
+    rows in another format cannot leave the replay with nothing to check."""
     blocks = []
     for line in out.splitlines():
         if m := re.fullmatch(r"    start\s+(.*)", line):
             blocks.append((pieces(m[1]), []))
-        elif m := re.fullmatch(r"\s+\d+\. merge ('.*?'|\".*?\") \+ ('.*?'|\".*?\")\s+rank\s+(\d+)  →  (.*)", line):
+        elif m := re.fullmatch(rf"\s+\d+\. merge ({QUOTED}) \+ ({QUOTED})\s+rank\s+(\d+)  →  (.*)", line):
             blocks[-1][1].append((pieces(m[1])[0], pieces(m[2])[0], int(m[3]), pieces(m[4])))
     ids = [int(i) for i in re.search(r"^ids:\s+(.*)$", out, re.M)[1].split()]
+    heads = [tuple(map(int, h)) for h in re.findall(r"^pre-token (\d+) of (\d+): .*, (\d+) bytes?$", out, re.M)]
+    assert heads and [h[:2] for h in heads] == [(k + 1, len(heads)) for k in range(len(heads))], heads
+    assert len(blocks) == len(heads) and sum(h[2] for h in heads) == len(text.encode())
+    for (start, steps), h in zip(blocks, heads):
+        assert len(start) == h[2]  # one piece per byte
+        assert all(len(after) == len(start) - k - 1 for k, (*_, after) in enumerate(steps))  # one join a row
+    # every merge row parsed: the pieces left at the end are the tokens
+    assert sum(len(steps[-1][3]) if steps else len(start) for start, steps in blocks) == len(ids)
+    assert sum(len(steps) for _, steps in blocks) == len(text.encode()) - len(ids)
     return blocks, ids
 
 
@@ -95,7 +109,7 @@ def test_trained_tokenizer_merges_and_ids(text, trained, capsys):
     path = trained / "tok.json"
     code, out, err = run(capsys, ["explain", "bpe", "--tokenizer", str(path), text])
     assert code == 0 and err == ""
-    blocks, ids = parse(out)
+    blocks, ids = parse(out, text)
     tok = BPETokenizer.load(path)
     assert ids == tok.encode(text) == Tokenizer.from_file(str(trained / "hf" / "tokenizer.json")).encode(text).ids
     if text.isascii():
@@ -110,7 +124,7 @@ def test_trained_tokenizer_merges_and_ids(text, trained, capsys):
 
 def test_cats_shows_cat_then_s(trained, capsys):
     _, out, _ = run(capsys, ["explain", "bpe", "--tokenizer", str(trained / "tok.json"), "cats"])
-    blocks, _ = parse(out)
+    blocks, _ = parse(out, "cats")
     assert [b"cat", b"s"] in [after for *_, after in blocks[0][1]]  # "c a t s" → … → "cat s" on the way
 
 
@@ -126,7 +140,7 @@ def gpt2_dir(shared_data):
 def test_gpt2_merges_and_ids_as_tiktoken(text, gpt2_dir, capsys):
     code, out, err = run(capsys, ["explain", "bpe", "--tokenizer", str(gpt2_dir), text])
     assert code == 0 and err == ""
-    blocks, ids = parse(out)
+    blocks, ids = parse(out, text)
     ref = tiktoken_gpt2(gpt2_dir)
     assert ids == ours_gpt2(gpt2_dir).encode(text) == ref.encode(text)
     if text.isascii():

@@ -126,6 +126,7 @@ def test_step_numbers_are_the_gradients_and_the_sgd_step(which, label, lr, train
     assert s["label"] == label
     assert s["loss"] == pytest.approx(loss, abs=DIGITS6) and s["loss_before"] == s["loss"]
     assert s["p"] == pytest.approx(np.exp(-loss), abs=DIGITS6)
+    assert list(s["d_scores"]) == list(model.classes)  # one row per class, all parsed
     for k, c in enumerate(model.classes):
         p_k, one, g = s["d_scores"][c]
         assert one == (k == k_label) and g == pytest.approx(p_k - one, abs=1.5e-6)
@@ -145,6 +146,11 @@ def test_step_numbers_are_the_gradients_and_the_sgd_step(which, label, lr, train
 
     # The backward through the hidden neurons: d loss/d h = Σ_k d loss/d s_k · w(k, j), then × act'(s).
     assert len(s["hidden"]) == sum(model.hidden)
+    fan_out = {}  # each hidden neuron's sum has one term per neuron of the next layer
+    for i, n in enumerate(model.hidden):
+        nxt = model.hidden[i + 1] if i + 1 < len(model.hidden) else len(model.classes)
+        fan_out.update({f"h{j + 1}" if len(model.hidden) == 1 else f"h{i + 1}_{j + 1}": nxt for j in range(n)})
+    assert {h: len(v[0]) for h, v in s["hidden"].items()} == fan_out
     for hname, (terms, dh, s_j, slope, ds) in s["hidden"].items():
         assert dh == pytest.approx(sum(a * b for a, b in terms), abs=DIGITS6 * (1 + sum(abs(a) + abs(b) for a, b in terms)))
         expected_slope = 1 - np.tanh(s_j) ** 2 if model.activation == "tanh" else float(s_j > 0)

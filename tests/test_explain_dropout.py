@@ -240,7 +240,9 @@ def test_printed_mask_and_values_are_a_training_forwards(ckpt, capsys):
     dropped = {}
     for name in gpt_sites(2):
         dropped[name] = int((draws.random(sites[name][0].shape, dtype=np.float32) < 0.3).sum())
-    for line in section(out, 1)[2:]:
+    rows = [line for line in section(out, 1)[2:] if line.strip()]
+    assert [line.split()[0] for line in rows] == gpt_sites(2)  # a row for every site, all parsed
+    for line in rows:
         name, n, k, frac = line.split()[:4]
         assert int(k) == dropped[name] and int(n) == ids.size * 16 and float(frac) == pytest.approx(int(k) / int(n),
                                                                                                     abs=5e-5)
@@ -250,7 +252,10 @@ def test_printed_mask_and_values_are_a_training_forwards(ckpt, capsys):
     # Step 5: the training column is that forward's softmax, the evaluation column an eval forward's
     probs_train = softmax64(logits.data[0, -1])
     probs_eval = softmax64(ref.eval()(ids).data[0, -1])
-    for line in section(out, 5)[2:]:
+    rows = [line for line in section(out, 5)[2:] if line.strip()]
+    # the 5 most likely tokens in evaluation, each parsed
+    assert [int(line.rsplit(None, 3)[1]) for line in rows] == list(np.argsort(-probs_eval, kind="stable")[:5])
+    for line in rows:
         i, e, t = line.rsplit(None, 3)[1:]
         assert float(e) == pytest.approx(probs_eval[int(i)], abs=1e-6)
         assert float(t) == pytest.approx(probs_train[int(i)], abs=1e-6)
@@ -264,6 +269,7 @@ def test_evaluation_mode_leaves_the_values_untouched(ckpt, capsys):
     lines = section(out, 4)
     before = np.array(re.findall(NUM, next(line for line in lines if line.lstrip().startswith("before"))), float)
     after = np.array(re.findall(NUM, next(line for line in lines if line.lstrip().startswith("after "))), float)
+    assert len(before) == len(after) == 16  # --full: all of n_embd
     model = sl.load(ckpt).eval()
     with sl.no_grad():  # the attention's output entering the dropout, in an ordinary evaluation forward
         h = model.transformer

@@ -12,8 +12,9 @@ from scratchllm.cli import main
 from scratchllm.models import GPT, GPTConfig
 from scratchllm.tokenizers import BPETokenizer, CharTokenizer
 
-TEXT = "To be or not to be, that is the question. "
+TEXT = "To be or not to be, that's the question. "  # "'" is printed in double quotes: "'"
 NUM = r"[+-]?\d+\.\d+(?:e[+-]\d+)?"
+TOKEN = r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"  # a token as repr() prints it, in either quotes
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_embedding_rows_are_the_tables_rows(ckpt, capsys):
 def next_token_rows(out, step):
     rows = []
     for line in section(out, step):
-        m = re.match(rf"\s+\d+\s+'.*'\s+(\d+)((?:\s+{NUM})+)$", line)
+        m = re.match(rf"\s+\d+\s+{TOKEN}\s+(\d+)((?:\s+{NUM})+)$", line)
         if m:
             rows.append((int(m[1]), [float(x) for x in m[2].split()]))
     return rows
@@ -142,6 +143,7 @@ def test_next_token_distribution_and_sampling(ckpt, capsys):
         assert logit == pytest.approx(logits[i], abs=5e-5) and p == pytest.approx(probs[i], abs=1e-6)
 
     sampled = {i: vals[-1] for i, vals in next_token_rows(out, 9)}
+    assert list(sampled) == [i for i, _ in rows]  # the same 10 tokens, each row parsed
     # generate's own draws: 4000 rows at once, one new token each
     draws = model.generate(np.tile(ids, (4000, 1)), 1, temperature=T_, top_k=K, top_p=P, seed=0)[:, -1]
     counts = np.bincount(draws, minlength=model.config.vocab_size) / len(draws)
@@ -181,7 +183,7 @@ def test_target_adds_the_backward_pass_and_a_real_sgd_step(ckpt, capsys):
     # d loss / d logits, printed for the largest entries
     grads = {}
     for line in section(out, 11):
-        m = re.match(rf"\s+'.*'\s+(\d+)\s+({NUM})\s+([01])\s+({NUM})$", line)
+        m = re.match(rf"\s+{TOKEN}\s+(\d+)\s+({NUM})\s+([01])\s+({NUM})$", line)
         if m:
             grads[int(m[1])] = float(m[4])
     assert len(grads) == 10 and target in grads
@@ -222,7 +224,7 @@ def test_gradient_reaching_the_residual_stream_matches_torch(ckpt, capsys):
     from torch_gpt import TorchGPT
 
     model, tok = loaded(ckpt)
-    text = "To be or not"
+    text = "To be, that's"  # a row for "'", printed in double quotes
     ids = np.array(tok.encode(text))
     code, out, _ = run(capsys, "--ckpt", ckpt, "--text", text, "--target", " ")
     assert code == 0
@@ -236,7 +238,10 @@ def test_gradient_reaching_the_residual_stream_matches_torch(ckpt, capsys):
     _, loss = ref(torch.from_numpy(ids[None]), torch.from_numpy(targets[None]))
     loss.backward()
     expect = np.stack([t.grad[0].norm(dim=-1).numpy() for t in kept], axis=1)  # (T, 1 + layers)
-    printed = [re.findall(NUM, line.split("'", 2)[2]) for line in section(out, 12) if re.match(r"\s+\d+ '", line)]
+    rows = [re.match(rf"\s+(\d+) {TOKEN}(.*)$", line) for line in section(out, 12)]
+    rows = [m for m in rows if m]
+    assert [int(m[1]) for m in rows] == list(range(len(ids)))  # a row for every position, all parsed
+    printed = [re.findall(NUM, m[2]) for m in rows]
     np.testing.assert_allclose(np.array(printed, dtype=float), expect, rtol=2e-3, atol=1e-8)
     assert np.all(expect[:-1, -1] == 0)  # past the last block the loss reaches only its own position
 
@@ -249,16 +254,18 @@ def test_a_hugging_face_gpt2_directory(tmp_path, capsys):
     assert code == 0, err
     ids = np.array(tok.encode("to be or not"))
     probs = softmax64(model(ids[None]).data[0, -1])
-    for i, (logit, p) in next_token_rows(out, 8):
+    rows = next_token_rows(out, 8)
+    assert [i for i, _ in rows] == list(np.argsort(-probs, kind="stable")[:10])
+    for i, (logit, p) in rows:
         assert p == pytest.approx(probs[i], abs=1e-6)
 
 
 def test_too_long_text_is_cut_with_a_note(ckpt, capsys):
     _, tok = loaded(ckpt)
-    text = "To be or not to be, that is"  # 27 characters, block 16
+    text = "To be or not to be, that's it"  # 29 characters, block 16; "'" in double quotes
     code, out, err = run(capsys, "--ckpt", ckpt, "--text", text)
     assert code == 0 and "note:" in err and "last 16" in err
-    shown = [line for line in section(out, 1) if re.match(r"\s+\d+\s+'", line)]
+    shown = [line for line in section(out, 1) if re.match(rf"\s+\d+\s+{TOKEN}", line)]
     assert len(shown) == 16 and shown[-1].split()[0] == "15"
 
 
