@@ -12,6 +12,7 @@ Most cases run in-process through ``scratchllm.cli.main`` (fast); a few run the
 real command in a subprocess, where the whole of stderr is seen.
 """
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -75,11 +76,20 @@ CASES = {
     "explain classifier": [(["1", "2", "3"], "give 4 numbers"),
                            (["32", "107", "56", "11.2", "--weights", "truncated"], "corrupt")],
     "explain charmlp": [(["--text", ""], "--text is empty"),
+                        (["--text", "ab", "--generate", "x"], "--generate must be an integer"),
+                        (["--text", "ab", "--generate", "-1"], "--generate must be at least 0"),
+                        (["--text", "ab", "--generate", "3", "--temperature", "-1"], "--temperature must be at least 0"),
                         (["--text", "ab", "--weights", "badjson"], "corrupt")],
     "explain positions": [(["--ckpt", "truncated"], "corrupt"),
                           (["--ckpt", "clf"], "no positions"),
                           (["--dims", "0"], "--dims")],
+    "path": [(["--minutes", "0"], "--minutes must be above 0"),
+             (["--minutes", "x"], "--minutes must be a number"),
+             (["--data", "missing.txt", "--minutes", "0.01"], "missing.txt"),
+             (["--threads", "0"], "--threads must be at least 1"),
+             (["--sample-chars", "0"], "--sample-chars must be at least 1")],
     "explain gpt": [(["--ckpt", "clf", "--text", "the"], "not a gpt"),
+                    (["--ckpt", "gpt", "--text", "the", "--target", "e", "--lr", "-1"], "--lr must be above 0"),
                     (["--ckpt", "gpt", "--text", ""], "--text is empty"),
                     (["--ckpt", "truncated", "--text", "the"], "corrupt"),
                     (["--ckpt", "gpt", "--text", "the", "--layer", "5"], "--layer")],
@@ -109,6 +119,7 @@ CASES = {
                        (["--data", "text.txt", "--vocab-size", "260", "--out", UNWRITABLE + "/tok.json"],
                         "file.txt"),
                        (["--data", "missing.txt", "--vocab-size", "260"], "missing.txt"),
+                       (["--data", "multi30k.fr", "--vocab-size", "260"], "multi30k.en (English)"),
                        (["--data", "notutf8.txt", "--vocab-size", "260", "--out", "t.json"], "UTF-8")],
     "tokenize encode": [(["--tokenizer", "bad.json", "x"], "bad.json"),
                         (["--tokenizer", "truncated.json", "x"], "truncated.json"),
@@ -201,8 +212,10 @@ def fixtures(tmp_path_factory) -> Path:
 
 
 def snapshot(d: Path) -> dict:
-    """Every path under d with its size (files) or None (folders)."""
-    return {str(p.relative_to(d)): (p.stat().st_size if p.is_file() else None) for p in sorted(d.rglob("*"))}
+    """Every path under d with the SHA-256 of its contents (files) or None (folders): a file
+    rewritten with other bytes of the same size counts as touched."""
+    return {str(p.relative_to(d)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None)
+            for p in sorted(d.rglob("*"))}
 
 
 @pytest.fixture

@@ -171,13 +171,13 @@ def run_charmlp(args) -> int:
     top = number(args.top, "--top", int, 1)
     if not args.text:
         raise ScratchError("--text is empty: give some text, e.g. --text \"The \"")
-    model, tok, source = charmlp_cli.load_charmlp(args.weights)
-    charmlp_cli.check_text(tok, args.text, "--text")
     steps = number(args.generate, "--generate", int, 0)
     temperature = number(args.temperature, "--temperature", float, 0)
     seed = number(args.seed, "--seed", int, 0)
     if steps > 500:
         raise ScratchError(f"--generate shows at most 500 steps, got {steps}")
+    model, tok, source = charmlp_cli.load_charmlp(args.weights)
+    charmlp_cli.check_text(tok, args.text, "--text")
     print(explain_charmlp(model, tok, args.text, top=min(top, model.vocab_size), source=source, generate=steps,
                           temperature=temperature, seed=seed))
     return 0

@@ -11,6 +11,7 @@ is the tokenizer's job (a ``CharTokenizer``).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,15 +126,18 @@ def evaluate(model: CharMLP, ids, batch_size: int = 4096) -> float:
 class FitResult:
     history: list = field(default_factory=list)   # {"step", "train_loss", "val_loss"} at each evaluation
     val_loss: float = math.inf
+    steps: int = 0  # steps taken
 
 
 def fit(model: CharMLP, train_ids, val_ids, steps=3000, batch_size=64, lr=0.5, min_lr=0.05,
-        eval_every=500, rng=None, optimizer=None, on_step=None) -> FitResult:
+        eval_every=500, rng=None, optimizer=None, on_step=None, seconds=None) -> FitResult:
     """Mini-batch training on random windows of ``train_ids``.
 
     Without an ``optimizer`` this is plain gradient descent, as in the paper,
     with the learning rate falling from ``lr`` to ``min_lr`` along a cosine.
     ``on_step(step, loss)`` is called after every step (e.g. a progress bar).
+    With ``seconds``, training stops when that time is up (or at ``steps``),
+    and the cosine follows the share of the time spent, not of the steps.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     train_ids, val_ids = np.asarray(train_ids), np.asarray(val_ids)
@@ -141,13 +145,15 @@ def fit(model: CharMLP, train_ids, val_ids, steps=3000, batch_size=64, lr=0.5, m
         raise ScratchError(f"the training text has {len(train_ids)} characters, too few for a context of "
                            f"{model.context}: use more text or a smaller --context")
     params, result, recent = model.parameters(), FitResult(), []
+    start = time.perf_counter()
     for step in range(1, steps + 1):
+        done = (time.perf_counter() - start) / seconds if seconds else (step - 1) / max(1, steps - 1)
         x, y = windows(train_ids, model.context, rng.integers(0, len(train_ids) - model.context, size=batch_size))
         loss = F.cross_entropy(model(x), y)
         model.zero_grad()
         loss.backward()
         if optimizer is None:
-            step_lr = min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (step - 1) / max(1, steps - 1)))
+            step_lr = min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(done, 1.0)))
             gradient_descent_step(params, step_lr)
         else:
             optimizer.step()
@@ -157,8 +163,12 @@ def fit(model: CharMLP, train_ids, val_ids, steps=3000, batch_size=64, lr=0.5, m
                                                f"Try a smaller learning rate than {lr}."))
         if on_step:
             on_step(step, recent[-1])
-        if step % eval_every == 0 or step == steps:
+        out_of_time = seconds is not None and time.perf_counter() - start >= seconds
+        if step % eval_every == 0 or step == steps or out_of_time:
             record = {"step": step, "train_loss": float(np.mean(recent)), "val_loss": evaluate(model, val_ids)}
             result.history.append(record)
             result.val_loss, recent = record["val_loss"], []
+        if out_of_time:
+            break
+    result.steps = step
     return result
