@@ -579,3 +579,17 @@ def test_llama3_rope_freqs_become_rope_scaling(tmp_path, rng):
     bad = add_rope_freqs(plain, np.linspace(1, 3, D // 2).astype(np.float32), tmp_path / "bad.gguf")
     with pytest.raises(ScratchError, match="not Llama 3's RoPE scaling"):
         sl.gguf.load_model(bad)
+
+
+def test_arrays_nested_too_deep(tmp_path):
+    deep = [1]
+    for _ in range(40):
+        deep = [deep]
+    w = gguf.GGUFWriter(str(tmp_path / "deep.gguf"), "test")
+    w.add_array("t.deep", deep)
+    w.add_array("t.ok", [[[[1, 2]], [[3]]]])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    one_line_error(tmp_path / "deep.gguf", "nests arrays more than 32 deep")

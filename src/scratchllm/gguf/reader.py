@@ -36,6 +36,7 @@ MAX_DIMS = 4  # ggml tensors have at most 4 axes
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY, _BOOL = 8, 9, 7
 _U64 = struct.Struct("<Q")
+_MAX_NESTING = 32  # arrays of arrays: far deeper than any file needs, far from Python's recursion limit
 _CHUNK = 1 << 20  # numbers dequantized at a time: bounds the temporaries of a large tensor
 
 
@@ -88,18 +89,20 @@ class _Cursor:
         except UnicodeDecodeError:
             raise self.corrupt(f"{what} at byte {start} is not UTF-8 text") from None
 
-    def value(self, vtype: int, what: str):
+    def value(self, vtype: int, what: str, depth: int = 0):
         if vtype in _SCALARS:
             v = self.scalar(_SCALARS[vtype], what)
             return bool(v) if vtype == _BOOL else v
         if vtype == _STRING:
             return self.string(what)
         if vtype == _ARRAY:
+            if depth >= _MAX_NESTING:
+                raise self.corrupt(f"{what} nests arrays more than {_MAX_NESTING} deep")
             etype, n = self.u32(f"the element type of {what}"), self.u64(f"the length of {what}")
-            return self.array(etype, n, what)
+            return self.array(etype, n, what, depth)
         raise self.corrupt(f"{what} has unknown value type {vtype} (known: 0-12)")
 
-    def array(self, etype: int, n: int, what: str) -> list:
+    def array(self, etype: int, n: int, what: str, depth: int) -> list:
         if etype in _SCALARS:  # numbers: one NumPy read, not n Python reads
             dt = np.dtype(_SCALARS[etype])
             values = self.take(n * dt.itemsize, f"the {n} elements of {what}").view(dt)
@@ -110,7 +113,7 @@ class _Cursor:
             raise self.corrupt(f"{what} claims {n} elements, more than the rest of the file holds")
         if etype == _STRING:
             return self.strings(n, what)
-        return [self.value(etype, f"element {i} of {what}") for i in range(n)]
+        return [self.value(etype, f"element {i} of {what}", depth + 1) for i in range(n)]
 
     def strings(self, n: int, what: str) -> list:
         """n strings in a row (a vocabulary: tens of thousands), read in one tight loop."""
@@ -124,8 +127,8 @@ class _Cursor:
                 out.append(str(mem[pos + 8:pos + 8 + size], "utf-8"))
                 pos += 8 + size
         except (struct.error, ValueError):  # (UnicodeDecodeError is a ValueError)
-            for i in range(n):  # again one by one: the checked reads say which element is bad
-                self.string(f"element {i} of {what}")
+            # again one by one: the checked reads say which element is bad, and where
+            return [self.string(f"element {i} of {what}") for i in range(n)]
         self.pos = pos
         return out
 
