@@ -37,6 +37,8 @@ def parse_table(text):
         if len(values) == len(dims) + 1:
             norms[int(m[1])] = values[-1]
     f = re.search(r"^    f\s+(.*)$", text, re.M)
+    assert rows and all(len(v) == len(dims) for v in rows.values()), rows  # a number under every dim shown
+    assert not f or len(f[1].split()) == len(dims)
     return dims, rows, norms, [float(v) for v in f[1].split()] if f else None
 
 
@@ -98,6 +100,7 @@ def test_learned_transformer_and_hf_gpt2(tmp_path, capsys):
     assert code == 0 and "src_pos_embed.weight" in out
     table = load_file(str(d / "model.safetensors"))["src_pos_embed.weight"]
     _, rows, _, _ = parse_table(out)
+    assert sorted(rows) == list(range(5))  # max_len 5
     for p, values in rows.items():
         np.testing.assert_allclose(values, table[p, :8], atol=PRINTED)
 

@@ -13,9 +13,10 @@ from scratchllm import translation_train as TT
 from scratchllm.cli import main
 from scratchllm.models import GPT, GPTConfig, Transformer, TransformerConfig
 from scratchllm.nn import sinusoidal_encoding
-from scratchllm.translate import encode_source, special_ids
+from scratchllm.translate import encode_source, greedy_decode, special_ids
 
-SENTENCE = "Ein Hund rennt über die Wiese."
+SENTENCE = "Ein Hund rennt über Peters' Wiese."  # "s'" is printed in double quotes
+TOKEN = r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"  # a piece as repr() prints it, in either quotes
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +51,16 @@ def softmax64(z):
 
 def printed_output(out):
     """(ids, probabilities) of the output tokens of Step 2."""
-    rows = [re.match(r"\s+\d+\s+'.*'\s+(\d+)\s+(\d\.\d{6})$", line) for line in section(out, 2)]
+    rows = [re.match(rf"\s+\d+\s+{TOKEN}\s+(\d+)\s+(\d\.\d{{6}})$", line) for line in section(out, 2)]
     rows = [m for m in rows if m]
     return [int(m[1]) for m in rows], np.array([float(m[2]) for m in rows])
 
 
 def printed_weights(out):
-    return np.array([[float(x) for x in re.findall(r"(?<![\d.])\d\.\d{4}(?![\d])", line.rsplit("'", 2)[0])]
-                     for line in section(out, 3)[2:]])
+    lines = [line for line in section(out, 3)[2:] if line.strip()]
+    rows = [re.fullmatch(rf"\s+\d+\s+{TOKEN}((?:\s+\d\.\d{{4}})+)\s+{TOKEN} \(\d+\)", line) for line in lines]
+    assert all(rows), [line for line, m in zip(lines, rows) if not m]  # every row parsed
+    return np.array([[float(x) for x in m[1].split()] for m in rows])
 
 
 def by_hand(model, src, tgt_in, layer):
@@ -90,10 +93,12 @@ def test_translation_probabilities_and_cross_attention(ckpt, capsys):
     code, out, _ = run(capsys, "--ckpt", ckpt, "--text", SENTENCE)
     assert code == 0
     src = np.array(encode_source(tok, SENTENCE))
-    pieces = [line for line in section(out, 1) if re.match(r"\s+\d+\s+'", line)]
+    pieces = [line for line in section(out, 1) if re.match(rf"\s+\d+\s+{TOKEN}", line)]
     assert [int(line.split()[-1]) for line in pieces] == src.tolist()
 
     ids, probs = printed_output(out)
+    greedy = greedy_decode(model, [src.tolist()], bos, eos)[0]
+    assert ids in (greedy, greedy + [eos])  # a row for every token decoded (and <eos> if reached)
     # the translation line is what `scratchllm translate --beam 1` prints
     _, translated, _ = run(capsys, "--ckpt", ckpt, "--text", SENTENCE, "--beam", "1", verb=("translate",))
     assert re.search(r"translation: (.*)", out)[1] == translated.strip()
@@ -117,7 +122,7 @@ def test_too_long_sentence_is_cut_with_a_note(ckpt, capsys):
     long = " ".join([SENTENCE] * 6)
     code, out, err = run(capsys, "--ckpt", ckpt, "--text", long)
     assert code == 0 and "note:" in err and "first 24" in err
-    assert len([line for line in section(out, 1) if re.match(r"\s+\d+\s+'", line)]) == 24
+    assert len([line for line in section(out, 1) if re.match(rf"\s+\d+\s+{TOKEN}", line)]) == 24
 
 
 @pytest.mark.parametrize("args, message", [
@@ -173,7 +178,7 @@ def test_position_works_out_one_heads_cross_attention(ckpt, capsys):
     # --full: the weighted sum of the printed values is the printed y of the head
     code, out, _ = run(capsys, "--ckpt", ckpt, "--text", SENTENCE, "--layer", 0, "--position", 0, "--full")
     lines = section(out, 4)
-    vs = [re.match(rf"\s+({num}) × v\s+\d+ '.*?'\s+((?:\s*{num})+)$", line) for line in lines]
+    vs = [re.match(rf"\s+({num}) × v\s+\d+ {TOKEN}\s+((?:\s*{num})+)$", line) for line in lines]
     vs = [m for m in vs if m]
     assert len(vs) == len(src)
     total = sum(float(m[1]) * np.array(m[2].split(), dtype=float) for m in vs)

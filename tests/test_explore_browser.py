@@ -125,6 +125,8 @@ def test_text_tokens_and_the_temperature_slider(page, gpt):
         logits = explorer.model(np.array([ids])).data[0, -1]
     table, bars = shown_distribution(page)
     p = reference_distribution(logits, 1.0, None, None)
+    shown_rows = min(20, len(logits))  # the page lists the 20 most likely tokens
+    assert list(table) == list(np.argsort(-p, kind="stable")[:shown_rows])
     for i, shown in table.items():
         assert shown == pytest.approx(p[i], abs=5e-5)  # the table shows 4 decimals
     shot(page, "1-next-token")
@@ -135,6 +137,7 @@ def test_text_tokens_and_the_temperature_slider(page, gpt):
     rendered(page, "next", n)
     table2, bars2 = shown_distribution(page)
     p2 = reference_distribution(logits, 0.5, None, None)
+    assert len(table2) == shown_rows
     for i, shown in table2.items():
         assert shown == pytest.approx(p2[i], abs=5e-5)
     top = int(np.argmax(logits))
@@ -148,6 +151,7 @@ def test_text_tokens_and_the_temperature_slider(page, gpt):
     rendered(page, "next", n)
     table3, _ = shown_distribution(page)
     p3 = reference_distribution(logits, 0.5, 3, None)
+    assert len(table3) == shown_rows
     assert {i for i, v in table3.items() if v > 0} == set(np.flatnonzero(p3 > 0))
     assert page.locator("#next-table tr.cut").count() == len(table3) - 3
     shot(page, "1-next-token-top-k")
@@ -221,6 +225,7 @@ def test_block_view(page, gpt):
     page.click("#tokens .token[data-index='4']")
     page.wait_for_function("document.querySelector('#block-table h3').textContent.includes('position 4')")
     cells = page.eval_on_selector_all("#block-table tr", "rows => rows.slice(1).map(r => [...r.cells].map(c => c.textContent))")
+    assert len(cells) == explorer.model.config.n_layer  # a row per block, each checked
     for i, row in enumerate(cells):
         x_in = tr["emb"][0, 4] if i == 0 else tr[f"h.{i - 1}.resid_2"][0, 4]
         assert float(row[1]) == pytest.approx(np.linalg.norm(x_in), abs=5e-5)

@@ -174,6 +174,8 @@ def test_next_token_distribution_is_the_samplers(gpt, temperature, top_k, top_p)
         logits = explorer.model(ids_of(explorer, TEXT)).data[0, -1]
     p = reference_distribution(logits, temperature, top_k, top_p)
     assert r["kept"] == int((p > 0).sum())
+    # the 20 most likely at this temperature, each checked below
+    assert len(r["candidates"]) == min(20, len(logits))
     for c in r["candidates"]:
         assert c["p"] == pytest.approx(p[c["id"]], abs=1e-7)
         assert c["kept"] == (p[c["id"]] > 0)
