@@ -286,6 +286,28 @@ def test_family_patterns_from_gguf_names(family, pre, tmp_path):
     assert ours.add_bos_token == (pre == "llama-bpe")  # llama.cpp's default for llama-bpe when the file is silent
 
 
+def test_save_hf_read_back_by_transformers(smol, tmp_path):
+    """Our export of an imported tokenizer: transformers reads the same ids and chat template."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("jinja2")
+    texts = TEXTS[:6] + TEXTS[-6:]
+    llama = from_hf_dir(_build_hf_dir_and_return_dir(tmp_path / "llama3", **FAMILIES["llama3"]))
+    qwen = from_hf_dir(_build_hf_dir_and_return_dir(tmp_path / "qwen2", **FAMILIES["qwen2"]))
+    for name, ours in (("smol", smol), ("llama3", llama), ("qwen2", qwen)):
+        ours.save_hf(tmp_path / f"{name}-out")
+        hf = transformers.AutoTokenizer.from_pretrained(tmp_path / f"{name}-out")
+        for text in texts:
+            assert hf.encode(text) == ours.encode(text), (name, text)
+        conv = CONVERSATIONS[2]
+        assert list(hf.apply_chat_template(conv, add_generation_prompt=True, return_dict=False)) == \
+            ours.apply_chat_template(conv, add_generation_prompt=True)
+
+
+def _build_hf_dir_and_return_dir(d, **kw):
+    _build_hf_dir(d, **kw)
+    return d
+
+
 def test_ignore_merges_takes_a_whole_token(tmp_path):
     """Llama 3's ignore_merges: a pre-token that is a token is taken whole, even where the merges
     would not build it ("abc" here: b+c merges first, and no merge joins a with bc)."""
