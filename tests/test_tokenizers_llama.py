@@ -432,6 +432,31 @@ def test_spm_by_hand(spm):
     assert ours.pieces([idx["<0x0A>"], idx["▁the"]]) == ["'\\n'", "' the'"]
 
 
+def test_spm_scores_equal_sentencepiece(shared_data):
+    """A SentencePiece BPE model trained by sentencepiece, given to from_gguf as a "llama" vocabulary
+    (pieces, scores, types): the same ids as sentencepiece's own encoder on Shakespeare and more."""
+    spm = pytest.importorskip("sentencepiece")
+    import io
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text[:200_000].splitlines()), model_writer=buf,
+                                   model_type="bpe", vocab_size=1000, byte_fallback=True,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   user_defined_symbols=["<tool>"], minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    n = sp.get_piece_size()
+    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else
+             4 if sp.id_to_piece(i) == "<tool>" else 1 for i in range(n)]
+    ours = from_gguf({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.id_to_piece(i) for i in range(n)],
+                      "tokenizer.ggml.scores": [sp.get_score(i) for i in range(n)], "tokenizer.ggml.token_type": types,
+                      "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(),
+                      "tokenizer.ggml.unknown_token_id": sp.unk_id(), "tokenizer.ggml.add_bos_token": False})
+    lines = text[200_000:260_000].splitlines() + [t for t in TEXTS if "<" not in t]
+    for line in lines:
+        assert ours.encode(line) == sp.encode(line), line
+        assert ours.decode(ours.encode(line)) == sp.decode(sp.encode(line))
+
+
 def test_spm_chat_template_and_save_load(spm, tmp_path):
     pytest.importorskip("jinja2")
     _, pieces, ours = spm
