@@ -104,6 +104,8 @@ def test_a_fresh_run_drops_the_old_snapshots(tmp_path):
     T.train(gpt_config(tmp_path, max_iters=4, lr_decay_iters=4), echo=quiet)
     T.train(gpt_config(tmp_path, max_iters=2, lr_decay_iters=2, snapshots=2), echo=quiet)
     assert list(S.list_snapshots(tmp_path / "run")) == [0, 2]
+    T.train(gpt_config(tmp_path, max_iters=2, lr_decay_iters=2, snapshots=0), echo=quiet)
+    assert S.list_snapshots(tmp_path / "run") == {}
 
 
 def test_an_interrupted_run_keeps_the_step_it_stopped_at(tmp_path):

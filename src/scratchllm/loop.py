@@ -220,8 +220,9 @@ class TrainingLoop:
         return getattr(self.cfg, "snapshots", 0)
 
     def open_snapshots(self):
-        """A resumed run keeps the snapshots up to its step (it redoes the rest); a fresh one drops them all."""
-        if self.snapshot_count() and self.world.is_root:
+        """A resumed run keeps the snapshots up to its step (it redoes the rest); a fresh one drops them
+        all (even with none of its own: they would be another run's)."""
+        if self.world.is_root:
             snap.trim_snapshots(self.run, self.step if self.resuming else None)
         self.resuming = True  # a second fit() goes on from here
 
