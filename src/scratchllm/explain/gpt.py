@@ -12,6 +12,7 @@ the weighted sum of values) the model's own result is printed beside it.
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import numpy as np
 
@@ -82,6 +83,65 @@ def _mean_std(v):
     return v.mean(), v.std()
 
 
+def _norm_module(model, name: str):
+    """The LayerNorm or RMSNorm recorded under the trace name ``name`` ("ln_f", "h.0.ln_1")."""
+    for path, module in model.named_modules():
+        if path and model.public_name(path) == name:
+            return module
+    raise KeyError(name)
+
+
+def _normalised(x, norm):
+    """(x̂, divisor): a layer norm's (x − mean) / √(var + eps), or an RMSNorm's x / √(mean(x²) + eps),
+    before the learned scale (and shift). Written out here; the model's own output is printed beside."""
+    x = np.asarray(x, dtype=np.float64)
+    if getattr(norm, "bias", "rms") == "rms":  # an RMSNorm has a scale and no shift
+        d = math.sqrt(float(np.mean(x * x)) + norm.eps)
+        return x / d, d
+    d = math.sqrt(float(x.var()) + norm.eps)
+    return (x - x.mean()) / d, d
+
+
+def _is_rms(norm) -> bool:
+    return getattr(norm, "bias", "rms") == "rms"
+
+
+def _stats(v, rms: bool) -> str:
+    """A vector's mean and std (a layer norm's view), or its root mean square (an RMSNorm's)."""
+    return f"rms {_rms(v):.4f}" if rms else "mean {:+.4f} std {:.4f}".format(*_mean_std(v))
+
+
+def _row(label: str, stats: str, v, full) -> str:
+    pad = 34 + sum(1 for c in label if unicodedata.combining(c))  # x̂ is two code points, one column
+    return f"    {label:<{pad}}{stats:<28}{vec(v, full)}"
+
+
+def norm_arithmetic(x, norm, out, full=False) -> list:
+    """A norm worked out on one token's vector in the order it happens: the input; the normalised
+    vector x̂ (a layer norm: mean 0, std 1; an RMSNorm: root mean square 1); the learned scale; the
+    learned shift (a layer norm with a bias). The model's own output ``out`` closes it, with the
+    largest difference from the arithmetic."""
+    x = np.asarray(x, dtype=np.float64)
+    xhat, d = _normalised(x, norm)
+    rms = _is_rms(norm)
+    lines = [_row("1. its input x", _stats(x, rms), x, full)]
+    if rms:
+        lines.append(f"    2. divide by the root mean square √(mean(x²) + eps) = {d:.4f}:")
+        lines.append(_row("   x̂ = x / rms", _stats(xhat, rms), xhat, full))
+    else:
+        lines.append(f"    2. subtract the mean {x.mean():+.4f}, divide by the std √(var + eps) = {d:.4f}:")
+        lines.append(_row("   x̂ = (x − mean) / std", _stats(xhat, rms), xhat, full))
+    result = xhat * norm.weight.data.astype(np.float64)
+    lines.append(_row("3. scale: x̂ × weight (learned)", _stats(result, rms), result, full))
+    if not rms and norm.bias is not None:
+        result = result + norm.bias.data.astype(np.float64)
+        lines.append(_row("4. shift: + bias (learned)", _stats(result, rms), result, full))
+    out = np.asarray(out, dtype=np.float64)
+    lines.append(_row("   the model's own output", "", out, full)
+                 + f"   (largest difference {np.abs(out - result).max():.1e})")
+    return lines
+
+
 def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=False, target=None, lr=None,
                 temperature=1.0, top_k=None, top_p=None, top=10, source="") -> str:
     """The printout of ``scratchllm explain gpt`` for token ``ids`` (a list);
@@ -129,15 +189,26 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
         say(f"    {'':>3} {'':<{w}} = x       {vec(tr['emb'][0, t], full)}")
 
     say("")
+    ln_1 = [_norm_module(model, f"h.{i}.ln_1") for i in range(L)]
+    rms = _is_rms(ln_1[0])
+    what = "root mean square" if rms else "mean and std"
     say(f"Step 3. The {L} blocks at position {P} {names[P]}: x + attention(ln_1(x)), then + MLP(ln_2(x)); "
-        "the residual stream's length |x| and layer norm's mean and std before → after")
+        f"the residual stream's length |x|, and ln_1 in the order it happens: its input's {what}, the "
+        f"normalised x̂ ({'root mean square 1' if rms else 'mean 0, std 1'}), then after the learned scale"
+        f"{'' if rms else ' and shift'}")
     x_in = tr["emb"][0, P]
+    short = []  # layers whose x̂ falls short of std 1: eps matters next to a tiny variance
     for i in range(L):
-        ln_in, ln_out = _mean_std(x_in), _mean_std(tr[f"h.{i}.ln_1"][0, P])
+        xhat, _ = _normalised(x_in, ln_1[i])
         x_out = tr[f"h.{i}.resid_2"][0, P]
         say(f"    layer {i}: |x| {np.linalg.norm(x_in):9.4f} → {np.linalg.norm(x_out):9.4f}   "
-            f"ln_1 mean {ln_in[0]:+.4f} std {ln_in[1]:.4f} → mean {ln_out[0]:+.4f} std {ln_out[1]:.4f}")
+            f"ln_1: x {_stats(x_in, rms)} → x̂ {_stats(xhat, rms)} → out {_stats(tr[f'h.{i}.ln_1'][0, P], rms)}")
+        if _rms(xhat) < 0.9995:
+            short.append(str(i))
         x_in = x_out
+    if short:
+        say(f"    (layer {', '.join(short)}: x̂ falls short of {'a root mean square' if rms else 'a std'} of 1 "
+            f"because eps = {ln_1[0].eps:g} is added under the square root, and this input's numbers are small)")
 
     say("")
     say(f"Step 4. Attention in layer {layer}, head {head}, for position {P} {names[P]} "
@@ -177,13 +248,12 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     say(f"    = x       {vec(tr[f'h.{layer}.resid_2'][0, P], full)}")
 
     say("")
-    f_in, f_out = _mean_std(tr[f"h.{L - 1}.resid_2"][0, P]), _mean_std(tr["ln_f"][0, P])
-    rms_in, rms_out = _rms(tr[f"h.{L - 1}.resid_2"][0, P]), _rms(tr["ln_f"][0, P])
-    say(f"Step 7. The final norm ln_f at position {P}: mean {f_in[0]:+.4f} std {f_in[1]:.4f} "
-        f"root mean square {rms_in:.4f} → mean {f_out[0]:+.4f} std {f_out[1]:.4f} root mean square {rms_out:.4f} "
-        "(a layer norm subtracts the mean and divides by the std, an RMSNorm divides by the root mean square; "
-        "then the learned scale, and a layer norm's shift)")
-    say(f"    ln_f      {vec(tr['ln_f'][0, P], full)}")
+    ln_f = _norm_module(model, "ln_f")
+    kind = ("an RMSNorm: divide by the root mean square, then a learned scale" if _is_rms(ln_f) else
+            "a layer norm: subtract the mean, divide by the standard deviation, then a learned scale"
+            + (" and shift" if ln_f.bias is not None else ""))
+    say(f"Step 7. The final norm ln_f at position {P}, {kind}")
+    out += norm_arithmetic(tr[f"h.{L - 1}.resid_2"][0, P], ln_f, tr["ln_f"][0, P], full)
 
     logits = tr["logits"][0, P].astype(np.float64)
     probs = tr["probs"][0, P].astype(np.float64)
