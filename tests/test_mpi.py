@@ -1,11 +1,12 @@
 """Data parallelism over MPI (distributed.py): ranks started by ``mpirun`` train
 the same weights as one process with as many threads, bit for bit; a run
-resumes across layouts; a rank that fails, dies or disagrees stops them all.
+resumes across layouts, taking only the steps left; a rank that fails, dies or disagrees stops them all.
 
 The ``mpirun`` tests start the pip-installed MPICH on localhost (each run a
 few seconds) and skip when mpi4py or mpirun is missing."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -160,22 +161,66 @@ def test_transformer_two_ranks_equal_two_threads_bit_for_bit(tmp_path):
     assert_bit_identical(tmp_path / "ranks", tmp_path / "threads")
 
 
+# The CLI, each optimizer step saying (on rank 0) which step it is and the learning rate it takes.
+COUNTER = """
+import sys
+from scratchllm import train as T
+from scratchllm.cli import main
+
+step = T.Trainer.train_step
+
+def counted(self):
+    if self.world.rank == 0:
+        print(f"ran step {self.step} at lr {self.lr_at(self.step)!r}", flush=True)
+    return step(self)
+
+T.Trainer.train_step = counted
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def steps_run(stdout):
+    """[(step, lr)] of the steps a COUNTER run took."""
+    return [(int(m[1]), float(m[2])) for m in re.finditer(r"^ran step (\d+) at lr (\S+)$", stdout, re.M)]
+
+
+def counted(cwd, *args):
+    """One process (no mpirun) running COUNTER; the steps it took."""
+    proc = subprocess.run([sys.executable, "counter.py", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env=_clean_env())
+    assert proc.returncode == 0, proc.stderr
+    return steps_run(proc.stdout)
+
+
 @needs_mpi
 @pytest.mark.parametrize("first", ["ranks", "threads"])
-def test_resume_across_layouts_is_bit_identical(corpus, first):
+def test_resume_across_layouts_continues_where_it_stopped(corpus, first):
     """Stopped after 3 steps at one layout (2 ranks, or 1 process × 2 threads), resumed to 6
-    at the other: the same as 6 steps never stopped."""
-    assert cli(corpus, "train", *GPT, "--max-iters", "6", "--threads", "2", "--out", "full") == 0
+    at the other: the log records the resume at step 3, the resumed run takes steps 3, 4, 5
+    only, at the full run's learning rates, and ends bit for bit where 6 steps never stopped end.
+    With warmup then cosine decay, steps 3-5 take other learning rates than steps 0-2, so a resume
+    that restarted the schedule would end elsewhere (and one that restarted the run would take 6 steps)."""
+    (corpus / "counter.py").write_text(COUNTER)
+    full = counted(corpus, "train", *GPT, "--max-iters", "6", "--threads", "2", "--out", "full")
+    assert [s for s, _ in full] == list(range(6))
+    assert all(a != b for (_, a), (_, b) in zip(full[:3], full[3:]))  # steps 3-5 at other lrs than 0-2
     half = ["train", *GPT, "--out", "run", "--lr-decay-iters", "6"]  # the full run's schedule, stopped at 3
     if first == "ranks":
-        proc, _ = mpirun(corpus, ranks("-m", "scratchllm", *half, "--max-iters", "3", n=2))
+        proc, _ = mpirun(corpus, ranks("counter.py", *half, "--max-iters", "3", n=2))
         assert proc.returncode == 0, proc.stderr
-        assert cli(corpus, *half, "--max-iters", "6", "--resume") == 0  # 2 threads, from the checkpoint
+        before = steps_run(proc.stdout)
+        after = counted(corpus, *half, "--max-iters", "6", "--resume")  # 2 threads, from the checkpoint
     else:
-        assert cli(corpus, *half, "--max-iters", "3", "--threads", "2") == 0
-        proc, _ = mpirun(corpus, ranks("-m", "scratchllm", *half, "--max-iters", "6", "--resume", n=2))
+        before = counted(corpus, *half, "--max-iters", "3", "--threads", "2")
+        proc, _ = mpirun(corpus, ranks("counter.py", *half, "--max-iters", "6", "--resume", n=2))
         assert proc.returncode == 0, proc.stderr
+        after = steps_run(proc.stdout)
+    assert before == full[:3] and after == full[3:]  # only the remaining steps, each at its own lr
     assert_bit_identical(corpus / "run", corpus / "full")
+    log, full_log = ([json.loads(x) for x in (corpus / r / "log.jsonl").read_text().splitlines()]
+                     for r in ("run", "full"))
+    assert [(r["step"], r.get("resumed", False)) for r in log] == [(0, False), (3, True), (6, False)]
+    assert [(r["step"], r["lr"], r["val_loss"]) for r in log] == [(r["step"], r["lr"], r["val_loss"]) for r in full_log]
 
 
 KILLER = """
