@@ -457,6 +457,17 @@ def test_spm_scores_equal_sentencepiece(shared_data):
         assert ours.decode(ours.encode(line)) == sp.decode(sp.encode(line))
 
 
+def test_spm_piece_across_a_space():
+    """A piece holding "▁" after another character ("a▁b") may join across a space, so words are not
+    merged one by one there: "a b" is "▁a▁b": a+▁ (score -4) first, then a▁+b."""
+    pieces = ["<unk>", "\u2581", "a", "b", "a\u2581", "a\u2581b"]
+    tok = SentencePieceBPETokenizer(pieces, [2, 1, 1, 1, 1, 1], scores=[0, -1, -2, -3, -4, -5], unk_token="<unk>")
+    assert tok.encode("a b") == [1, 5]
+    assert tok.encode("b a b") == [1, 3, 1, 5]
+    assert tok.decode([1, 3, 1, 5]) == "b a b"
+    assert tok.encode_batch(["a b", "b a b", "b"], workers=2) == [[1, 5], [1, 3, 1, 5], [1, 3]]
+
+
 def test_spm_chat_template_and_save_load(spm, tmp_path):
     pytest.importorskip("jinja2")
     _, pieces, ours = spm

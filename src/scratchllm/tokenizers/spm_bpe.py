@@ -16,6 +16,12 @@ written "▁" (U+2581), such as "▁the" or "ing". Encoding a stretch of text:
    UTF-8 bytes, one byte token ("<0xF0>" ...) each: byte fallback, so that
    nothing is lost.
 
+Step 3 runs over the whole stretch, but when no piece holds a "▁" after
+another character (as in SentencePiece models split by whitespace), no
+merge can cross the point before a "▁" that follows another character: the
+text is cut there into words, each merged alone and remembered, which gives
+the same ids much faster.
+
 Decoding joins the pieces, turns "▁" back into spaces and byte tokens into
 bytes, and drops the one space step 1 added at the start.
 
@@ -24,15 +30,18 @@ user-defined, 5 unused, 6 byte.
 """
 from __future__ import annotations
 
+import re
+from itertools import chain
 from typing import Iterable
 
 from ..errors import ScratchError
-from .base import Tokenizer
+from .base import Tokenizer, _PieceCache
 from .bpe_merge import merge_piece
 from .byte_level import readable
 from .pretrained import PretrainedTokenizer, added_token
 
 SPACE = "\u2581"
+_WORD_START = re.compile("(?<=[^\u2581])(?=\u2581)")  # before a "▁" that follows another character
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
@@ -73,6 +82,9 @@ class SentencePieceBPETokenizer(PretrainedTokenizer, Tokenizer):
             if b is not None:
                 self._byte_ids.setdefault(b, i)
         self._table = self._pair_table()
+        self._by_words = not any(_WORD_START.search(p) for p, t in zip(self._pieces, self._types)
+                                 if t in (NORMAL, USER_DEFINED))
+        self._cache = _PieceCache(self._merge)
         added = [added_token(p, i, special=t == CONTROL) for i, (p, t) in enumerate(zip(self._pieces, self._types))
                  if t in (CONTROL, USER_DEFINED)]
         self._init_pretrained(added, unk_token=unk_token, **pretrained)
@@ -105,6 +117,12 @@ class SentencePieceBPETokenizer(PretrainedTokenizer, Tokenizer):
         if self.add_space_prefix and after_special:
             text = " " + text
         text = text.replace(" ", SPACE)
+        if self._by_words:
+            return list(chain.from_iterable(map(self._cache.__getitem__, _WORD_START.split(text))))
+        return self._merge(text)
+
+    def _merge(self, text: str) -> list[int]:
+        """Steps 3 and 4 on text whose spaces are already "▁"."""
         unknown: list[str] = []
         ids = []
         for ch in text:
@@ -226,6 +244,15 @@ class SentencePieceBPETokenizer(PretrainedTokenizer, Tokenizer):
     def from_dict(cls, d: dict) -> "SentencePieceBPETokenizer":
         return cls(d["pieces"], d["types"], scores=d.get("scores"), merges=d.get("merges"),
                    add_space_prefix=d.get("add_space_prefix", True), **cls._pretrained_kw(d))
+
+    def __getstate__(self):
+        # For worker processes: the cache and compiled regexes are rebuilt there.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_added_res")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._cache = _PieceCache(self._merge)
+        self._added_res = {}
 
     def __repr__(self) -> str:
         return (f"SentencePieceBPETokenizer(vocab_size={self.vocab_size}, bos={self.bos_token!r}, "
