@@ -53,10 +53,6 @@ def _f32(blocks):
     return blocks.view("<f4").astype(np.float32)
 
 
-def _f16_type(blocks):
-    return blocks.view("<f2").astype(np.float32)
-
-
 def _bf16(blocks):
     # bfloat16 is the top half of a float32: put its 16 bits there.
     return (blocks.view("<u2").astype(np.uint32) << 16).view(np.float32)
@@ -191,7 +187,7 @@ def _q6_k(blocks):  # ql[128] | qh[64] | scales[16] int8 | d
 
 
 DEQUANTIZERS = {
-    "F32": _f32, "F16": _f16_type, "BF16": _bf16, "Q8_0": _q8_0,
+    "F32": _f32, "F16": _f16, "BF16": _bf16, "Q8_0": _q8_0,
     "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1,
     "Q2_K": _q2_k, "Q3_K": _q3_k, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k,
 }
