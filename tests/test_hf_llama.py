@@ -146,9 +146,10 @@ def test_export_of_a_model_made_here(tmp_path):
     np.testing.assert_allclose(ours(ids).data, hf_logits(back, ids), rtol=1e-4, atol=1e-4)
 
 
-def test_sharded_and_bf16_directories(tmp_path):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_sharded_half_precision_directories(tmp_path, dtype):
     ref = hf_model("qwen2", dict(tie_word_embeddings=False))
-    ref.to(torch.bfloat16).save_pretrained(tmp_path, max_shard_size="20KB")
+    ref.to(getattr(torch, dtype)).save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     ours = sl.load(tmp_path)
     assert ours.lm_head.weight.dtype == np.float32
