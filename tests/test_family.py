@@ -359,3 +359,40 @@ def test_explore_answers_for_a_llama(llama_ckpt):
     assert len(r["x"]) == model.vocab_size
     with pytest.raises(sl.ScratchError, match="Transformer"):
         e.translate({"text": "ein"})
+
+
+def test_the_explore_page_shows_a_llama(llama_ckpt, tmp_path):
+    """The page in headless Chromium: the model line names the Llama and its shared key/value heads, the
+    block view draws its gated MLP's silu(gate) × up from the trace."""
+    import os
+    from pathlib import Path
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = os.environ.get("SCRATCHLLM_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).is_file():
+        pytest.skip(f"no Chromium at {chromium}: apt-get install chromium, or set SCRATCHLLM_CHROMIUM")
+    from test_explore_http import serving
+
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    text = "To be or"
+    with serving(llama_ckpt) as (explorer, url), sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_function("Number(document.body.dataset.renderedNext || 0) > 0", timeout=20_000)
+        info = page.text_content("#model-info")
+        assert info.startswith("Llama · 2 layers · 4 heads (2 key/value) · width 16 · 16 tokens · context 32")
+        page.fill("#text", text)
+        page.wait_for_function("Number(document.body.dataset.renderedNext || 0) > 1", timeout=20_000)
+        page.click('#tabs button[data-view="block"]')
+        page.wait_for_function("Number(document.body.dataset.renderedBlock || 0) > 0", timeout=20_000)
+        z = page.evaluate("document.getElementById('block-gelu').data[0].z")
+        title = page.evaluate("document.getElementById('block-gelu').layout.title.text")
+        browser.close()
+    assert not errors, errors
+    tr = trace(explorer.model, np.array([explorer.tokenizer.encode(text)]))
+    np.testing.assert_allclose(z, tr["h.0.mlp.prod"][0], atol=1e-4)
+    assert "40 activations, silu(gate) × up" in title
