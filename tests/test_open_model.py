@@ -141,3 +141,26 @@ def test_model_is_another_spelling_of_ckpt(tmp_path, capsys):
         text = " ".join(capsys.readouterr().out.split())
         assert "--ckpt PATH, --model PATH" in text or "--ckpt DIR, --model DIR" in text, verb
         assert "--model is another spelling" in text, verb
+
+
+def test_export_writes_each_family_in_its_hugging_face_form(tmp_path, bpe, gpt, capsys):
+    llama = Llama(LlamaConfig(vocab_size=bpe.vocab_size, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                              tie_word_embeddings=False), seed=5)
+    for name, model, model_type in (("gpt", gpt, "gpt2"), ("llama", llama, "llama")):
+        sl.save(model, tmp_path / name, tokenizer=bpe)
+        out = tmp_path / f"{name}-hf"
+        assert main(["export", "--model", str(tmp_path / name), "--hf", str(out)]) == 0
+        said = capsys.readouterr().out
+        assert said.startswith(f"wrote {out}: {model.title} with {model.n_layer} layers"), said
+        assert json.loads((out / "config.json").read_text())["model_type"] == model_type
+        back, tok = checkpoint.open_model(out)
+        assert type(back) is type(model) and same_weights(back, model)
+        assert tok.encode("To be, or not") == bpe.encode("To be, or not")
+    sl.save(sl.models.Transformer(sl.models.TransformerConfig(src_vocab_size=9, tgt_vocab_size=9, d_model=8, n_head=2,
+                                                              n_encoder_layers=1, n_decoder_layers=1, d_ff=8,
+                                                              max_len=8)), tmp_path / "tr")
+    assert main(["export", "--model", str(tmp_path / "tr"), "--hf", str(tmp_path / "tr-hf")]) == 2
+    err = capsys.readouterr().err
+    assert "only a GPT or a Llama can be exported" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "tr-hf").exists()
