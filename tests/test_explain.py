@@ -102,7 +102,7 @@ def test_explain_without_weights_trains_a_default_and_says_so(tmp_path, monkeypa
     assert code == 0
     assert "trained now from seed 0" in err and len(err.strip().splitlines()) == 1
     assert re.search(r"^Verdict: flower", out, re.M)
-    assert not (tmp_path / "out").exists()  # explaining writes nothing
+    assert list(tmp_path.iterdir()) == []  # explaining writes nothing: no out/classifier, no file at all
 
 
 # ---- CharMLP ------------------------------------------------------------------------------------
