@@ -217,6 +217,9 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     if H_kv != H:
         say(f"    query heads {g * H // H_kv} … {(g + 1) * H // H_kv - 1} share key/value head {g}: "
             f"the cache keeps {H_kv} heads of keys and values instead of {H}")
+    if f"h.{layer}.attn.q_pre" in tr:  # rotary positions: q and k were turned by their positions' angles
+        say(f"    q and k below are rotated by their positions (RoPE), which is how this model sees order; the "
+            f"query before its rotation: {vec(tr[f'h.{layer}.attn.q_pre'][0, head, P], full)}")
     q = tr[f"h.{layer}.attn.q"][0, head, P]  # (D,)
     k = tr[f"h.{layer}.attn.k"][0, g, :P + 1]  # (P+1, D)
     v = tr[f"h.{layer}.attn.v"][0, g, :P + 1]
