@@ -323,6 +323,8 @@ def test_explain_gpt_reads_a_llama_checkpoint(llama_ckpt, capsys):
     assert len(scores) == len(ids)
     np.testing.assert_allclose(scores, tr["h.1.attn.scores"][0, 3, -1], atol=2e-6)
     assert "no position vector is added" in out and "gated MLP (silu(gate) × up, 16 → 40 → 16)" in out
+    before = re.search(r"the query before its rotation: (.*)$", out, re.M)[1]
+    np.testing.assert_allclose([float(x) for x in re.findall(NUM, before)], tr["h.1.attn.q_pre"][0, 3, -1], atol=6e-5)
     rows = re.findall(rf"^\s+\d+\s+'.*'\s+(\d+)\s+({NUM})\s+({NUM})$", out.split("Step 8. ")[1].split("Step 9.")[0], re.M)
     assert len(rows) == 10
     for i, logit, _ in rows:
