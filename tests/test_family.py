@@ -398,3 +398,25 @@ def test_the_explore_page_shows_a_llama(llama_ckpt, tmp_path):
     tr = trace(explorer.model, np.array([explorer.tokenizer.encode(text)]))
     np.testing.assert_allclose(z, tr["h.0.mlp.prod"][0], atol=1e-4)
     assert "40 activations, silu(gate) × up" in title
+
+
+@pytest.mark.slow
+def test_smollm2_from_its_gguf_file_is_traced_and_explained():
+    """A real chat model (SmolLM2-135M-Instruct, Q4_1 GGUF) read through open_model: every documented trace
+    name of its 30 layers, and explain gpt's printout of it (its published shape; ' Paris' after
+    'The capital of France is')."""
+    import smollm2_refs
+    from scratchllm.explain.gpt import explain_gpt
+
+    model, tok = smollm2_refs.ours()
+    ids = tok.encode("The capital of France is")
+    tr = trace(model, np.array(ids))
+    assert set(tr.names()) == llama_names(30)
+    paris = tok.encode(" Paris")
+    assert len(paris) == 1 and int(np.argmax(tr["logits"][0, -1])) == paris[0]
+    out = explain_gpt(model, tok, ids, layer=3, head=5)
+    assert out.startswith("Llama: 30 layers, 9 heads of 64 numbers sharing 3 key/value heads (width C = 576), "
+                          "vocabulary 49152")
+    assert "query heads 3 … 5 share key/value head 1" in out
+    top = re.search(r"^\s+1\s+(' Paris')\s+(\d+)", out.split("Step 8. ")[1], re.M)
+    assert top and int(top[2]) == paris[0]
