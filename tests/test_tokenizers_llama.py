@@ -479,6 +479,18 @@ def test_spm_chat_template_and_save_load(spm, tmp_path):
     for text in SPM_TEXTS + [" hello", "<tool>x</s>"]:
         assert back.encode(text) == ours.encode(text)
     assert back.apply_chat_template(conv) == ours.apply_chat_template(conv)
+    # Written for Hugging Face: transformers reads the same ids (the space in front after a special
+    # token too: the Prepend normalizer runs on each stretch between added tokens) and chat template.
+    transformers = pytest.importorskip("transformers")
+    ours.save_hf(tmp_path / "hf")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for text in SPM_TEXTS + [" hello", "<tool>hello</s>the", "a</s>b"]:
+        assert hf.encode(text) == ours.encode(text), text
+        assert hf.decode(ours.encode(text)) == ours.decode(ours.encode(text)), text
+    assert list(hf.apply_chat_template(conv, return_dict=False)) == ours.apply_chat_template(conv)
+    again = from_hf_dir(tmp_path / "hf")
+    for text in SPM_TEXTS + [" hello", "<tool>hello</s>the"]:
+        assert again.encode(text) == ours.encode(text), text
 
 
 # -- saving, errors ------------------------------------------------------------------------------

@@ -17,8 +17,6 @@ saves to and loads from our tokenizer.json like every tokenizer.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..errors import ScratchError
@@ -90,38 +88,11 @@ class PretrainedBPETokenizer(PretrainedTokenizer, BPETokenizer):
     def save_hf(self, directory) -> None:
         """tokenizer.json and tokenizer_config.json (with the chat template) that transformers reads
         as this same tokenizer."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         hf = to_hf_dict(self)
-        hf["added_tokens"] = [{"id": a["id"], "content": a["content"], "single_word": a["single_word"],
-                               "lstrip": a["lstrip"], "rstrip": a["rstrip"], "normalized": False,
-                               "special": a["special"]} for a in sorted(self.added_tokens, key=lambda a: a["id"])]
-        hf["normalizer"] = {"type": self.normalizer} if self.normalizer else None
         hf["model"]["ignore_merges"] = self.ignore_merges
         if self.missing_byte is not None:
             hf["model"]["unk_token"] = self.id_to_token(self.missing_byte)
-        before = [self.bos_token] if self.add_bos_token and self.bos_token else []
-        after = [self.eos_token] if self.add_eos_token and self.eos_token else []
-        if before or after:
-            def seq(x):
-                return {"Sequence": {"id": x, "type_id": 0}}
-
-            def special(t):
-                return {"SpecialToken": {"id": t, "type_id": 0}}
-            ends = [special(t) for t in before], [special(t) for t in after]
-            hf["post_processor"] = {
-                "type": "TemplateProcessing", "single": ends[0] + [seq("A")] + ends[1],
-                "pair": ends[0] + [seq("A")] + ends[1] + ends[0] + [seq("B")] + ends[1],
-                "special_tokens": {t: {"id": t, "ids": [self.token_to_id(t)], "tokens": [t]} for t in before + after}}
-        (d / "tokenizer.json").write_text(json.dumps(hf, ensure_ascii=False, indent=1), encoding="utf-8")
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-                  "add_bos_token": self.add_bos_token, "add_eos_token": self.add_eos_token}
-        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
-            if getattr(self, name) is not None:
-                config[name] = getattr(self, name)
-        if self.chat_template:
-            config["chat_template"] = self.chat_template
-        (d / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")
+        self._write_hf(directory, hf)
 
     def to_dict(self) -> dict:
         d = super().to_dict()

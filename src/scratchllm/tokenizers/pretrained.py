@@ -22,7 +22,9 @@ the stretches between added tokens.
 """
 from __future__ import annotations
 
+import json
 import unicodedata
+from pathlib import Path
 from typing import Iterable
 
 import regex
@@ -159,6 +161,36 @@ class PretrainedTokenizer:
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
     # -- files ---------------------------------------------------------------------
+    def _write_hf(self, directory, tokenizer_json: dict) -> None:
+        """tokenizer.json (given, less what this mixin holds: added tokens, normalizer, bos/eos
+        post_processor) and tokenizer_config.json with the chat template, as transformers reads them."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tokenizer_json["added_tokens"] = [
+            {"id": a["id"], "content": a["content"], "single_word": a["single_word"], "lstrip": a["lstrip"],
+             "rstrip": a["rstrip"], "normalized": False, "special": a["special"]}
+            for a in sorted(self.added_tokens, key=lambda a: a["id"])]
+        if self.normalizer:
+            tokenizer_json["normalizer"] = {"type": self.normalizer}
+        before = [self.bos_token] if self.add_bos_token and self.bos_token else []
+        after = [self.eos_token] if self.add_eos_token and self.eos_token else []
+        if before or after:
+            a, b = [{"Sequence": {"id": x, "type_id": 0}} for x in "AB"]
+            first = [{"SpecialToken": {"id": t, "type_id": 0}} for t in before]
+            last = [{"SpecialToken": {"id": t, "type_id": 0}} for t in after]
+            tokenizer_json["post_processor"] = {
+                "type": "TemplateProcessing", "single": first + [a] + last, "pair": first + [a] + last + first + [b] + last,
+                "special_tokens": {t: {"id": t, "ids": [self.token_to_id(t)], "tokens": [t]} for t in before + after}}
+        (d / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False, indent=1), encoding="utf-8")
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                  "add_bos_token": self.add_bos_token, "add_eos_token": self.add_eos_token}
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            if getattr(self, name) is not None:
+                config[name] = getattr(self, name)
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
+        (d / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8")
+
     def _pretrained_dict(self) -> dict:
         return {"added_tokens": self.added_tokens, "bos_token": self.bos_token, "eos_token": self.eos_token,
                 "pad_token": self.pad_token, "unk_token": self.unk_token, "add_bos_token": self.add_bos_token,

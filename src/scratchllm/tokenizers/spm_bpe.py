@@ -233,6 +233,30 @@ class SentencePieceBPETokenizer(PretrainedTokenizer, Tokenizer):
         cfg.setdefault("unk_token", model.get("unk_token"))
         return cls(pieces, types, merges=merges, add_space_prefix=add_space_prefix, **cfg)
 
+    def save_hf(self, directory) -> None:
+        """tokenizer.json (BPE over pieces with byte fallback, as Llama 2's) and tokenizer_config.json
+        that transformers reads as this same tokenizer. Merges from scores are written ranked by score;
+        equal scores would be ranked by id there, by position here (real vocabularies have none)."""
+        if self.merges is not None:
+            merges = self.merges
+        else:
+            ranked = sorted(self._table.items(), key=lambda kv: (kv[1][0], kv[1][1], kv[0]))
+            merges = [[self._pieces[a], self._pieces[b]] for (a, b), _ in ranked]
+        prefix = [{"type": "Prepend", "prepend": SPACE}] if self.add_space_prefix else []
+        strip = [{"type": "Strip", "content": " ", "start": 1, "stop": 0}] if self.add_space_prefix else []
+        unk = self.unk_token if self.unk_token is not None else None
+        hf = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+              "normalizer": {"type": "Sequence", "normalizers": prefix + [
+                  {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}]},
+              "pre_tokenizer": None, "post_processor": None,
+              "decoder": {"type": "Sequence", "decoders": [
+                  {"type": "Replace", "pattern": {"String": SPACE}, "content": " "}, {"type": "ByteFallback"},
+                  {"type": "Fuse"}] + strip},
+              "model": {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
+                        "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                        "vocab": dict(self._ids), "merges": merges}}
+        self._write_hf(directory, hf)
+
     def to_dict(self) -> dict:
         d = {"pieces": self._pieces, "types": self._types, "scores": self.scores, "merges": self.merges,
              "add_space_prefix": self.add_space_prefix}
