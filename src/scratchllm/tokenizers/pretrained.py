@@ -179,7 +179,8 @@ class PretrainedTokenizer:
             first = [{"SpecialToken": {"id": t, "type_id": 0}} for t in before]
             last = [{"SpecialToken": {"id": t, "type_id": 0}} for t in after]
             tokenizer_json["post_processor"] = {
-                "type": "TemplateProcessing", "single": first + [a] + last, "pair": first + [a] + last + first + [b] + last,
+                "type": "TemplateProcessing", "single": first + [a] + last,
+                "pair": first + [a] + last + first + [b] + last,
                 "special_tokens": {t: {"id": t, "ids": [self.token_to_id(t)], "tokens": [t]} for t in before + after}}
         (d / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False, indent=1), encoding="utf-8")
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
