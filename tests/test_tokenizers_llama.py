@@ -501,6 +501,7 @@ def test_smollm2_save_load_keeps_everything(smol, tmp_path):
     assert back.pattern == smol.pattern
     pytest.importorskip("jinja2")
     assert back.apply_chat_template(CONVERSATIONS[2]) == smol.apply_chat_template(CONVERSATIONS[2])
+    assert from_hf_dir(tmp_path).to_dict() == smol.to_dict()  # a folder holding our file reads as ours
 
 
 def test_unsupported_hf_model_type(tmp_path):

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from ..errors import ScratchError
-from .base import read_json
+from .base import FORMAT, from_file_dict, read_json
 from .bpe_hf import _pattern_of
 from .bpe_pretrained import PretrainedBPETokenizer
 from .byte_level import token_str_to_bytes
@@ -96,6 +96,8 @@ def from_hf_dir(directory):
         raise ScratchError(f"{d} has no tokenizer.json (a Hugging Face model directory holds one)")
     where = d / "tokenizer.json"
     data = read_json(where)
+    if data.get("format") == FORMAT:  # one of our checkpoints: the tokenizer saved with it
+        return from_file_dict(data, where)
     model = data.get("model") or {}
     kind = model.get("type", "BPE" if "merges" in model else None)
     if kind != "BPE" or "vocab" not in model or "merges" not in model:
