@@ -329,7 +329,7 @@ def trace(model, ids, targets=None, *, train=False, seed=0, p=None, dropout_site
         if grads is not None:
             g = rec.retain.get(id(v)) if isinstance(v, Tensor) else rec.inner_grads.get(path)
             if g is None:  # the backward pass never reached it: a bug to report, not zeros to show
-                raise ScratchError(f"trace: {name} ({path}) was recorded but the backward pass gave it no "
+                raise RuntimeError(f"trace: {name} ({path}) was recorded but the backward pass gave it no "
                                    "gradient")
             grads[name] = g
         if name == "logits":
@@ -340,7 +340,7 @@ def trace(model, ids, targets=None, *, train=False, seed=0, p=None, dropout_site
         for name, prm in _all_param_names(model).items():
             g = param_store.get(id(prm))
             if g is None:
-                raise ScratchError(f"trace: the backward pass gave parameter {name} no gradient")
+                raise RuntimeError(f"trace: the backward pass gave parameter {name} no gradient")
             param_grads[name] = g
     return Trace(model.kind, values, grads, param_grads, None if loss is None else float(loss.item()), inputs,
                  targets, train=train, seed=seed if train else None, p=p)
