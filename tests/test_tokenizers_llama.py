@@ -301,6 +301,26 @@ def _build_hf_dir_and_return_dir(d, **kw):
     return d
 
 
+@pytest.mark.parametrize("pattern", ["smollm", "llama3", "qwen2"])
+def test_train_with_family_patterns(pattern, tmp_path):
+    """Our own BPE trained with a family's split (a sequence of patterns for smollm): saved and read
+    back, and written for Hugging Face, where `tokenizers` splits and merges it the same way."""
+    from scratchllm.tokenizers import BPETokenizer
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = BPETokenizer(pattern=pattern, special_tokens=["<|endoftext|>"]).train(TRAIN_TEXT, 370)
+    tok.save(tmp_path / "ours.json")
+    back = load(tmp_path / "ours.json")
+    assert back.pattern == tok.pattern and back.to_dict()["pattern_name"] == pattern
+    tok.save_hf(tmp_path / "hf")
+    ref = tokenizers.Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
+    for text in TEXTS:
+        if "<|" in text:
+            continue
+        ids = tok.encode(text)
+        assert back.encode(text) == ids
+        assert ref.encode(text).ids == ids, text
+
+
 def test_ignore_merges_takes_a_whole_token(tmp_path):
     """Llama 3's ignore_merges: a pre-token that is a token is taken whole, even where the merges
     would not build it ("abc" here: b+c merges first, and no merge joins a with bc)."""
