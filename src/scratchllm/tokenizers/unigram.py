@@ -28,7 +28,9 @@ tabs and newlines as spaces, runs of spaces as one (see normalize.py).
 
 ``from_sentencepiece(path)`` reads a sentencepiece ``.model`` file (our own
 protobuf reader, sentencepiece_model.py); ``save_sentencepiece`` writes one;
-``save_hf`` a Hugging Face tokenizer.json. Training: unigram_train.py.
+``save_hf`` a Hugging Face tokenizer.json (unigram_hf.py). Training:
+unigram_train.py; the lattices of many words at once, which training and
+``encode_batch`` share: unigram_lattice.py.
 """
 from __future__ import annotations
 
@@ -465,7 +467,8 @@ class UnigramTokenizer(Tokenizer):
     @classmethod
     def from_file_parts(cls, pieces, normalizer: Normalizer, byte_fallback: bool, normalization: str,
                         unk_surface: str = " \u2047 ") -> "UnigramTokenizer":
-        """A tokenizer from what a file reader found: (piece, score, type) triples, the normalizer..."""
+        """A tokenizer from what a file reader found: the (piece, score, type) triples, the
+        normalizer, whether unknown characters become bytes, and the normalization's name."""
         tok = cls.__new__(cls)
         tok.normalization = normalization
         tok._build(pieces, normalizer, byte_fallback, unk_surface)
