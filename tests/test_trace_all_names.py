@@ -8,7 +8,8 @@ tests/test_transformer.py's ``torch.nn.Transformer``), so that it computes the s
 The comparisons run in float64, where the two agree to ~1e-12, so that a wrong gradient
 cannot hide inside float32's tolerance.
 
-A training pass (``train=True``) is checked with the dropout masks the trace drew: they are
+Evaluation is checked with and without ``dropout_sites=True``; a training pass
+(``train=True``) with the dropout masks the trace drew: they are
 random inputs, not computed values, so the reference takes them as given and checks what is
 computed from them. A mask's gradient reads 0 (trace.py: drawn, not computed).
 
@@ -33,8 +34,8 @@ TOL64 = dict(rtol=1e-9, atol=1e-11)
 class Recorder:
     """name -> torch tensor whose gradient is kept; masks are constants (their gradient: 0)."""
 
-    def __init__(self, masks=None, p=0.0):
-        self.t, self.masks, self.p = {}, masks, p
+    def __init__(self, masks=None, p=0.0, sites=False):
+        self.t, self.masks, self.p, self.sites = {}, masks, p, sites or masks is not None
 
     def __call__(self, name, t):
         assert name not in self.t, f"the reference records {name} twice"
@@ -44,10 +45,13 @@ class Recorder:
         return t
 
     def dropout(self, site, x):
-        """Evaluation: x itself. A training pass: x · mask / (1 − p) with the trace's mask."""
-        if self.masks is None:
+        """Evaluation: x itself (kept as site.in and site.out with ``sites``). A training pass:
+        x · mask / (1 − p) with the trace's mask."""
+        if not self.sites:
             return x
         self(f"{site}.in", x)
+        if self.masks is None:  # evaluation: out is in
+            return self(f"{site}.out", x)
         mask = torch.from_numpy(np.asarray(self.masks[f"{site}.mask"])).to(x.dtype)
         self.t[f"{site}.mask"] = mask
         return self(f"{site}.out", x * mask / (1 - self.p))
@@ -93,10 +97,10 @@ def probs_of(rec, logits, targets, ignore):
 
 
 # ---- GPT ---------------------------------------------------------------------------------
-def torch_gpt(model, ids, targets, dtype=torch.float64, masks=None, p=0.0):
+def torch_gpt(model, ids, targets, dtype=torch.float64, masks=None, p=0.0, sites=False):
     """The GPT of models/gpt.py, op by op; returns (recorded tensors, logits, loss)."""
     cfg = model.config
-    P, rec = params_of(model, dtype), Recorder(masks, p)
+    P, rec = params_of(model, dtype), Recorder(masks, p, sites)
     C, H, eps = cfg.n_embd, cfg.n_head, cfg.layer_norm_eps
     B, T = ids.shape
 
@@ -165,24 +169,28 @@ def test_the_gpt_reference_is_torch_gpt(variant):
     assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
 
 
+MODES = {"eval": {}, "eval-dropout-sites": {"dropout_sites": True}, "train": {"train": True}}
+
+
 @pytest.mark.parametrize("variant", GPT_VARIANTS)
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_every_gpt_trace_name_matches_the_reference(variant, train):
+@pytest.mark.parametrize("mode", MODES)
+def test_every_gpt_trace_name_matches_the_reference(variant, mode):
     model = gpt_model(np.float64, dropout=0.3, **GPT_VARIANTS[variant])
     ids, targets = gpt_batch(model.config)
-    tr = trace(model, ids, targets, train=train, seed=5)
+    tr = trace(model, ids, targets, seed=5, **MODES[mode])
+    train = mode == "train"
     masks = {n: tr[n] for n in tr.names() if n.endswith(".mask")} if train else None
-    rec, logits, loss = torch_gpt(model, ids, targets, masks=masks, p=0.3)
+    rec, logits, loss = torch_gpt(model, ids, targets, masks=masks, p=0.3, sites=mode != "eval")
     loss.backward()
     probs_of(rec, logits, targets, -100)
     check_every_name(tr, rec, loss, train, dropout_sites=1 + 2 * model.config.n_layer)
 
 
 # ---- the encoder-decoder Transformer ------------------------------------------------------
-def torch_transformer(model, src, tgt_in, tgt_out, dtype=torch.float64, masks=None, p=0.0):
+def torch_transformer(model, src, tgt_in, tgt_out, dtype=torch.float64, masks=None, p=0.0, sites=False):
     """The Transformer of models/transformer.py, op by op; returns (recorded tensors, logits, loss)."""
     cfg = model.config
-    P, rec = params_of(model, dtype), Recorder(masks, p)
+    P, rec = params_of(model, dtype), Recorder(masks, p, sites)
     C, H, eps = cfg.d_model, cfg.n_head, cfg.layer_norm_eps
     act = F.relu if cfg.activation == "relu" else (lambda x: F.gelu(x, approximate="tanh"))
 
@@ -277,13 +285,14 @@ def test_the_transformer_reference_is_torch_nn_transformer(variant):
 
 
 @pytest.mark.parametrize("variant", TRANSFORMER_VARIANTS)
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_every_transformer_trace_name_matches_the_reference(variant, train):
+@pytest.mark.parametrize("mode", MODES)
+def test_every_transformer_trace_name_matches_the_reference(variant, mode):
     model = transformer_model(variant, np.float64)
     src, tgt_in, tgt_out = transformer_batch(model.config)
-    tr = trace(model, (src, tgt_in), targets=tgt_out, train=train, seed=8)
+    tr = trace(model, (src, tgt_in), targets=tgt_out, seed=8, **MODES[mode])
+    train = mode == "train"
     masks = {n: tr[n] for n in tr.names() if n.endswith(".mask")} if train else None
-    rec, logits, loss = torch_transformer(model, src, tgt_in, tgt_out, masks=masks, p=0.3)
+    rec, logits, loss = torch_transformer(model, src, tgt_in, tgt_out, masks=masks, p=0.3, sites=mode != "eval")
     loss.backward()
     probs_of(rec, logits, tgt_out, model.config.pad_id)
     cfg = model.config
