@@ -230,7 +230,7 @@ class SentencePieceBPETokenizer(PretrainedTokenizer, Tokenizer):
             types[vocab[model["unk_token"]]] = UNKNOWN
         add_space_prefix = _prefix_space(data, where)
         cfg = dict(cfg)
-        cfg.setdefault("unk_token", model.get("unk_token"))
+        cfg["unk_token"] = cfg.get("unk_token") or model.get("unk_token")
         return cls(pieces, types, merges=merges, add_space_prefix=add_space_prefix, **cfg)
 
     def save_hf(self, directory) -> None:
