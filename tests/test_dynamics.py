@@ -96,16 +96,18 @@ def test_embedding_maps_do_not_flip():
 # ---- parameter changes --------------------------------------------------------------------------
 def test_param_changes_by_hand(tmp_path):
     (tmp_path / "snapshots").mkdir()
-    write_safetensors({"a": np.ones((2, 2), np.float32), "b": np.array([3, 4], np.float32)},
-                      S.snapshot_path(tmp_path, 0))
-    write_safetensors({"a": 2 * np.ones((2, 2), np.float32), "b": np.array([3, 5], np.float32)},
-                      S.snapshot_path(tmp_path, 5))
+    write_safetensors({"a": 2 * np.ones((2, 2), np.float32), "b": np.array([3, 5], np.float32),
+                       "c": np.array([0, 0, 1], np.float32)}, S.snapshot_path(tmp_path, 5))
+    write_safetensors({"a": np.ones((2, 2), np.float32), "b": np.array([3, 4], np.float32),
+                       "c": np.zeros(3, np.float32)}, S.snapshot_path(tmp_path, 0))
     changes = D.param_changes(tmp_path, 0, 5)
-    assert [c["name"] for c in changes] == ["a", "b"]  # a: ‖Δ‖ 2 of ‖W‖ 2; b: 1 of 5
-    assert changes[0]["change"] == pytest.approx(2) and changes[0]["relative"] == pytest.approx(1)
-    assert changes[1]["change"] == pytest.approx(1) and changes[1]["relative"] == pytest.approx(0.2)
+    # c: from 0, ‖Δ‖ 1 of ‖W_b‖ 1; a: ‖Δ‖ 2 of ‖W_b‖ 4; b: ‖Δ‖ 1 of ‖W_b‖ √34
+    assert [c["name"] for c in changes] == ["c", "a", "b"]
+    assert [c["change"] for c in changes] == pytest.approx([1, 2, 1])
+    assert [c["relative"] for c in changes] == pytest.approx([1, 0.5, 1 / math.sqrt(34)])
     fig = D.param_changes_figure(changes)
-    assert list(fig.data[0].y) == ["b", "a"] and list(fig.data[0].x) == pytest.approx([0.2, 1])
+    assert list(fig.data[0].y) == ["b", "a", "c"]  # the most changed at the top
+    assert list(fig.data[0].x) == pytest.approx([1 / math.sqrt(34), 0.5, 1])
 
 
 # ---- over a real run --------------------------------------------------------------------------------

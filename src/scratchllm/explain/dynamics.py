@@ -20,8 +20,9 @@ mean over the query positions that have the key it asks about:
 - *entropy*: −Σⱼ w[t, j] ln w[t, j] in nats; 0 when one key takes all the
   weight, ln(t + 1) when query t spreads it evenly (t ≥ 1: query 0 has one key).
 
-**Parameter changes** between two steps: ‖W_b − W_a‖ and that over ‖W_a‖ for
-every tensor, the most changed (relatively) first.
+**Parameter changes** between two steps: for every tensor ‖W_b − W_a‖, and that
+over the larger of ‖W_a‖ and ‖W_b‖ (so a bias that starts at 0 counts 1, not
+infinity; at most 2), the most changed (relatively) first.
 
 **Embeddings map**: each snapshot's token embeddings, centred, projected on
 their first two principal axes; each map is then turned by the orthogonal
@@ -117,17 +118,19 @@ def head_scores_over_training(run, period: int | None = None, seed: int = 0) -> 
 
 
 def param_changes(run, step_a: int, step_b: int) -> list[dict]:
-    """For each tensor, how much it moved from snapshot ``step_a`` to ``step_b``: dicts of
-    name, shape, change ‖W_b − W_a‖, norm ‖W_a‖ and relative (their ratio), most changed first."""
+    """For each tensor, how much it moved from snapshot ``step_a`` to ``step_b``: dicts of name,
+    shape, change ‖W_b − W_a‖, norm max(‖W_a‖, ‖W_b‖) and relative (change / norm; 0 for a
+    tensor 0 at both steps), most changed first."""
     from ..snapshots import read_snapshot
 
     a, b = read_snapshot(run, step_a), read_snapshot(run, step_b)
     out = []
     for name, wa in a.items():
         wa, wb = wa.astype(np.float64), b[name].astype(np.float64)
-        change, norm = float(np.linalg.norm(wb - wa)), float(np.linalg.norm(wa))
+        change = float(np.linalg.norm(wb - wa))
+        norm = max(float(np.linalg.norm(wa)), float(np.linalg.norm(wb)))
         out.append({"name": name, "shape": tuple(wa.shape), "change": change, "norm": norm,
-                    "relative": change / norm if norm else float("inf") if change else 0.0})
+                    "relative": change / norm if norm else 0.0})
     return sorted(out, key=lambda r: -r["relative"])
 
 
@@ -190,7 +193,7 @@ def param_changes_figure(changes: list[dict], top: int = 20):
     fig = go.Figure(go.Bar(x=[c["relative"] for c in shown], y=[c["name"] for c in shown], orientation="h",
                            customdata=[c["change"] for c in shown],
                            hovertemplate="%{y}: ‖ΔW‖/‖W‖ = %{x:.3g} (‖ΔW‖ = %{customdata:.3g})<extra></extra>"))
-    fig.update_layout(title="Which parameters changed most", xaxis_title="‖W_b − W_a‖ / ‖W_a‖")
+    fig.update_layout(title="Which parameters changed most", xaxis_title="‖W_b − W_a‖ / max(‖W_a‖, ‖W_b‖)")
     return fig
 
 
