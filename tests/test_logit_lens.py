@@ -152,3 +152,18 @@ def test_explain_gpt_lens_on_the_command_line(tmp_path, capsys):
     assert main(["explain", "gpt", "--ckpt", str(tmp_path / "ckpt"), "--text", "abc", "--lens",
                  "--position", "1"]) == 0
     assert capsys.readouterr().out.count("is first on top after") == 1
+
+
+def test_explain_gpt_lens_reads_a_llama_run(tmp_path, capsys):
+    from scratchllm import train as T
+    from scratchllm.cli import main
+
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. " * 40)
+    T.train(T.TrainConfig(data=str(tmp_path / "corpus.txt"), out=str(tmp_path / "run"), arch="llama", n_layer=2,
+                          n_head=2, n_embd=16, block_size=8, batch_size=4, max_iters=3, eval_iters=1,
+                          progress=False, sample_tokens=0, snapshots=0), echo=lambda *a: None)
+    assert main(["explain", "gpt", "--ckpt", str(tmp_path / "run"), "--text", "the cat", "--lens"]) == 0
+    out = capsys.readouterr().out
+    model = sl.load(tmp_path / "run")
+    assert model.kind == "llama"
+    assert out.count("is first on top after") == 7 and out.count("after block 1 ") == 7

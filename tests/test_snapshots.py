@@ -68,17 +68,19 @@ def test_a_bad_count_is_one_clear_error(n):
 
 
 # ---- GPT --------------------------------------------------------------------------------
-def test_a_gpt_snapshot_is_the_checkpoint_of_the_run_stopped_there(tmp_path):
-    T.train(gpt_config(tmp_path / "full"), echo=quiet)
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_a_gpt_snapshot_is_the_checkpoint_of_the_run_stopped_there(tmp_path, arch):
+    T.train(gpt_config(tmp_path / "full", arch=arch), echo=quiet)
     kept = S.list_snapshots(tmp_path / "full" / "run")
     assert list(kept) == [0, 1, 2, 3, 4, 5, 6]
-    start = T.Trainer(gpt_config(tmp_path / "start"))  # step 0: the weights before any step
+    start = T.Trainer(gpt_config(tmp_path / "start", arch=arch))  # step 0: the weights before any step
     assert_same_tensors(S.read_snapshot(tmp_path / "full" / "run", 0), start.model.state_dict())
     for k in (2, 5, 6):  # the same run (same schedule length), stopped at step k
-        T.train(gpt_config(tmp_path / f"to{k}", max_iters=k, snapshots=0), echo=quiet)
+        T.train(gpt_config(tmp_path / f"to{k}", max_iters=k, snapshots=0, arch=arch), echo=quiet)
         ckpt = read_safetensors(tmp_path / f"to{k}" / "run" / "ckpt" / "model.safetensors")
         assert_same_tensors(S.read_snapshot(tmp_path / "full" / "run", k), ckpt)
     model = S.load_snapshot(tmp_path / "full" / "run", 2)  # the checkpoint's model with snapshot 2's weights
+    assert model.kind == arch
     assert_same_tensors(model.state_dict(), S.read_snapshot(tmp_path / "full" / "run", 2))
 
 
