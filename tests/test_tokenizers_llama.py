@@ -542,6 +542,10 @@ def test_unsupported_gguf_vocabularies():
         from_gguf({**base, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "made-up"})
     with pytest.raises(ScratchError, match="no tokenizer.ggml.model"):
         from_gguf({})
+    byte_tokens = [chr(c) for c in range(33, 127)]  # not all 256 bytes, and a merge naming no token
+    with pytest.raises(ScratchError, match="GGUF file's vocabulary cannot be read: the merge"):
+        from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt2", "tokenizer.ggml.tokens": byte_tokens,
+                   "tokenizer.ggml.merges": ["a b"]})
 
 
 def test_template_errors_are_one_line(smol):

@@ -120,7 +120,10 @@ def _byte_level(meta, tokens, types, ids, template):
         except ValueError as e:
             raise ScratchError(f"the GGUF file's merge {m!r}: {e}") from None
     names = {k: tokens[i] for k, i in ids.items()}
-    return PretrainedBPETokenizer.build(
-        by_id, merges, added, pattern, other=other, ignore_merges=ignore_merges,
-        bos_token=names.get("bos"), eos_token=names.get("eos"), pad_token=names.get("pad"),
-        unk_token=names.get("unk"), add_bos_token=add_bos, add_eos_token=add_eos, chat_template=template)
+    try:
+        return PretrainedBPETokenizer.build(
+            by_id, merges, added, pattern, other=other, ignore_merges=ignore_merges,
+            bos_token=names.get("bos"), eos_token=names.get("eos"), pad_token=names.get("pad"),
+            unk_token=names.get("unk"), add_bos_token=add_bos, add_eos_token=add_eos, chat_template=template)
+    except ScratchError as e:
+        raise ScratchError(f"the GGUF file's vocabulary cannot be read: {e}") from None
