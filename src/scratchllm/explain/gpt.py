@@ -219,7 +219,8 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
             f"the cache keeps {H_kv} heads of keys and values instead of {H}")
     if f"h.{layer}.attn.q_pre" in tr:  # rotary positions: q and k were turned by their positions' angles
         say(f"    q and k below are rotated by their positions (RoPE), which is how this model sees order; the "
-            f"query before its rotation: {vec(tr[f'h.{layer}.attn.q_pre'][0, head, P], full)}")
+            f"query before its rotation: {vec(tr[f'h.{layer}.attn.q_pre'][0, head, P], full)} "
+            "(`scratchllm explain llama` turns it pair by pair)")
     q = tr[f"h.{layer}.attn.q"][0, head, P]  # (D,)
     k = tr[f"h.{layer}.attn.k"][0, g, :P + 1]  # (P+1, D)
     v = tr[f"h.{layer}.attn.v"][0, g, :P + 1]
@@ -291,24 +292,25 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     return "\n".join(out)
 
 
-def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, top, w):
+def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, top, w, first=10):
+    """The backward pass and one SGD step, as lines; its steps numbered from ``first``."""
     L = model.n_layer
     probs = tr["probs"][0, P].astype(np.float64)
     g_logits = tr.grad("logits")[0, P].astype(np.float64)
     out = []
     say = out.append
     say("")
-    say(f"Step 10. The loss: the token that should follow is {token_text(tokenizer, target)} (id {target}), "
+    say(f"Step {first}. The loss: the token that should follow is {token_text(tokenizer, target)} (id {target}), "
         f"with probability {probs[target]:.6f}; loss = −log p = {tr.loss:.6f}")
     say("")
-    say("Step 11. The backward pass starts at the logits: d loss / d logit = p − one-hot(target), "
+    say(f"Step {first + 1}. The backward pass starts at the logits: d loss / d logit = p − one-hot(target), "
         f"the {top} largest in size")
     say(f"    {'token':<{w}}{'id':>7}{'p':>12}{'one-hot':>9}{'gradient':>16}")
     for i in np.argsort(-np.abs(g_logits), kind="stable")[:top]:
         say(f"    {token_text(tokenizer, i):<{w}}{int(i):>7}{probs[i]:>12.6f}{int(i == target):>9}{g_logits[i]:>+16.6e}")
 
     say("")
-    say("Step 12. The gradient reaching the residual stream, |d loss / d x| per token: the loss sits at "
+    say(f"Step {first + 2}. The gradient reaching the residual stream, |d loss / d x| per token: the loss sits at "
         f"position {P}; earlier tokens are reached only through attention")
     cols = ["emb"] + [f"h.{i}.resid_2" for i in range(L)]
     heads = ["x in"] + [f"after {i}" for i in range(L)]
@@ -329,7 +331,7 @@ def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, to
     curve = loss_curve(model, loss_of, extra=() if lr is None else (lr,))
     picked = lr is None
     lr = chosen_lr(curve) if picked else lr
-    say(f"Step 13. The {top} weights with the largest gradients, and each one after an SGD step "
+    say(f"Step {first + 3}. The {top} weights with the largest gradients, and each one after an SGD step "
         f"(new = old − lr × gradient, lr {lr:g})")
     say(f"    {'weight':<44}{'value':>12}{'gradient':>15}{'new value':>12}")
     for _, name, j in entries[:top]:
@@ -341,7 +343,7 @@ def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, to
         say(f"    {label:<44}{old:>+12.6f}{g:>+15.6e}{old - lr * g:>+12.6f}")
 
     say("")
-    say("Step 14. How far to step: the loss after one step for each learning rate (each a real SGD step on a "
+    say(f"Step {first + 4}. How far to step: the loss after one step for each learning rate (each a real SGD step on a "
         "copy). Too small changes")
     say("    nothing; too large overshoots, because the step is a straight line and the loss curves. "
         + (f"lr {lr:g}, the bottom of the first valley, is the default (--lr to choose)." if picked else f"--lr {lr:g} is marked."))
@@ -352,7 +354,7 @@ def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, to
     twin_trace = trace(twin, ids, targets)
     new_p = float(twin_trace["probs"][0, P, target])
     say("")
-    say(f"Step 15. One SGD step with lr {lr:g}, taken on a copy of the model: p({token_text(tokenizer, target)}) "
+    say(f"Step {first + 5}. One SGD step with lr {lr:g}, taken on a copy of the model: p({token_text(tokenizer, target)}) "
         f"{probs[target]:.6f} → {new_p:.6f}, loss {tr.loss:.6f} → {twin_trace.loss:.6f}")
     out += verdict(curve, lr)
     return out
