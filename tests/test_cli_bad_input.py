@@ -26,6 +26,7 @@ import scratchllm as sl
 from scratchllm.cli import build_parser, main
 from scratchllm.models import GPT, GPTConfig, Transformer, TransformerConfig
 from scratchllm.models.classifier import Classifier
+from scratchllm.models.llama import Llama, LlamaConfig
 from scratchllm.tokenizers import BPETokenizer, CharTokenizer
 from scratchllm.translate import SPECIAL_TOKENS
 
@@ -93,6 +94,19 @@ CASES = {
                     (["--ckpt", "gpt", "--text", ""], "--text is empty"),
                     (["--ckpt", "truncated", "--text", "the"], "corrupt"),
                     (["--ckpt", "gpt", "--text", "the", "--layer", "5"], "--layer")],
+    "explain llama": [(["--model", "missing", "--text", "the"], "does not exist"),
+                      (["--model", "gpt", "--text", "the"], "has no RMSNorm"),
+                      (["--model", "clf", "--text", "the"], "not a llama"),
+                      (["--model", "truncated", "--text", "the"], "corrupt"),
+                      (["--model", "llama", "--text", ""], "--text is empty"),
+                      (["--model", "llama", "--text", "the cat", "--show", "rope,nonsense"], "--show"),
+                      (["--model", "llama", "--text", "the cat", "--layer", "1"], "--layer"),
+                      (["--model", "llama", "--text", "the cat", "--head", "2"], "--head"),
+                      (["--model", "llama", "--text", "the cat", "--position", "x"], "--position"),
+                      (["--model", "llama", "--text", "the cat", "--key-position", "40"], "--key-position"),
+                      (["--model", "llama", "--text", "the cat", "--shift", "100"], "--shift"),
+                      (["--model", "llama", "--text", "the cat", "--shift", "-1"], "--shift"),
+                      (["--model", "llama", "--text", "the", "--target", "e", "--lr", "0"], "--lr must be above 0")],
     "explain transformer": [(["--ckpt", "missing", "--text", "ein hund"], "does not exist"),
                             (["--ckpt", "gpt", "--text", "ein hund"], "gpt"),
                             (["--ckpt", "translator", "--text", ""], "--text")],
@@ -183,6 +197,9 @@ def make_fixtures(d: Path) -> None:
     gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
     sl.save(gpt, d / "gpt", tokenizer=tok)
     sl.save(Classifier(), d / "clf")
+    sl.save(Llama(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)),
+            d / "llama", tokenizer=tok)
     sl.save(gpt, d / "truncated", tokenizer=tok)
     weights = (d / "truncated" / "model.safetensors").read_bytes()
     (d / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])

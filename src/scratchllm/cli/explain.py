@@ -6,6 +6,7 @@
     scratchllm explain bpe --tokenizer tok.json "cats"
     scratchllm explain unigram --tokenizer tok.json "cats"
     scratchllm explain gpt --ckpt out --text "To be or not" --target " "
+    scratchllm explain llama --model smollm2.gguf --text "The capital of France is"
     scratchllm explain transformer --ckpt out-translate --text "Ein Hund rennt über die Wiese."
     scratchllm explain dropout --ckpt out --text "To be or not" --p 0.2
 """
@@ -18,6 +19,7 @@ from ..errors import ScratchError
 from . import charmlp as charmlp_cli
 from . import number
 from . import classify as classify_cli
+from ..explain.llama import SECTIONS
 
 DESCRIPTION = """\
 Print every number a small model computes for one input, in order, as you would
@@ -31,6 +33,7 @@ on paper: inputs, weights, sums, activations, scores, the answer.
   scratchllm explain unigram --tokenizer tok.json "cats"    every segmentation, and why Viterbi picks one
   scratchllm explain gpt --ckpt out --text "To be or not"     a GPT, layer by layer, head by head
   scratchllm explain gpt --ckpt out --text "To be or not" --target " "    … and its backward pass
+  scratchllm explain llama --model DIR --text "The cat"    RMSNorm, RoPE, GQA, SwiGLU of a Llama-family model
   scratchllm explain transformer --ckpt DIR --text "Ein Hund rennt."    which source piece each word looked at
   scratchllm explain dropout --ckpt out --text "To be or not"    dropout's mask in a training pass, off in evaluation"""
 
@@ -88,6 +91,7 @@ def register(subparsers) -> None:
                         "a unigram tokenizer file (ours or a SentencePiece .model)")
     u.add_argument("--top", default="20", metavar="N", help="how many segmentations to list (default: 20)")
     _register_gpt(sub)
+    _register_llama(sub)
     _register_transformer(sub)
     _register_dropout(sub)
 
@@ -223,6 +227,50 @@ def _register_gpt(sub):
     g.add_argument("--lens", action="store_true", help="the logit lens instead: each layer's top next tokens at each "
                    "position (or --position), and the layer where the final answer first comes out on top")
     g.set_defaults(func=run_gpt)
+
+
+LLAMA_DESCRIPTION = """\
+What a Llama-family model (Llama, Mistral, Qwen, SmolLM2: trained here with
+`scratchllm train --arch llama`, a Hugging Face directory or a GGUF file) does
+that the GPT does not, for one text, every number the model's own with the
+arithmetic beside it:
+  rmsnorm  a token's root mean square, the division, the learned scale
+  rope     each pair's angle position × θᵢ, q and k before and after the turn,
+           and the score computed again with both positions shifted (same) or
+           at another distance (different)
+  gqa      which query heads share each key/value head; the KV cache's bytes
+           per token and for the full context, against one per query head
+  swiglu   gate, silu(gate) = gate × σ(gate), up, their product, down
+--target adds the backward pass and one SGD step, as in `explain gpt`.
+
+  scratchllm explain llama --model out --text "the cat sat"
+  scratchllm explain llama --model SmolLM2-135M-Instruct.Q4_1.gguf --text "The capital of France is" \\
+      --layer 3 --head 4 --key-position 1 --shift 1000 --show rope,gqa"""
+
+
+def _register_llama(sub):
+    g = sub.add_parser("llama", help="RMSNorm, RoPE, grouped-query attention and SwiGLU of a Llama-family model",
+                       description=LLAMA_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("--model", "--ckpt", dest="ckpt", default="out", metavar="PATH",
+                   help="a Llama-family model: our checkpoint (`scratchllm train --arch llama`), a Hugging Face "
+                        "directory or a GGUF file; --ckpt is another spelling (default: out)")
+    g.add_argument("--text", required=True, help="the text the model reads")
+    g.add_argument("--layer", default="0", metavar="L", help="the layer shown (default: 0)")
+    g.add_argument("--head", default="0", metavar="H", help="the query head whose rotation is shown (default: 0)")
+    g.add_argument("--position", default=None, metavar="P",
+                   help="the token shown, and the query's position for RoPE, from 0 (default: the last)")
+    g.add_argument("--key-position", default="0", metavar="N",
+                   help="the key's position for RoPE, 0 … the query's position (default: 0)")
+    g.add_argument("--shift", default=None, metavar="S",
+                   help="how far RoPE's check moves both positions; may be negative, both must stay inside the "
+                        "model's context (default: up to 100 forward, or back if there is no room)")
+    g.add_argument("--show", default=",".join(SECTIONS), metavar="LIST",
+                   help=f"the sections, comma-separated, from {', '.join(SECTIONS)} (default: all)")
+    g.add_argument("--full", action="store_true", help="every number of each vector and every pair, not the first 8")
+    g.add_argument("--target", default=None, metavar="TEXT",
+                   help="the token that should come after --position: adds the loss, the gradients and one SGD step")
+    g.add_argument("--lr", default=None, help="learning rate of that SGD step (default: chosen from a scan, printed)")
+    g.set_defaults(func=run_llama)
 
 
 def _register_transformer(sub):
@@ -387,6 +435,51 @@ def run_gpt(args) -> int:
     print(explain_gpt(model, tokenizer, ids, layer=layer, head=head, position=position, full=args.full,
                       target=target, lr=lr, temperature=temperature, top_k=top_k, top_p=top_p,
                       source=str(args.ckpt)))
+    return 0
+
+
+def run_llama(args) -> int:
+    import sys
+
+    from ..explain.llama import explain_llama
+    from ..models.llama import Llama
+
+    show = [s.strip() for s in args.show.split(",") if s.strip()]
+    unknown = [s for s in show if s not in SECTIONS]
+    if unknown or not show:
+        raise ScratchError(f"--show {args.show!r}: choose from {', '.join(SECTIONS)} (comma-separated)")
+    lr = None if args.lr is None else number(args.lr, "--lr", float)
+    if lr is not None and not 0 < lr < math.inf:
+        raise ScratchError(f"--lr must be above 0, got {args.lr}")
+    shift = None if args.shift is None else number(args.shift, "--shift", int)
+    if not args.text:
+        raise ScratchError("--text is empty: give some text, e.g. --text \"The cat sat\"")
+    model, tokenizer = _load_checkpoint(args.ckpt, "llama", False, "use `scratchllm explain transformer`")
+    if not isinstance(model, Llama):
+        raise ScratchError(f"{args.ckpt} holds a {model.kind} model, which has no RMSNorm, RoPE, GQA or SwiGLU: "
+                           "use `scratchllm explain gpt`")
+    ids = _gpt_ids(tokenizer, model, args.text)
+    layer = _in_range(args.layer, "--layer", model.n_layer, "the model has layers")
+    head = _in_range(args.head, "--head", model.n_head, "each layer has query heads")
+    position = len(ids) - 1 if args.position is None else _in_range(args.position, "--position", len(ids),
+                                                                    "the text has tokens")
+    key = number(args.key_position, "--key-position", int, 0)
+    if key > position:
+        raise ScratchError(f"--key-position {key} is after the query's position {position}: a query sees only "
+                           f"keys at 0 … {position}")
+    ctx = model.context_length
+    if shift is not None and not (0 <= key + shift and position + shift < ctx):
+        raise ScratchError(f"--shift {shift} moves positions {key} and {position} outside the model's context "
+                           f"(0 … {ctx - 1})")
+    target = None
+    if args.target is not None:
+        target_ids = _encode_text(tokenizer, args.target, "--target")
+        target = target_ids[0]
+        if len(target_ids) > 1:
+            print(f"note: --target is {len(target_ids)} tokens; the next token is its first, "
+                  f"{tokenizer.decode([target])!r}", file=sys.stderr)
+    print(explain_llama(model, tokenizer, ids, layer=layer, head=head, position=position, key_position=key,
+                        shift=shift, show=show, full=args.full, target=target, lr=lr, source=str(args.ckpt)))
     return 0
 
 
