@@ -12,6 +12,11 @@ Requests run in threads. Traces and forward passes take turns (a lock);
 generation runs beside them, with its own key/value cache, leaving the model
 in the eval mode it was loaded in; "take one step" changes a deep copy. So
 the checkpoint and the model serving other requests never change.
+
+A run with snapshots (``scratchllm train --snapshots N``) can be seen at any
+of its kept steps: every view takes an optional ``step`` and answers from a
+copy of the model holding that snapshot's weights (the last few copies are
+kept), so the page's step slider moves every view through training.
 """
 from __future__ import annotations
 
@@ -96,7 +101,10 @@ class Explorer:
         self.kind = self.model.kind
         self.encoder_decoder = self.model.is_encoder_decoder  # the page shows translation, not the next token
         self.lock = threading.Lock()  # one trace, forward or copy of the model at a time
-        self._traces: OrderedDict = OrderedDict()  # (inputs, targets) -> Trace, the last few
+        self._traces: OrderedDict = OrderedDict()  # (step, inputs, targets) -> Trace, the last few
+        self._models: OrderedDict = OrderedDict()  # step -> a copy of the model with that snapshot's weights
+        self._memo: dict = {}  # answers over all snapshots (head scores, embedding maps), computed once
+        self.run_dir, self.snapshots = self._find_snapshots()
         if self.encoder_decoder:
             from ..translate import special_ids
 
@@ -119,6 +127,7 @@ class Explorer:
             "kv_heads": self.model.n_kv_head,
             "width": self.model.n_embd,
             "has_run": self.log_path() is not None,
+            "snapshots": self.snapshots,  # the steps the slider offers; empty: no slider
             "max_chars": MAX_CHARS,
             "default_text": self.default_text(),
         }
@@ -154,6 +163,60 @@ class Explorer:
     @property
     def n_layers(self) -> int:
         return self.model.n_layer
+
+    # ---- snapshots: the model at a step of its training ------------------------------------
+    def _find_snapshots(self):
+        """(run directory, [steps]) of the run's snapshots, or (None, []) for a model without them
+        (an imported one, or a run trained with --snapshots 0)."""
+        from ..snapshots import list_snapshots
+
+        if self.ckpt_dir.is_dir():
+            for d in (self.path, self.ckpt_dir.parent):
+                found = list_snapshots(d)
+                if found:
+                    return d, list(found)
+        return None, []
+
+    def _step_field(self, body) -> int | None:
+        """The request's ``step`` (a snapshot's), or None: the model as its checkpoint holds it."""
+        step = number_field(body, "step", int, 0, None, optional=True)
+        if step is not None and step not in self.snapshots:
+            have = ", ".join(map(str, self.snapshots)) if self.snapshots else "none"
+            raise BadRequest(f"this run has no snapshot of step {step} (its snapshots: {have})")
+        return step
+
+    def model_at(self, step: int | None):
+        """The model with the weights of snapshot ``step`` (None: the checkpoint's own): a copy,
+        loaded once and kept among the last few, so the checkpoint's model is never changed."""
+        from ..snapshots import read_snapshot
+
+        if step is None:
+            return self.model
+        with self.lock:
+            if step in self._models:
+                self._models.move_to_end(step)
+                return self._models[step]
+            model = copy.deepcopy(self.model)
+        model.load_state_dict(read_snapshot(self.run_dir, step))
+        with self.lock:
+            self._models[step] = model
+            while len(self._models) > 4:
+                self._models.popitem(last=False)
+        return model
+
+    def _each_snapshot(self):
+        """(step, model) for every snapshot, one scratch copy whose weights change from step to step."""
+        from ..snapshots import read_snapshot
+
+        with self.lock:
+            model = copy.deepcopy(self.model)
+        for step in self.snapshots:
+            model.load_state_dict(read_snapshot(self.run_dir, step))
+            yield step, model
+
+    def _need_snapshots(self):
+        if not self.snapshots:
+            raise BadRequest("this model has no snapshots: train it with scratchllm train --snapshots N to watch it learn")
 
     # ---- text -> tokens ---------------------------------------------------------------
     def piece(self, i: int) -> str:
@@ -202,10 +265,11 @@ class Explorer:
         if self.encoder_decoder:
             raise BadRequest("this view needs a GPT checkpoint; this one translates (see the Translation view)")
 
-    def _last_logits(self, ids) -> np.ndarray:
+    def _logits(self, ids, step=None) -> np.ndarray:
+        model = self.model_at(step)
         with self.lock, no_grad():
-            out = self.model(np.asarray([ids], dtype=np.int64))  # (1, T, V)
-        return np.asarray(out.data[0, -1], dtype=np.float64)  # (V,)
+            out = model(np.asarray([ids], dtype=np.int64))  # (1, T, V)
+        return np.asarray(out.data[0], dtype=np.float64)  # (T, V)
 
     def next_token(self, body: dict) -> dict:
         """The distribution the sampler draws the next token from, at these settings."""
@@ -216,9 +280,14 @@ class Explorer:
         temperature = number_field(body, "temperature", float, 0, 100, default=1.0)
         top_k = number_field(body, "top_k", int, 1, self.vocab_size, optional=True)
         top_p = number_field(body, "top_p", float, 1e-9, 1, optional=True)
+        step = self._step_field(body)
         ids = self.encode(text)
-        logits = self._last_logits(ids)
+        all_logits = self._logits(ids, step)  # (T, V)
+        logits = all_logits[-1]
         p_model = probabilities(logits)  # temperature 1, nothing cut
+        # the loss at each token of the text: −log p(token t | the tokens before it), t ≥ 1
+        p_all = probabilities(all_logits)  # (T, V)
+        token_loss = -np.log(np.maximum(p_all[np.arange(len(ids) - 1), ids[1:]], 1e-300))
         if temperature == 0:  # greedy: all the mass on the most likely token
             z = np.full_like(logits, -np.inf)
             z[np.argmax(logits)] = 0.0
@@ -233,7 +302,8 @@ class Explorer:
             p_final = probabilities(z)
         order = np.argsort(-p_temp, kind="stable")[:TOP]
         return {
-            "tokens": self.tokens_of(ids),
+            "tokens": self.tokens_of(ids), "step": step,
+            "token_loss": rounded(token_loss, 6),  # (T − 1,): position t + 1's loss
             "settings": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
             "kept": int((p_final > 0).sum()),
             "candidates": [{"id": int(i), "piece": self.piece(i), "append": self.whole_text(i),
@@ -257,6 +327,7 @@ class Explorer:
         top_k = number_field(body, "top_k", int, 1, self.vocab_size, optional=True)
         top_p = number_field(body, "top_p", float, 1e-9, 1, optional=True)
         seed = number_field(body, "seed", int, 0, 2**32 - 1, optional=True)
+        model = self.model_at(self._step_field(body))
         check_sampling_args(n, temperature, top_k, top_p)
         ids = self.encode(text)
         byte_level = hasattr(self.tokenizer, "decode_bytes")
@@ -269,7 +340,7 @@ class Explorer:
 
         # not under the lock, so the other views stay live while text streams: generation keeps its
         # keys and values in a cache of its own and leaves the model (already in eval mode) as it was
-        generate(self.model, np.asarray([ids]), n, temperature=temperature, top_k=top_k, top_p=top_p,
+        generate(model, np.asarray([ids]), n, temperature=temperature, top_k=top_k, top_p=top_p,
                  seed=seed, on_token=on_token)
         if byte_level:
             tail = decoder.decode(b"", final=True)
@@ -278,29 +349,44 @@ class Explorer:
         emit({"done": True})
 
     # ---- embeddings -------------------------------------------------------------------
-    def _embedding_table(self) -> np.ndarray:
-        return np.asarray(self.model.token_embedding().data, dtype=np.float64)
+    def _embedding_table(self, step=None) -> np.ndarray:
+        return np.asarray(self.model_at(step).token_embedding().data, dtype=np.float64)
+
+    def _aligned_maps(self, limit: int) -> dict:
+        """Every snapshot's embeddings map, each turned onto the one before (dynamics' Procrustes)."""
+        from ..explain.dynamics import embedding_maps
+
+        key = ("maps", limit)
+        if key not in self._memo:
+            tables = {s: np.asarray(m.token_embedding().data[:limit], dtype=np.float64)
+                      for s, m in self._each_snapshot()}
+            maps = embedding_maps(tables)
+            self._memo[key] = {int(s): xy for s, xy in zip(maps["steps"], maps["xy"])}
+        return self._memo[key]
 
     def embeddings(self, body: dict) -> dict:
         """The token embedding rows projected on their two principal directions."""
         limit = number_field(body, "limit", int, 2, 50_000, default=2000)
-        W = self._embedding_table()  # (V, C)
+        step = self._step_field(body)
+        W = self._embedding_table(step)  # (V, C)
         W = W[:limit]
         X = W - W.mean(axis=0)
         cov = X.T @ X / max(len(X) - 1, 1)  # (C, C)
         vals, vecs = np.linalg.eigh(cov)  # ascending
         top = vecs[:, ::-1][:, :2]  # (C, 2) the two directions of largest variance
         xy = X @ top  # (N, 2)
+        if step is not None:  # the same plane, turned to follow the snapshots before it (no flips)
+            xy = self._aligned_maps(limit)[step]
         total = float(vals.sum()) or 1.0
         return {"ids": list(range(len(W))), "pieces": [self.piece(i) for i in range(len(W))],
-                "x": rounded(xy[:, 0], 5), "y": rounded(xy[:, 1], 5),
+                "x": rounded(xy[:, 0], 5), "y": rounded(xy[:, 1], 5), "step": step, "aligned": step is not None,
                 "explained": [round(float(v) / total, 4) for v in vals[::-1][:2]], "vocab_size": self.vocab_size}
 
     def neighbours(self, body: dict) -> dict:
         """The tokens whose embedding rows point most nearly the same way (cosine similarity)."""
         i = number_field(body, "id", int, 0, self.vocab_size - 1)
         k = number_field(body, "k", int, 1, 50, default=10)
-        W = self._embedding_table()
+        W = self._embedding_table(self._step_field(body))
         unit = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-12)
         sim = unit @ unit[i]  # (V,)
         sim[i] = -np.inf
@@ -328,19 +414,50 @@ class Explorer:
                 continue
             if isinstance(r, dict):
                 records.append({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()})
-        return {"records": records, "path": str(path)}
+        return {"records": records, "path": str(path), "schedule": self.schedule(records)}
+
+    def schedule(self, records=()) -> dict | None:
+        """The learning rate at every step of the run, from the schedule function itself and the
+        settings in its train_state.json (not sampled at evaluations, so a warmup of 100 steps is 100)."""
+        from ..optim import cosine_with_warmup, inverse_sqrt_lr
+
+        state = self.ckpt_dir / "train_state.json"
+        if not self.ckpt_dir.is_dir() or not state.is_file():
+            return None
+        try:
+            cfg = json.loads(state.read_text()).get("train_config") or {}
+        except (json.JSONDecodeError, OSError):
+            return None
+        last = max([r["step"] for r in records if isinstance(r.get("step"), int)], default=0)
+        if "warmup_iters" in cfg:  # a GPT run: warmup then a half cosine over lr_decay_iters
+            total = int(cfg.get("max_iters") or last)
+            decay = int(cfg.get("lr_decay_iters") or total)
+            lr_at = lambda s: cosine_with_warmup(s, cfg["lr"], cfg["min_lr"], cfg["warmup_iters"], decay)  # noqa: E731
+            name = f"linear warmup over {cfg['warmup_iters']} steps, then cosine to {cfg['min_lr']:g} at step {decay}"
+        elif "warmup_steps" in cfg:  # a translation run: warmup then 1/√step, no total length
+            total = max(last, int(cfg.get("max_steps") or 0))
+            lr_at = lambda s: inverse_sqrt_lr(s, cfg["lr"], cfg["warmup_steps"])  # noqa: E731
+            name = f"linear warmup over {cfg['warmup_steps']} steps, then lr·√(warmup/step)"
+        else:
+            return None
+        total = max(total, last, 1)
+        stride = max(1, -(-total // 4000))  # at most ~4000 points; every step of a shorter run
+        warmup = int(cfg.get("warmup_iters", cfg.get("warmup_steps", 0)))
+        steps = sorted(set(range(0, total + 1, stride)) | set(range(min(total, warmup) + 1)))  # the warmup whole
+        return {"steps": steps, "lr": [lr_at(s) for s in steps], "what": name}
 
     # ---- the trace: attention, inside a block, backward --------------------------------------
-    def _trace(self, inputs, targets=None):
-        """The trace of one pass (cached: the page asks several views of the same text)."""
+    def _trace(self, inputs, targets=None, step=None):
+        """The trace of one pass at a snapshot's step (cached: the page asks several views of the same text)."""
         from ..explain import trace
 
-        key = (repr(inputs), None if targets is None else repr(targets))
+        key = (step, repr(inputs), None if targets is None else repr(targets))
+        model = self.model_at(step)
         with self.lock:
             if key in self._traces:
                 self._traces.move_to_end(key)
                 return self._traces[key]
-            tr = trace(self.model, inputs, targets=targets)
+            tr = trace(model, inputs, targets=targets)
             self._traces[key] = tr
             while len(self._traces) > 4:
                 self._traces.popitem(last=False)
@@ -354,8 +471,9 @@ class Explorer:
         self._gpt_only()
         ids = self.encode(text_field(body))
         layer = self._layer_field(body)
-        tr = self._trace(np.asarray([ids], dtype=np.int64))
-        return {"tokens": self.tokens_of(ids), "layer": layer,
+        step = self._step_field(body)
+        tr = self._trace(np.asarray([ids], dtype=np.int64), step=step)
+        return {"tokens": self.tokens_of(ids), "layer": layer, "step": step,
                 "weights": rounded(tr[f"h.{layer}.attn.weights"][0]),  # (H, T, T)
                 "scores": rounded(tr[f"h.{layer}.attn.scores"][0], 5)}  # (H, T, T), masked -> null
 
@@ -364,7 +482,8 @@ class Explorer:
         self._gpt_only()
         ids = self.encode(text_field(body))
         layer = self._layer_field(body)
-        tr = self._trace(np.asarray([ids], dtype=np.int64))
+        step = self._step_field(body)
+        tr = self._trace(np.asarray([ids], dtype=np.int64), step=step)
         layers = []
         for i in range(self.n_layers):
             stream_in = tr[f"h.{i - 1}.resid_2"][0] if i else tr["emb"][0]  # (T, C) what enters block i
@@ -380,7 +499,7 @@ class Explorer:
         # the MLP's hidden layer: GELU's output (a GPT), or silu(gate) × up (a gated, SwiGLU MLP)
         gelu = f"h.{layer}.mlp.gelu" in tr
         hidden = rounded(tr[f"h.{layer}.mlp.gelu" if gelu else f"h.{layer}.mlp.prod"][0], 4)  # (T, hidden width)
-        return {"tokens": self.tokens_of(ids), "layer": layer, "layers": layers,
+        return {"tokens": self.tokens_of(ids), "layer": layer, "layers": layers, "step": step,
                 "mlp": hidden, "mlp_label": "after GELU" if gelu else "silu(gate) × up",
                 **({"gelu": hidden} if gelu else {})}
 
@@ -410,11 +529,13 @@ class Explorer:
         inputs, targets, what = self._targets(body, ids)
         x = np.asarray([inputs], dtype=np.int64)
         y = np.asarray([targets], dtype=np.int64)
-        tr = self._trace(x, y)
+        step = self._step_field(body)
+        model = self.model_at(step)
+        tr = self._trace(x, y, step)
         grid = [rounded(np.linalg.norm(tr.grad(f"h.{i}.resid_2")[0], axis=-1), 7) for i in range(self.n_layers)]
         emb = rounded(np.linalg.norm(tr.grad("tok_emb")[0], axis=-1), 7)
         params = []
-        for name, p in self.model.named_parameters():
+        for name, p in model.named_parameters():
             g = tr.grad(name)
             params.append({"name": name, "shape": list(p.shape), "grad_norm": float(np.linalg.norm(g)),
                            "weight_norm": float(np.linalg.norm(p.data))})
@@ -422,7 +543,7 @@ class Explorer:
         for r in params:
             r["grad_norm"], r["weight_norm"] = round(r["grad_norm"], 8), round(r["weight_norm"], 6)
         return {"tokens": self.tokens_of(inputs), "targets": [None if t < 0 else self.tokens_of([t])[0] for t in targets],
-                "what": what, "loss": float(tr.loss), "layer": layer,
+                "what": what, "loss": float(tr.loss), "layer": layer, "step": step,
                 "grad_stream": grid,  # (L, T): |d loss / d residual stream after block i| per token
                 "grad_embedding": emb,  # (T,)
                 "grad_attn_weights": rounded(tr.grad(f"h.{layer}.attn.weights")[0], 8),  # (H, T, T)
@@ -443,9 +564,11 @@ class Explorer:
         inputs, targets, what = self._targets(body, ids)
         x = np.asarray([inputs], dtype=np.int64)
         y = np.asarray([targets], dtype=np.int64)
-        before = self._trace(x, y)
+        step = self._step_field(body)
+        before = self._trace(x, y, step)
+        start = self.model_at(step)
         with self.lock:
-            model = copy.deepcopy(self.model)  # the checkpoint's model is never changed
+            model = copy.deepcopy(start)  # the checkpoint's model (and the snapshot's copy) is never changed
         loss_of = lambda m: m(x, y)[1]  # noqa: E731
         curve = loss_curve(model, loss_of, extra=() if lr is None else (lr,))
         chosen = lr is None
@@ -456,12 +579,79 @@ class Explorer:
         p_before = np.asarray(before["probs"][0], dtype=np.float64)  # (T, V)
         p_after = probabilities(logits_after.data[0])  # (T, V)
         rows = [t for t, v in enumerate(targets) if v >= 0]
-        return {"what": what, "lr": lr, "lr_chosen": chosen, "loss_before": float(before.loss),
+        return {"what": what, "lr": lr, "lr_chosen": chosen, "step": step, "loss_before": float(before.loss),
                 "loss_after": float(loss_after.data), "curve": curve.as_dict(),
                 "verdict": " ".join(line.strip() for line in verdict(curve, lr)).replace(", or leave --lr out", ""),
                 "targets": [{"position": t, "id": int(targets[t]), "piece": self.piece(targets[t]),
                              "p_before": round(float(p_before[t, targets[t]]), 8),
                              "p_after": round(float(p_after[t, targets[t]]), 8)} for t in rows]}
+
+    # ---- over training: the logit lens, heads, parameter changes -------------------------------
+    def lens(self, body: dict) -> dict:
+        """The logit lens at a step: for each layer (the embeddings, then after each block) and position,
+        the top next token and its probability, and the probability of the model's own final answer.
+        A Transformer's decoder reads its greedy translation of ``text``."""
+        from ..explain.lens import first_top_layer, logit_lens
+
+        text = text_field(body)
+        step = self._step_field(body)
+        model = self.model_at(step)
+        if self.encoder_decoder:
+            from ..translate import encode_source, greedy_decode
+
+            try:
+                src = encode_source(self.tokenizer, text)
+            except ScratchError as e:
+                raise BadRequest(str(e)) from None
+            if not src or len(src) > self.context:
+                raise BadRequest(f"the sentence must give 1 to {self.context} tokens, not {len(src)}")
+            with self.lock:
+                out = greedy_decode(model, [src], self.bos_id, self.eos_id)[0]
+            ids = [self.bos_id] + out
+            inputs = (np.asarray([src], dtype=np.int64), np.asarray([ids], dtype=np.int64))
+        else:
+            ids = self.encode(text)
+            inputs = np.asarray([ids], dtype=np.int64)
+        tr = self._trace(inputs, step=step)
+        with self.lock:
+            probs = logit_lens(model, inputs, trace_=tr)[:, 0]  # (L + 1, T, V)
+        top = probs.argmax(-1)  # (L + 1, T)
+        p_top = np.take_along_axis(probs, top[..., None], -1)[..., 0]
+        final = top[-1]  # (T,) the model's own answer at each position
+        p_final = probs[:, np.arange(len(ids)), final]  # (L + 1, T)
+        return {"tokens": self.tokens_of(ids), "step": step,
+                "rows": ["embeddings"] + [f"after block {i}" for i in range(self.n_layers)],
+                "top": [[{"id": int(i), "piece": self.piece(i)} for i in row] for row in top],
+                "p_top": rounded(p_top, 6), "p_final": rounded(p_final, 6),
+                "first": [int(x) for x in first_top_layer(probs[:, None])[0]]}
+
+    def heads(self, body: dict) -> dict:
+        """Each head's scores at every snapshot (previous token, induction, entropy: see
+        :mod:`scratchllm.explain.dynamics`), computed once for the run."""
+        from ..explain.dynamics import SCORES, head_scores
+
+        self._need_snapshots()
+        if "heads" not in self._memo:
+            rows = [head_scores(m) for _, m in self._each_snapshot()]
+            self._memo["heads"] = {k: np.stack([r[k] for r in rows]) for k in SCORES}  # (S, L, H) each
+        scores = self._memo["heads"]
+        period = min(32, self.context // 2)
+        return {"steps": self.snapshots, "scores": {k: rounded(v, 5) for k, v in scores.items()},
+                "period": period, "layers": self.n_layers, "heads": self.model.n_head,
+                "attention": "decoder self-attention" if self.encoder_decoder else "self-attention"}
+
+    def changes(self, body: dict) -> dict:
+        """Which parameters moved most between two snapshots (‖W_b − W_a‖ / max(‖W_a‖, ‖W_b‖))."""
+        from ..explain.dynamics import param_changes
+
+        self._need_snapshots()
+        a = self._step_field({"step": body.get("from", self.snapshots[0])})
+        b = self._step_field({"step": body.get("to", self.snapshots[-1])})
+        top = number_field(body, "top", int, 1, 500, default=20)
+        rows = param_changes(self.run_dir, a, b)
+        return {"from": a, "to": b, "n_params": len(rows),
+                "params": [{"name": r["name"], "shape": list(r["shape"]), "change": round(r["change"], 8),
+                            "norm": round(r["norm"], 8), "relative": round(r["relative"], 8)} for r in rows[:top]]}
 
     # ---- translation --------------------------------------------------------------------
     def translate(self, body: dict) -> dict:
@@ -478,6 +668,8 @@ class Explorer:
         stack = "encoder" if which == "encoder" else "decoder"
         n = getattr(self.model.config, f"n_{stack}_layers")
         layer = number_field(body, "layer", int, 0, n - 1, default=0)
+        step = self._step_field(body)
+        model = self.model_at(step)
         try:
             src = encode_source(self.tokenizer, text)
         except ScratchError as e:
@@ -488,15 +680,15 @@ class Explorer:
             raise BadRequest(f"the sentence is {len(src)} tokens long; the model reads at most {self.context}")
         with self.lock:
             if beam == 1:
-                out, score, found = greedy_decode(self.model, [src], self.bos_id, self.eos_id)[0], None, []
+                out, score, found = greedy_decode(model, [src], self.bos_id, self.eos_id)[0], None, []
             else:
-                hyps, scores, found = beam_search(self.model, [src], self.bos_id, self.eos_id, beam_size=beam,
+                hyps, scores, found = beam_search(model, [src], self.bos_id, self.eos_id, beam_size=beam,
                                                   length_penalty=_ALPHA, return_scores=True, return_candidates=True)
                 out, score, found = hyps[0], scores[0], found[0]
         tgt_in = [self.bos_id] + out
         tgt_out = out + [self.eos_id]
         x = (np.asarray([src], dtype=np.int64), np.asarray([tgt_in], dtype=np.int64))
-        tr = self._trace(x, np.asarray([tgt_out], dtype=np.int64))
+        tr = self._trace(x, np.asarray([tgt_out], dtype=np.int64), step)
         probs = np.asarray(tr["probs"][0], dtype=np.float64)  # (T, V)
         steps = []
         for t in range(len(tgt_out)):
@@ -505,7 +697,7 @@ class Explorer:
                           "candidates": [{"id": int(j), "piece": self.piece(j), "p": round(float(probs[t, j]), 6),
                                           "log_p": round(float(np.log(max(probs[t, j], 1e-300))), 4)} for j in top]})
         return {"source": self.tokens_of(src), "output": self.tokens_of(tgt_out), "inputs": self.tokens_of(tgt_in),
-                "translation": self.tokenizer.decode(out).strip(), "beam": beam,
+                "translation": self.tokenizer.decode(out).strip(), "beam": beam, "step": step,
                 "score": None if score is None else round(float(score), 6),
                 "log_prob": round(float(np.log(np.maximum(probs[np.arange(len(tgt_out)), tgt_out], 1e-300)).sum()), 6),
                 "loss": float(tr.loss), "layer": layer, "layers": n, "attention": which,

@@ -63,8 +63,9 @@ class Handler(BaseHTTPRequestHandler):
     quiet = True
 
     # JSON endpoints: name -> Explorer method; GET ones take their fields from nothing
-    POST = {"tokens", "next", "attention", "block", "backward", "step", "neighbours", "translate", "embeddings"}
-    GET = {"info", "run", "embeddings"}
+    POST = {"tokens", "next", "attention", "block", "backward", "step", "neighbours", "translate", "embeddings",
+            "lens", "heads", "changes"}
+    GET = {"info", "run", "embeddings", "heads", "changes"}
 
     def log_message(self, fmt, *args):
         if not self.quiet:

@@ -9,7 +9,7 @@ const FONT = { family: "system-ui, sans-serif", size: 12, color: "#1f2430" };
 const WEIGHTS = [[0, "#f8f9ff"], [0.35, "#a5b8f3"], [1, "#1b2f8a"]];
 const GRADS = [[0, "#fff9ec"], [0.45, "#f9a03f"], [1, "#a61e1e"]];
 const SIGNED = [[0, "#c92a2a"], [0.5, "#f8f9fa"], [1, "#1864ab"]];
-const state = { info: null, view: null, seq: 0, lastInput: 0, runTimer: null, embLoaded: false };
+const state = { info: null, view: null, seq: 0, lastInput: 0, runTimer: null, embLoaded: false, step: null };
 window.explore = { timings: [], rendered: {} };  // read by the tests and the timing benchmark
 // plotly.js (4.8 MB) loads while the first numbers are fetched and the tokens and tables drawn
 const plotlyReady = new Promise((resolve, reject) => {
@@ -21,6 +21,7 @@ const plotlyReady = new Promise((resolve, reject) => {
 
 // ---- helpers ---------------------------------------------------------------------------------
 async function api(name, body) {
+  if (body !== undefined && state.step !== null && body.step === undefined) body = { ...body, step: state.step };
   const res = await fetch("/api/" + name, body === undefined ? {} :
     { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   const data = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
@@ -108,6 +109,7 @@ async function start() {
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => select(b.dataset.view));
   if (!i.has_run) document.querySelector('[data-view="run"]').title = "no log.jsonl beside this checkpoint";
   wire();
+  if (i.snapshots.length) stepBar(i.snapshots);
   select(i.decoder_only ? "next" : "translate");
 }
 
@@ -118,8 +120,9 @@ function select(view) {
   for (const s of document.querySelectorAll(".view")) s.classList.toggle("active", s.id === "view-" + view);
   clearInterval(state.runTimer);
   if (view === "run") { loadRun(); state.runTimer = setInterval(loadRun, 2000); }
-  else if (view === "embeddings") { if (!state.embLoaded) loadEmbeddings(); }
-  else if (view === "translate") { if (!state.translated) { state.translated = true; translate(); } }
+  else if (view === "embeddings") { if (state.embLoaded !== state.step) loadEmbeddings(); }
+  else if (view === "translate") { if (state.translated !== state.step) { state.translated = state.step; translate(); } }
+  else if (view === "training") loadTraining();
   else refresh();
   if (window.Plotly) for (const d of document.querySelectorAll(`#view-${view} .js-plotly-plot`)) Plotly.Plots.resize(d);
 }
@@ -133,7 +136,7 @@ function onText() {
 }
 async function refresh() {
   const seq = ++state.seq;
-  const load = { next: loadNext, attention: loadAttention, block: loadBlock, backward: loadBackward }[state.view];
+  const load = { next: loadNext, attention: loadAttention, block: loadBlock, backward: loadBackward, lens: loadLens }[state.view];
   if (!load) return;
   try {
     await load(() => seq === state.seq);
@@ -158,17 +161,21 @@ function renderTokens(tokens, selected) {
 }
 
 function wire() {
-  $("text").addEventListener("input", onText);
+  $("text").addEventListener("input", () => { staleStep(); onText(); });
   for (const id of ["temperature", "top-k", "top-p"]) $(id).addEventListener("input", () => { sliderLabels(); refresh(); });
   sliderLabels();
   $("generate").addEventListener("click", generate);
   $("attn-layer").addEventListener("change", refresh);
   $("block-layer").addEventListener("change", refresh);
   $("bw-layer").addEventListener("change", refresh);
+  $("target").addEventListener("input", staleStep);
   $("target").addEventListener("change", refresh);
   $("step").addEventListener("click", takeStep);
   $("translate").addEventListener("click", translate);
   $("tr-text").addEventListener("keydown", (e) => { if (e.key === "Enter") translate(); });
+  $("tr-text").addEventListener("input", staleTranslation);
+  $("chg-from").addEventListener("change", loadChanges);
+  $("chg-to").addEventListener("change", loadChanges);
   $("nn-token").addEventListener("change", lookUp);
   $("tr-layer").addEventListener("change", translate);
   $("tr-attn").addEventListener("change", () => { $("tr-layer").value = "0"; translate(); });
@@ -220,6 +227,12 @@ async function loadNext(current) {
       marker: { color: "#3b5bdb" }, hovertemplate: "%{y}: p = %{x:.4f}<extra></extra>" },
   ], { barmode: "group", bargap: 0.25, height: 560, margin: { l: 110, r: 20, t: 36, b: 44 }, font: FONT,
        legend: { orientation: "h", x: 0, y: 1.06 }, xaxis: { title: { text: "probability" }, rangemode: "tozero" } }, PLOT);
+  const after = r.tokens.slice(1);  // the loss of token t + 1, read after tokens 0..t
+  Plotly.react("token-loss", [{ type: "bar", x: after.map((_, t) => t + 1), y: r.token_loss, marker: { color: "#e8590c" },
+    customdata: after.map((t) => show(t.piece)), hovertemplate: "position %{x} %{customdata}: loss %{y:.4f}<extra></extra>" }],
+    { height: 190, margin: { l: 60, r: 10, t: 10, b: 50 }, font: FONT, yaxis: { title: { text: "nats" }, rangemode: "tozero" },
+      xaxis: { tickvals: after.map((_, t) => t + 1), ticktext: after.map((t) => show(t.piece)), tickangle: 0,
+               tickfont: { family: "ui-monospace, DejaVu Sans Mono, monospace", size: 11 } } }, PLOT);
   done("next");
 }
 
@@ -366,9 +379,13 @@ async function loadBackward(current) {
                                ` — target: ${r.what}`);
   const labels = axisLabels(r.tokens);
   const rows = ["embedding", ...r.grad_stream.map((_, i) => `after block ${i}`)];
-  heatmap("bw-stream", [r.grad_embedding, ...r.grad_stream], rows, labels, {
-    colorscale: GRADS, zmin: 0, title: "‖d loss / d x‖ per layer and token", left: 100, cell: 30,
-    hover: "%{customdata[0]} · token %{customdata[1]}<br>‖grad‖ %{z:.3g}<extra></extra>" });
+  // each row on its own scale, so a small layer's pattern is not swamped by the embeddings' large gradient
+  const grads = [r.grad_embedding, ...r.grad_stream];
+  const scaled = grads.map((row) => { const m = Math.max(1e-30, ...row); return row.map((v) => v / m); });
+  heatmap("bw-stream", scaled, rows, labels, {
+    colorscale: GRADS, zmin: 0, zmax: 1, title: "‖d loss / d x‖ per layer and token (each row ÷ its largest)", left: 100, cell: 30,
+    extra: (i, j) => Number(grads[i][j]).toPrecision(3),
+    hover: "%{customdata[0]} · token %{customdata[1]}<br>‖grad‖ %{customdata[2]}<br>%{z:.2f} of the row's largest<extra></extra>" });
   const prow = [el("tr", {}, el("th", { class: "piece", text: "parameter" }), el("th", { text: "shape" }),
                    el("th", { text: "‖grad‖" }), el("th", { text: "‖weight‖" }))];
   for (const p of r.params) prow.push(el("tr", {}, el("td", { class: "piece", text: p.name }), el("td", { text: p.shape.join("×") }),
@@ -392,6 +409,7 @@ async function takeStep() {
   $("step").disabled = true;
   try {
     const r = await api("step", { text: text(), lr: Number($("lr").value), target: $("target").value || null });
+    out.dataset.for = JSON.stringify([text(), $("target").value, state.step]);
     const change = r.loss_after - r.loss_before;
     const rows = [el("tr", {}, el("th", { text: "position" }), el("th", { class: "piece", text: "should come next" }),
                      el("th", { text: "p before" }), el("th", { text: "p after" }))];
@@ -412,21 +430,27 @@ async function takeStep() {
 
 // ---- 5. embeddings -----------------------------------------------------------------------------------
 async function loadEmbeddings() {
-  const r = await api("embeddings");
+  const step = state.step;
+  const r = await api("embeddings", {});
   await plotlyReady;
-  state.embLoaded = true;
+  if (step !== state.step) return;
+  state.embLoaded = step;
   const labels = r.pieces.map(show);
   const few = r.ids.length <= 400;
   Plotly.react("emb-chart", [{
     type: "scattergl", mode: few ? "markers+text" : "markers", x: r.x, y: r.y, text: labels, customdata: r.ids,
     textposition: "top center", textfont: { size: 11 }, marker: { size: 6, color: "#3b5bdb", opacity: 0.7 },
     hovertemplate: "%{text} (id %{customdata})<extra></extra>",
-  }], { height: 600, margin: { l: 50, r: 10, t: 30, b: 40 }, font: FONT,
-        title: { text: `${r.ids.length} of ${r.vocab_size} token embeddings on their two principal directions`, font: { size: 13 }, x: 0.02 },
-        xaxis: { title: { text: `PC 1 (${(100 * r.explained[0]).toFixed(1)}% of the variance)` }, zeroline: false },
-        yaxis: { title: { text: `PC 2 (${(100 * r.explained[1]).toFixed(1)}%)` }, zeroline: false } }, PLOT);
-  $("emb-chart").on("plotly_click", (ev) => neighbours(ev.points[0].customdata));
-  neighbours(r.ids[Math.min(r.ids.length - 1, 1)]);
+  }, { type: "scatter", mode: "text", x: [], y: [], text: [], textposition: "top center", hoverinfo: "skip",
+       textfont: { size: 13, color: "#c92a2a" }, showlegend: false }],
+  { height: 600, margin: { l: 60, r: 10, t: 30, b: 50 }, font: FONT, showlegend: false,
+    title: { text: `${r.ids.length} of ${r.vocab_size} token embeddings on their two principal directions` +
+                   (r.aligned ? ` at step ${r.step} (turned to follow the step before: no flips)` : ""), font: { size: 13 }, x: 0.02 },
+    xaxis: { title: { text: `${r.aligned ? "axis 1" : "PC 1"} (the plane holds ${(100 * (r.explained[0] + r.explained[1])).toFixed(1)}% of the variance)` }, zeroline: false },
+    yaxis: { title: { text: r.aligned ? "axis 2" : `PC 2 (${(100 * r.explained[1]).toFixed(1)}%)` }, zeroline: false } }, PLOT);
+  state.emb = r;
+  if (!state.embWired) { state.embWired = true; $("emb-chart").on("plotly_click", (ev) => neighbours(ev.points[0].customdata)); }
+  await neighbours(state.nnId ?? r.ids[Math.min(r.ids.length - 1, 1)]);
   done("embeddings");
 }
 
@@ -444,11 +468,15 @@ async function lookUp() {
 
 async function neighbours(id) {
   const r = await api("neighbours", { id });
-  // the chosen token in red, its neighbours in orange, on the scatter
+  state.nnId = r.id;
+  // the chosen token in red, its neighbours in orange, on the scatter, each labelled
   const n = document.getElementById("emb-chart").data[0].x.length, near = new Set(r.neighbours.map((x) => x.id));
   const colors = Array.from({ length: n }, (_, i) => (i === r.id ? "#e03131" : near.has(i) ? "#f59f00" : "#3b5bdb"));
   const sizes = Array.from({ length: n }, (_, i) => (i === r.id ? 12 : near.has(i) ? 9 : 6));
-  Plotly.restyle("emb-chart", { "marker.color": [colors], "marker.size": [sizes] });
+  Plotly.restyle("emb-chart", { "marker.color": [colors], "marker.size": [sizes] }, [0]);
+  const e = state.emb, shown = [r.id, ...r.neighbours.map((x) => x.id)].filter((i) => i < e.x.length);
+  Plotly.restyle("emb-chart", { x: [shown.map((i) => e.x[i])], y: [shown.map((i) => e.y[i])],
+                                text: [shown.map((i) => show(e.pieces[i]))] }, [1]);
   $("nn-title").textContent = `Nearest neighbours of "${show(r.piece)}" (id ${r.id})`;
   const rows = [el("tr", {}, el("th", { class: "piece", text: "token" }), el("th", { text: "id" }), el("th", { text: "cosine" }))];
   for (const n of r.neighbours) {
@@ -464,12 +492,14 @@ async function neighbours(id) {
 async function loadRun() {
   const r = await api("run");
   await plotlyReady;
+  state.run = r;
   if (!r.path) {
     $("run-note").textContent = "No log.jsonl beside this checkpoint: open a run directory (scratchllm explore --ckpt RUN_DIR).";
     return;
   }
-  if (state.runCount === r.records.length) return;
+  if (state.runCount === r.records.length && state.runStep === state.step) return;
   state.runCount = r.records.length;
+  state.runStep = state.step;
   const series = (key, kind) => {
     const rs = r.records.filter((x) => x[key] !== undefined && x[key] !== null && (!kind || !x.kind || x.kind === kind));
     return { x: rs.map((x) => x.step), y: rs.map((x) => x[key]) };
@@ -482,12 +512,24 @@ async function loadRun() {
   add("loss", "loss of recent batches", { line: { color: "#a5b8f3", width: 1 }, marker: { size: 2 } }, "train");
   add("train_loss", batches ? "train loss (epoch)" : "train loss", { line: { color: "#3b5bdb" }, marker: { size: 4 } });
   add("val_loss", "validation loss", { line: { color: "#e8590c" }, marker: { size: 5 } });
-  add("lr", "learning rate", { yaxis: "y2", line: { color: "#adb5bd", dash: "dot" }, marker: { size: 3 } }, batches ? "train" : null);
+  const shapes = state.step !== null ? [stepLine(state.step)] : [];
   Plotly.react("run-chart", traces, {
-    height: 480, margin: { l: 60, r: 70, t: 20, b: 50 }, font: FONT, legend: { orientation: "h", y: 1.08 },
-    xaxis: { title: { text: "step" } }, yaxis: { title: { text: "cross-entropy (nats per token)" } },
-    yaxis2: { title: { text: "learning rate" }, overlaying: "y", side: "right", showgrid: false, exponentformat: "e" },
-  }, PLOT);
+    height: 420, margin: { l: 70, r: 20, t: 40, b: 50 }, font: FONT, legend: { orientation: "h", x: 0, y: 1.12 },
+    xaxis: { title: { text: "step" }, automargin: true }, yaxis: { title: { text: "cross-entropy (nats per token)" }, automargin: true },
+    shapes }, PLOT);
+  const bleu = series("val_bleu");
+  $("run-bleu").style.display = bleu.x.length ? "" : "none";
+  if (bleu.x.length) Plotly.react("run-bleu", [{ type: "scatter", mode: "lines+markers", name: "validation BLEU", ...bleu,
+    line: { color: "#2b8a3e" } }], { height: 220, margin: { l: 70, r: 20, t: 30, b: 50 }, font: FONT,
+    title: { text: "validation BLEU (greedy translations, 0–100)", font: { size: 13 }, x: 0.02 },
+    xaxis: { title: { text: "step" }, automargin: true }, yaxis: { title: { text: "BLEU" }, rangemode: "tozero", automargin: true } }, PLOT);
+  // the learning rate at every step, from the schedule function and the run's own settings
+  const lr = r.schedule || series("lr", batches ? "train" : null);
+  Plotly.react("run-lr", [{ type: "scatter", mode: "lines", name: "learning rate", x: lr.steps || lr.x, y: lr.lr || lr.y,
+    line: { color: "#495057" }, hovertemplate: "step %{x}: lr %{y:.3e}<extra></extra>" }],
+    { height: 220, margin: { l: 70, r: 20, t: 30, b: 50 }, font: FONT,
+      title: { text: "learning rate" + (r.schedule ? `: ${r.schedule.what}` : " (as logged)"), font: { size: 13 }, x: 0.02 },
+      xaxis: { title: { text: "step" }, automargin: true }, yaxis: { exponentformat: "e", automargin: true, rangemode: "tozero" } }, PLOT);
   const last = r.records[r.records.length - 1] || {};
   $("run-note").textContent = `${r.records.length} lines in ${r.path}; last step ${last.step ?? "–"}. Redrawn while training adds lines.`;
   done("run");
@@ -499,11 +541,15 @@ async function translate() {
   button.disabled = true;
   try {
     const which = $("tr-attn").value;
-    const r = await api("translate", { text: $("tr-text").value, beam: Number($("tr-beam").value), layer: Number($("tr-layer").value),
+    const sentence = $("tr-text").value;
+    const r = await api("translate", { text: sentence, beam: Number($("tr-beam").value), layer: Number($("tr-layer").value),
                                        attention: which });
     await plotlyReady;
     if ($("tr-layer").options.length !== r.layers) { layerOptions($("tr-layer"), r.layers); $("tr-layer").value = r.layer; }
     $("tr-error").textContent = "";
+    $("tr-stale").textContent = "";
+    $("tr-results").classList.remove("stale");
+    $("tr-results").dataset.for = sentence;
     $("tr-out").replaceChildren(el("b", { id: "translation", text: r.translation || "(empty)" }),
       ` — log p = ${fmt(r.log_prob, 3)}` + (r.score !== null ? `, beam score ${fmt(r.score, 3)} (length-normalised)` : " (greedy)"));
     beamCandidates(r);
@@ -529,6 +575,7 @@ async function translate() {
     $("tr-steps").replaceChildren(...rows);
   } catch (e) {
     $("tr-error").textContent = e.message;
+    clearTranslation();
   } finally {
     button.disabled = false;
     done("translate");
@@ -549,6 +596,148 @@ function beamCandidates(r) {
     el("td", { text: fmt(h.penalty, 3) }), el("td", { class: "score", text: fmt(h.score, 3) }),
     el("td", { class: "mark", text: h.chosen ? "← chosen" : "" }))));
   $("tr-hyps").replaceChildren(...rows);
+}
+
+// ---- results that no longer match their inputs -------------------------------------------------------
+// a step taken for another text, target or training step is cleared, with a word on why
+function staleStep() {
+  const out = $("step-out");
+  if (!out.dataset.for || out.dataset.for === JSON.stringify([text(), $("target").value, state.step])) return;
+  delete out.dataset.for;
+  out.replaceChildren(el("div", { class: "note stale-note", text: "The text, the target or the training step changed since that step: take it again." }));
+}
+// a translation of another sentence is greyed out and marked; of no sentence at all, cleared
+function staleTranslation() {
+  const sentence = $("tr-text").value, box = $("tr-results");
+  if (!sentence.trim()) { clearTranslation(); $("tr-stale").textContent = "Type a sentence to translate."; return; }
+  const stale = box.dataset.for !== undefined && box.dataset.for !== sentence;
+  box.classList.toggle("stale", stale);
+  $("tr-stale").textContent = stale ? "The sentence changed: the results below are of the previous one. Press Translate." : "";
+}
+function clearTranslation() {
+  for (const id of ["tr-out", "tr-hyps", "tr-heads", "tr-steps"]) $(id).replaceChildren();
+  $("tr-hyps-note").textContent = "";
+  delete $("tr-results").dataset.for;
+  $("tr-results").classList.remove("stale");
+}
+
+// ---- the training step: a slider over the run's snapshots ----------------------------------------------
+function stepLine(step) {
+  return { type: "line", xref: "x", yref: "paper", x0: step, x1: step, y0: 0, y1: 1, line: { color: "#e03131", width: 2 } };
+}
+async function stepBar(steps) {
+  document.body.classList.add("has-snapshots");
+  const slider = $("snap-slider");
+  slider.max = steps.length - 1;
+  slider.value = steps.length - 1;
+  state.step = steps[steps.length - 1];
+  $("snap-label").textContent = String(state.step);
+  for (const id of ["chg-from", "chg-to"]) {
+    $(id).replaceChildren(...steps.map((s) => el("option", { value: s, text: String(s) })));
+  }
+  $("chg-from").value = steps[0];
+  $("chg-to").value = steps[steps.length - 1];
+  slider.addEventListener("input", () => setStep(steps[Number(slider.value)]));
+  $("snap-play").addEventListener("click", () => play(steps));
+  drawStepLoss();
+}
+async function drawStepLoss() {
+  const r = state.run || await api("run").catch(() => null);
+  await plotlyReady;
+  if (!r || !r.records.length) { $("snap-loss").style.display = "none"; return; }
+  state.run = r;
+  const pick = (key) => { const rs = r.records.filter((x) => typeof x[key] === "number" && (key !== "loss" || x.kind === "train"));
+                          return { x: rs.map((x) => x.step), y: rs.map((x) => x[key]) }; };
+  const traces = [["train_loss", "train loss", "#3b5bdb"], ["val_loss", "validation loss", "#e8590c"]]
+    .map(([k, name, color]) => ({ type: "scatter", mode: "lines+markers", name, ...pick(k), line: { color }, marker: { size: 3 } }))
+    .filter((t) => t.x.length);
+  Plotly.react("snap-loss", traces, { height: 150, margin: { l: 60, r: 10, t: 6, b: 32 }, font: FONT, showlegend: true,
+    legend: { x: 1, xanchor: "right", y: 1 }, xaxis: { title: { text: "step", standoff: 2 } }, yaxis: { title: { text: "loss" } },
+    shapes: [stepLine(state.step)] }, PLOT);
+}
+function setStep(step) {
+  state.step = step;
+  state.lastInput = performance.now();
+  $("snap-label").textContent = String(step);
+  document.body.dataset.step = step;
+  if (window.Plotly && $("snap-loss").data) Plotly.relayout("snap-loss", { shapes: [stepLine(step)] });
+  staleStep();
+  const v = state.view;
+  if (v === "embeddings") loadEmbeddings();
+  else if (v === "translate") { state.translated = step; translate(); }
+  else if (v === "run") loadRun();
+  else if (v !== "training") refresh();
+}
+function play(steps) {
+  const button = $("snap-play");
+  if (state.playing) { clearInterval(state.playing); state.playing = null; button.textContent = "▶ play"; return; }
+  const slider = $("snap-slider");
+  if (Number(slider.value) >= steps.length - 1) { slider.value = 0; setStep(steps[0]); }
+  button.textContent = "❚❚ pause";
+  state.playing = setInterval(() => {
+    const k = Number(slider.value) + 1;
+    if (k >= steps.length) { play(steps); return; }
+    slider.value = k;
+    setStep(steps[k]);
+  }, 900);
+}
+
+// ---- the logit lens ------------------------------------------------------------------------------------
+async function loadLens(current) {
+  const sentence = state.info.decoder_only ? text() : $("tr-text").value;
+  const r = await api("lens", { text: sentence });
+  await plotlyReady;
+  if (!current()) return;
+  if (state.info.decoder_only) renderTokens(r.tokens);
+  const cols = axisLabels(r.tokens);
+  const tops = r.top.map((row) => row.map((t) => show(t.piece)));
+  heatmap("lens-chart", r.p_top, r.rows, cols, {
+    colorscale: WEIGHTS, zmin: 0, zmax: 1, left: 110, cell: 34, gap: 2, xtitle: "position (the token read)",
+    extra: (i, j) => `${tops[i][j]}<br>p(final answer) ${fmt(r.p_final[i][j], 4)}`,
+    hover: "%{customdata[0]} · reading %{customdata[1]}<br>top next token %{customdata[2]}<br>p(top) %{z:.4f}<extra></extra>" });
+  Plotly.restyle("lens-chart", { text: [tops], texttemplate: "%{text}", textfont: { family: "ui-monospace, DejaVu Sans Mono, monospace", size: 12 } });
+  const names = r.first.map((f) => (f === 0 ? "the embeddings" : `block ${f - 1}`));
+  $("lens-note").textContent = "The final answer is first on top after: " +
+    r.tokens.map((t, j) => `${show(t.piece)} → ${names[j]}`).join(" · ") + (r.step !== null ? ` (step ${r.step})` : "");
+  done("lens");
+}
+
+// ---- over training: heads and parameter changes ---------------------------------------------------------
+async function loadTraining() {
+  if (!state.heads) state.heads = await api("heads");
+  await plotlyReady;
+  const r = state.heads, names = ["previous token", "induction", "entropy"], traces = [];
+  const colors = ["#3b5bdb", "#e8590c", "#2b8a3e", "#ae3ec9", "#1098ad", "#f08c00", "#c92a2a", "#5c940d"];
+  names.forEach((name, k) => {
+    for (let l = 0; l < r.layers; l++) for (let h = 0; h < r.heads; h++) {
+      traces.push({ type: "scatter", mode: "lines+markers", x: r.steps, y: r.scores[name].map((s) => s[l][h]),
+        name: `layer ${l} head ${h}`, legendgroup: `${l}.${h}`, showlegend: k === 0, xaxis: k ? `x${k + 1}` : "x", yaxis: k ? `y${k + 1}` : "y",
+        line: { color: colors[(l * r.heads + h) % colors.length], width: 1.5, dash: l % 2 ? "dot" : "solid" }, marker: { size: 4 },
+        hovertemplate: `layer ${l} head ${h}<br>step %{x}<br>${name} %{y:.3f}<extra></extra>` });
+    }
+  });
+  const axis = (k) => ({ domain: [k * 0.35, k * 0.35 + 0.28], type: r.steps[r.steps.length - 1] > 10 ? "log" : "linear",
+                         title: { text: "step" }, anchor: k ? `y${k + 1}` : "y" });
+  Plotly.react("heads-chart", traces, {
+    height: 460, margin: { l: 50, r: 10, t: 40, b: 50 }, font: FONT, legend: { orientation: "h", y: -0.2 },
+    xaxis: axis(0), xaxis2: axis(1), xaxis3: axis(2),
+    yaxis: { anchor: "x", rangemode: "tozero" }, yaxis2: { anchor: "x2", rangemode: "tozero" }, yaxis3: { anchor: "x3", rangemode: "tozero" },
+    annotations: names.map((n, k) => ({ text: n + (n === "entropy" ? " (nats)" : ""), xref: "paper", yref: "paper",
+                                        x: k * 0.35 + 0.14, y: 1.08, showarrow: false, font: { size: 13 } })) }, PLOT);
+  await loadChanges();
+  done("training");
+}
+async function loadChanges() {
+  const r = await api("changes", { from: Number($("chg-from").value), to: Number($("chg-to").value), step: null });
+  await plotlyReady;
+  const p = r.params.slice().reverse();
+  Plotly.react("chg-chart", [{ type: "bar", orientation: "h", y: p.map((x) => x.name), x: p.map((x) => x.relative),
+    customdata: p.map((x) => x.change), marker: { color: "#3b5bdb" },
+    hovertemplate: "%{y}<br>‖ΔW‖/‖W‖ %{x:.3g}<br>‖ΔW‖ %{customdata:.3g}<extra></extra>" }],
+    { height: 120 + 22 * p.length, margin: { l: 20, r: 20, t: 30, b: 50 }, font: FONT,
+      title: { text: `the ${p.length} most changed of ${r.n_params} tensors, step ${r.from} → ${r.to}`, font: { size: 13 }, x: 0.02 },
+      xaxis: { title: { text: "‖W_b − W_a‖ / max(‖W_a‖, ‖W_b‖)" }, rangemode: "tozero" },
+      yaxis: { automargin: true, tickfont: { family: "ui-monospace, DejaVu Sans Mono, monospace", size: 11 } } }, PLOT);
 }
 
 start();
