@@ -14,6 +14,7 @@ from ..errors import ScratchError
 from .base import FORMAT, Tokenizer, from_file_dict, read_json
 from .bpe import BPETokenizer
 from .bpe_hf import read_hf_dict, read_vocab_merges
+from .hf_dir import from_hf_dir
 from .unigram import UnigramTokenizer
 
 
@@ -27,12 +28,15 @@ def from_hf_dict(data: dict, where) -> Tokenizer:
 def load(path) -> Tokenizer:
     """A tokenizer from any file we read: ours, HF tokenizer.json, a SentencePiece .model, or a folder.
 
-    A folder may hold tokenizer.json (ours or HF's), vocab.json + merges.txt
+    A folder may hold tokenizer.json (ours, or a Hugging Face model's: :func:`from_hf_dir`), vocab.json + merges.txt
     (HF), or encoder.json + vocab.bpe (OpenAI GPT-2).
     """
     p = Path(path)
     if p.is_dir():
         if (p / "tokenizer.json").is_file():
+            model = read_json(p / "tokenizer.json").get("model")
+            if isinstance(model, dict) and model.get("type") == "BPE":  # a model's: tokenizer_config.json too
+                return from_hf_dir(p)
             p = p / "tokenizer.json"
         elif (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
             return BPETokenizer.from_file_parts(**read_vocab_merges(p))
