@@ -29,7 +29,7 @@ from typing import Iterable, Mapping
 import regex
 
 from ..errors import ScratchError
-from .base import Tokenizer
+from .base import Tokenizer, _PieceCache, _utf8_to_text
 from .bpe_hf import read_gpt2_files, unmerged_entries, write_hf
 from .bpe_merge import merge_piece
 from .bpe_train import learn_merges
@@ -38,11 +38,6 @@ from .patterns import GPT2_PATTERN, Splitter, count_pretokens, pattern_name, res
 from .text_input import iter_text
 
 MERGE_RULES = ("pairs", "ranks")
-
-# Pieces longer than this are not cached: they are rare (long runs, or a
-# whole text without a split pattern) and would only fill the cache.
-_CACHE_PIECE_CHARS = 64
-_CACHE_ENTRIES = 1 << 19
 
 
 class BPETokenizer(Tokenizer):
@@ -190,28 +185,6 @@ class BPETokenizer(Tokenizer):
             ids = merge_piece(ids, self._table)
         return tuple(ids)
 
-    def _special_set(self, value, name) -> frozenset:
-        if value == "all":
-            return frozenset(self.special_tokens)
-        if not value:
-            return frozenset()
-        if isinstance(value, str):
-            value = {value}
-        value = frozenset(value)
-        unknown = value - set(self.special_tokens)
-        if unknown:
-            raise ScratchError(f"{name}: {sorted(unknown)[0]!r} is not a special token of this tokenizer "
-                               f"(it has {sorted(self.special_tokens) or 'none'})")
-        return value
-
-    def _special_re(self, specials: frozenset):
-        r = self._special_res.get(specials)
-        if r is None:
-            # Longest first, so that a special token that starts another is not taken for it.
-            alts = sorted(specials, key=lambda s: (-len(s), s))
-            r = self._special_res[specials] = regex.compile("|".join(regex.escape(s) for s in alts))
-        return r
-
     # -- decoding and the vocabulary -------------------------------------------
     def decode(self, ids: Iterable[int]) -> str:
         """The text of ids. Bytes that do not form whole UTF-8 characters
@@ -330,33 +303,8 @@ class BPETokenizer(Tokenizer):
                 f"merge_rule={self.merge_rule!r}, special_tokens={sorted(self.special_tokens)})")
 
 
-class _PieceCache(dict):
-    """Pre-token -> ids; a miss runs BPE. A dict subclass so hits stay in C."""
-
-    def __init__(self, compute):
-        super().__init__()
-        self._compute = compute
-
-    def __missing__(self, piece):
-        ids = self._compute(piece)
-        if len(piece) <= _CACHE_PIECE_CHARS:
-            if len(self) >= _CACHE_ENTRIES:
-                self.clear()
-            self[piece] = ids
-        return ids
-
-
 def _check_specials(specials) -> list[str]:
     specials = list(specials)
     if any(not isinstance(s, str) or not s for s in specials) or len(set(specials)) != len(specials):
         raise ScratchError("special tokens must be distinct non-empty strings")
     return specials
-
-
-def _utf8_to_text(data: bytes) -> str:
-    try:
-        # surrogatepass: a lone surrogate in the input (which Python strings
-        # allow) was encoded as its 3 bytes and comes back as itself.
-        return data.decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError:
-        return data.decode("utf-8", "replace")
