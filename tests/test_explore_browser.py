@@ -326,5 +326,100 @@ def test_translation_cross_attention(page, transformer):
     np.testing.assert_allclose(z, tr["enc.0.self_attn.weights"][0, 1], atol=1e-6)
     open_view(page, "run")  # a translation run's log: batch losses, epoch losses, validation
     names = page.evaluate("document.getElementById('run-chart').data.map(d => d.name)")
-    assert {"loss of recent batches", "validation loss", "learning rate"} <= set(names)
+    assert {"loss of recent batches", "validation loss"} <= set(names)
+    lr = page.evaluate("document.getElementById('run-lr').data[0]")  # the schedule at every step, warmup whole
+    assert lr["name"] == "learning rate" and lr["x"][:5] == [0, 1, 2, 3, 4] and max(lr["y"]) > 0
     shot(page, "7-translation-run")
+
+
+# ---- over training: the step slider, the lens, heads, stale results, the schedule ---------------------
+def move_slider(page, step, view):
+    """Set the training-step slider to ``step`` as a person dragging it would (an input event); wait for ``view``."""
+    key = "rendered" + view[0].upper() + view[1:]
+    n = int(page.evaluate(f"document.body.dataset.{key} || 0"))
+    page.evaluate("""(step) => { const s = document.getElementById('snap-slider');
+                                 s.value = window.explore.steps.indexOf(step); s.dispatchEvent(new Event('input')); }""", step)
+    rendered(page, view, n)
+
+
+def test_the_step_slider_moves_the_distribution_and_the_heatmap_to_the_snapshots(page, gpt):
+    from test_explore_snapshots import snapshot_model, softmax
+
+    explorer, url = gpt
+    open_with(page, url, TEXT)
+    assert page.is_visible("#snap-slider")
+    steps = page.evaluate("window.explore.steps")
+    assert steps == explorer.snapshots
+    ids = np.asarray([explorer.tokenizer.encode(TEXT)], dtype=np.int64)
+    for step in (steps[1], steps[-4]):
+        move_slider(page, step, "next")
+        model = snapshot_model(explorer.run_dir, step)
+        with no_grad():
+            p = softmax(model(ids).data[0])
+        shown, bars = shown_distribution(page)
+        for i, q in shown.items():
+            assert q == pytest.approx(p[-1, i], abs=6e-5)
+        assert sorted(bars[0], reverse=True)[0] == pytest.approx(p[-1].max(), abs=1e-6)
+        losses = page.evaluate("document.getElementById('token-loss').data[0].y")
+        np.testing.assert_allclose(losses, -np.log(p[np.arange(ids.shape[1] - 1), ids[0, 1:]]), atol=1e-5)
+        assert page.evaluate("document.getElementById('snap-loss').layout.shapes[0].x0") == step
+    shot(page, "8-step-slider-next")
+    open_view(page, "attention")
+    step = steps[2]
+    move_slider(page, step, "attention")
+    w = trace(snapshot_model(explorer.run_dir, step), ids)["h.0.attn.weights"][0]
+    for h in range(w.shape[0]):
+        z = np.array(page.evaluate(f"document.getElementById('attn-{h}').data[0].z"), dtype=float)
+        keep = ~np.isnan(z)
+        np.testing.assert_allclose(z[keep], w[h][keep], atol=1e-6)
+    shot(page, "8-step-slider-attention")
+
+
+def test_lens_and_heads_over_training_are_drawn(page, gpt):
+    explorer, url = gpt
+    open_with(page, url, TEXT)
+    open_view(page, "lens")
+    cells = page.evaluate("document.getElementById('lens-chart').data[0].z")
+    assert len(cells) == explorer.model.n_layer + 1
+    shot(page, "9-lens")
+    open_view(page, "training")
+    n = page.evaluate("document.getElementById('heads-chart').data.length")
+    assert n == 3 * explorer.model.n_layer * explorer.model.n_head
+    assert page.evaluate("document.getElementById('chg-chart').data[0].x.length") > 0
+    shot(page, "9-over-training")
+
+
+def test_stale_results_are_cleared_or_marked(page, gpt, transformer):
+    explorer, url = gpt
+    open_with(page, url, TEXT)
+    open_view(page, "backward")
+    page.click("#step")
+    rendered(page, "step")
+    assert page.is_visible("#loss-after")
+    page.fill("#target", "e")  # a new target: the step shown was for the old one
+    assert not page.is_visible("#loss-after") and "changed" in page.text_content("#step-out")
+    explorer, url = transformer
+    page.goto(url)
+    rendered(page, "translate")
+    assert page.text_content("#translation")
+    page.fill("#tr-text", "ka ri")  # another sentence: the old results are marked
+    assert "stale" in page.get_attribute("#tr-results", "class") and "changed" in page.text_content("#tr-stale")
+    page.fill("#tr-text", "")  # no sentence: the old results are gone
+    assert page.locator("#translation").count() == 0 and page.locator("#tr-heads .head").count() == 0
+    shot(page, "7-translation-cleared")
+
+
+def test_the_runs_learning_rate_is_the_schedule(page, gpt):
+    from scratchllm import checkpoint
+    from scratchllm.optim import cosine_with_warmup
+
+    explorer, url = gpt
+    page.goto(url)
+    rendered(page, "next")
+    open_view(page, "run")
+    x = page.evaluate("document.getElementById('run-lr').data[0].x")
+    y = page.evaluate("document.getElementById('run-lr').data[0].y")
+    cfg = checkpoint.read_train_state(explorer.ckpt_dir)["train_config"]
+    assert x == list(range(cfg["max_iters"] + 1))
+    np.testing.assert_allclose(y, [cosine_with_warmup(s, cfg["lr"], cfg["min_lr"], cfg["warmup_iters"],
+                                                      cfg["lr_decay_iters"]) for s in x], rtol=1e-12)

@@ -382,8 +382,9 @@ async function loadBackward(current) {
   // each row on its own scale, so a small layer's pattern is not swamped by the embeddings' large gradient
   const grads = [r.grad_embedding, ...r.grad_stream];
   const scaled = grads.map((row) => { const m = Math.max(1e-30, ...row); return row.map((v) => v / m); });
-  heatmap("bw-stream", scaled, rows, labels, {
-    colorscale: GRADS, zmin: 0, zmax: 1, title: "‖d loss / d x‖ per layer and token (each row ÷ its largest)", left: 100, cell: 30,
+  const yticks = rows.map((name, i) => `${name} (max ${Number(Math.max(...grads[i])).toPrecision(2)})`);
+  heatmap("bw-stream", scaled, rows, labels, { yticks, left: 150,
+    colorscale: GRADS, zmin: 0, zmax: 1, title: "‖d loss / d x‖ per layer and token (each row ÷ its largest)", cell: 30,
     extra: (i, j) => Number(grads[i][j]).toPrecision(3),
     hover: "%{customdata[0]} · token %{customdata[1]}<br>‖grad‖ %{customdata[2]}<br>%{z:.2f} of the row's largest<extra></extra>" });
   const prow = [el("tr", {}, el("th", { class: "piece", text: "parameter" }), el("th", { text: "shape" }),
@@ -474,7 +475,8 @@ async function neighbours(id) {
   const colors = Array.from({ length: n }, (_, i) => (i === r.id ? "#e03131" : near.has(i) ? "#f59f00" : "#3b5bdb"));
   const sizes = Array.from({ length: n }, (_, i) => (i === r.id ? 12 : near.has(i) ? 9 : 6));
   Plotly.restyle("emb-chart", { "marker.color": [colors], "marker.size": [sizes] }, [0]);
-  const e = state.emb, shown = [r.id, ...r.neighbours.map((x) => x.id)].filter((i) => i < e.x.length);
+  // every point is labelled when there are few; else the chosen one and its neighbours get labels
+  const e = state.emb, shown = e.ids.length <= 400 ? [] : [r.id, ...r.neighbours.map((x) => x.id)].filter((i) => i < e.x.length);
   Plotly.restyle("emb-chart", { x: [shown.map((i) => e.x[i])], y: [shown.map((i) => e.y[i])],
                                 text: [shown.map((i) => show(e.pieces[i]))] }, [1]);
   $("nn-title").textContent = `Nearest neighbours of "${show(r.piece)}" (id ${r.id})`;
@@ -627,6 +629,7 @@ function stepLine(step) {
 }
 async function stepBar(steps) {
   document.body.classList.add("has-snapshots");
+  window.explore.steps = steps;
   const slider = $("snap-slider");
   slider.max = steps.length - 1;
   slider.value = steps.length - 1;
@@ -651,8 +654,9 @@ async function drawStepLoss() {
   const traces = [["train_loss", "train loss", "#3b5bdb"], ["val_loss", "validation loss", "#e8590c"]]
     .map(([k, name, color]) => ({ type: "scatter", mode: "lines+markers", name, ...pick(k), line: { color }, marker: { size: 3 } }))
     .filter((t) => t.x.length);
-  Plotly.react("snap-loss", traces, { height: 150, margin: { l: 60, r: 10, t: 6, b: 32 }, font: FONT, showlegend: true,
-    legend: { x: 1, xanchor: "right", y: 1 }, xaxis: { title: { text: "step", standoff: 2 } }, yaxis: { title: { text: "loss" } },
+  Plotly.react("snap-loss", traces, { height: 100, margin: { l: 45, r: 10, t: 4, b: 22 }, font: { ...FONT, size: 10 }, showlegend: true,
+    legend: { x: 1, xanchor: "right", y: 1, bgcolor: "rgba(255,255,255,0.6)" }, xaxis: { automargin: true },
+    yaxis: { title: { text: "loss" }, automargin: true },
     shapes: [stepLine(state.step)] }, PLOT);
 }
 function setStep(step) {
@@ -696,9 +700,11 @@ async function loadLens(current) {
     extra: (i, j) => `${tops[i][j]}<br>p(final answer) ${fmt(r.p_final[i][j], 4)}`,
     hover: "%{customdata[0]} · reading %{customdata[1]}<br>top next token %{customdata[2]}<br>p(top) %{z:.4f}<extra></extra>" });
   Plotly.restyle("lens-chart", { text: [tops], texttemplate: "%{text}", textfont: { family: "ui-monospace, DejaVu Sans Mono, monospace", size: 12 } });
-  const names = r.first.map((f) => (f === 0 ? "the embeddings" : `block ${f - 1}`));
-  $("lens-note").textContent = "The final answer is first on top after: " +
-    r.tokens.map((t, j) => `${show(t.piece)} → ${names[j]}`).join(" · ") + (r.step !== null ? ` (step ${r.step})` : "");
+  // where each position's final answer first comes out on top, counted per row (hover a cell for p(final answer))
+  const counts = r.rows.map((_, i) => r.first.filter((f) => f === i).length);
+  $("lens-note").textContent = "The model's final answer is first the top token " +
+    r.rows.map((name, i) => `${name === "embeddings" ? "at the embeddings" : name}: ${counts[i]} of ${r.tokens.length} positions`)
+      .join("; ") + (r.step !== null ? ` (step ${r.step}).` : ".");
   done("lens");
 }
 
@@ -716,7 +722,7 @@ async function loadTraining() {
         hovertemplate: `layer ${l} head ${h}<br>step %{x}<br>${name} %{y:.3f}<extra></extra>` });
     }
   });
-  const axis = (k) => ({ domain: [k * 0.35, k * 0.35 + 0.28], type: r.steps[r.steps.length - 1] > 10 ? "log" : "linear",
+  const axis = (k) => ({ domain: [k * 0.35, k * 0.35 + 0.28], type: "linear",
                          title: { text: "step" }, anchor: k ? `y${k + 1}` : "y" });
   Plotly.react("heads-chart", traces, {
     height: 460, margin: { l: 50, r: 10, t: 40, b: 50 }, font: FONT, legend: { orientation: "h", y: -0.2 },
