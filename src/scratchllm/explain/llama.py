@@ -199,11 +199,13 @@ def swiglu_view(tr, model, layer: int = 0, position: int = -1) -> dict:
 
 
 # ---- the printout ----------------------------------------------------------------------
-def _bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1000
+def _bytes(n: int) -> str:
+    """Exact bytes, and in KB / MB / GB (powers of 1000) when that many."""
+    exact, size = f"{n:,} bytes", float(n)
+    for unit in ("KB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            return exact if n < 1000 else f"{exact} ({size:,.1f} {unit})"
 
 
 def _indices(n, full, shown=8):
