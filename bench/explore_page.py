@@ -10,6 +10,11 @@ and again in a new tab of the same browser (plotly.js cached). Then, for each vi
 the text box's input event to the view drawn (the page waits 80 ms after the last keystroke before
 asking, and that wait is included). The weights do not change any of these times, so a randomly
 initialised model of the default size is as good as a trained one.
+
+The step slider: the default model is given 20 snapshots (at the steps ``scratchllm train`` would keep
+over 2000 steps, each a differently seeded model) and a log.jsonl; for each view, the time from the
+slider's input event to the view redrawn at that step, moving to a step not seen before (the server
+reads that snapshot's file into a copy of the model) and back to one seen a moment ago (kept copy).
 """
 from __future__ import annotations
 
@@ -44,6 +49,58 @@ def default_gpt(d: Path) -> Path:
     return d / "ckpt"
 
 
+def add_snapshots(d: Path, n: int = 20, total: int = 2000):
+    """Snapshots and a log.jsonl beside ``d / "ckpt"``, as a run of ``total`` steps would leave them."""
+    import json
+
+    from scratchllm import checkpoint
+    from scratchllm.models import GPT
+    from scratchllm.snapshots import snapshot_steps, write_snapshot
+
+    model = checkpoint.load(d / "ckpt")
+    steps = snapshot_steps(total, n)
+    for k, step in enumerate(steps):
+        write_snapshot(d, step, GPT(model.config, seed=k + 1))
+    with open(d / "log.jsonl", "w") as f:
+        for step in range(0, total + 1, 250):
+            f.write(json.dumps({"step": step, "train_loss": 4.2 - step / 1000, "val_loss": 4.25 - step / 1000}) + "\n")
+    return steps
+
+
+def slider_rows(page, steps, rounds):
+    """Slider moved -> each view redrawn at that step: to a step not seen before, and back to the one before."""
+    if len(steps) < 3:
+        return []
+    rows = []
+    page.fill("#text", TEXTS[0][:60])
+    todo = [s for s in steps[::-1]]  # from the last step (already shown) backwards: each one new to the server
+    for view in ("next", "attention", "lens", "embeddings"):
+        key = "rendered" + view[0].upper() + view[1:]
+        n = int(page.evaluate(f"document.body.dataset.{key} || 0"))
+        page.click(f'#tabs button[data-view="{view}"]')
+        page.wait_for_function(f"Number(document.body.dataset.{key} || 0) > {n}", timeout=60_000)
+        new, seen, fetches = [], [], []
+        for r in range(rounds):
+            for kind, step in (("new", todo[(r + 1) % len(todo)]), ("seen", todo[r % len(todo)])):
+                n = int(page.evaluate(f"document.body.dataset.{key} || 0"))
+                page.evaluate("window.explore.timings = []")
+                page.evaluate("(step) => { const s = document.getElementById('snap-slider');"
+                              " s.value = window.explore.steps.indexOf(step); s.dispatchEvent(new Event('input')); }", step)
+                page.wait_for_function(f"Number(document.body.dataset.{key} || 0) > {n}", timeout=60_000)
+                ms = page.evaluate(f"window.explore.timings.filter(t => t.view === '{view}').pop().ms")
+                (new if kind == "new" else seen).append(ms)
+                if kind == "new":
+                    api = "next" if view == "next" else view
+                    fetches.append(page.evaluate(f"performance.getEntriesByType('resource')"
+                                                 f".filter(e => e.name.endsWith('/api/{api}')).pop().duration"))
+        todo = todo[rounds + 1:] + todo[:rounds + 1]  # the next view starts on steps whose copies are gone
+        rows.append((f"slider -> {view} redrawn, new step (median of {len(new)}, max {max(new):.0f})",
+                     statistics.median(new), None))
+        rows.append((f"   of which the request /api/{view} (server + transfer)", statistics.median(fetches), None))
+        rows.append((f"slider -> {view} redrawn, step just seen (median of {len(seen)})", statistics.median(seen), None))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", help="checkpoint or run directory (default: a default-size GPT, random weights)")
@@ -57,6 +114,9 @@ def main():
 
     work = Path(tempfile.mkdtemp(prefix="explore-bench-"))
     ckpt = args.ckpt or default_gpt(work)
+    if not args.ckpt:
+        add_snapshots(work)
+        ckpt = work
     explorer = Explorer(ckpt)
     server, url = serve_in_thread(explorer)
     info = explorer.info()
@@ -109,6 +169,7 @@ def main():
             rows.append((f"text -> {view} drawn (median of {len(times)}, max {max(times):.0f} ms)",
                          statistics.median(times), None))
             rows.append((f"   of which the request /api/{view} (server + transfer)", statistics.median(fetches), None))
+        rows += slider_rows(page, info["snapshots"], args.rounds)
         ctx.close()
     server.shutdown()
     shutil.rmtree(work, ignore_errors=True)

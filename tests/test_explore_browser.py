@@ -407,6 +407,10 @@ def test_stale_results_are_cleared_or_marked(page, gpt, transformer):
     page.fill("#tr-text", "")  # no sentence: the old results are gone
     assert page.locator("#translation").count() == 0 and page.locator("#tr-heads .head").count() == 0
     shot(page, "7-translation-cleared")
+    page.fill("#tr-text", "ka ri te lo")
+    open_view(page, "lens")  # the decoder's lens, on its translation of that sentence
+    assert len(page.evaluate("document.getElementById('lens-chart').data[0].z")) == explorer.model.n_layer + 1
+    shot(page, "9-lens-transformer")
 
 
 def test_the_runs_learning_rate_is_the_schedule(page, gpt):

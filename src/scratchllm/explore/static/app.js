@@ -246,7 +246,7 @@ async function generate() {
   try {
     const res = await fetch("/api/generate", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ text: text(), max_new_tokens: Number($("gen-n").value), seed: seed === "" ? null : Number(seed),
-                             ...sampling() }) });
+                             step: state.step, ...sampling() }) });
     if (!res.ok) throw new Error((await res.json()).error);
     const reader = res.body.getReader(), decoder = new TextDecoder();
     let buffer = "";
