@@ -106,6 +106,7 @@ CASES = {
                       (["--model", "llama", "--text", "the cat", "--key-position", "40"], "--key-position"),
                       (["--model", "llama", "--text", "the cat", "--shift", "100"], "--shift"),
                       (["--model", "llama", "--text", "the cat", "--shift", "-1"], "--shift"),
+                      (["--model", "llama", "--text", "the cat", "--norm", "ln_3"], "--norm"),
                       (["--model", "llama", "--text", "the", "--target", "e", "--lr", "0"], "--lr must be above 0")],
     "explain transformer": [(["--ckpt", "missing", "--text", "ein hund"], "does not exist"),
                             (["--ckpt", "gpt", "--text", "ein hund"], "gpt"),

@@ -336,6 +336,38 @@ def test_printed_numbers(pair, capsys):
     np.testing.assert_allclose(np.array(down.split(), dtype=float), got[mlp + "down_proj"][1][-1], atol=6e-5)
 
 
+@pytest.mark.parametrize("norm, hf", [("ln_2", "model.layers.1.post_attention_layernorm"), ("ln_f", "model.norm")])
+def test_printed_other_norms(pair, capsys, norm, hf):
+    ref, _, ckpt, tok = pair
+    got, _ = caught(ref, tok.encode(PROMPT))
+    x, y = got[hf]
+    out = printed(capsys, ckpt, "--show", "rmsnorm", "--norm", norm, "--layer", "1", "--position", "3")
+    rows = table(section(out, "Step 1. RMSNorm"), 6)
+    assert len(rows) == 32 and f"({'h.1.ln_2' if norm == 'ln_2' else 'ln_f'})" in out
+    np.testing.assert_allclose(rows[:, 1], x[3], atol=1e-5)
+    np.testing.assert_allclose(rows[:, 3], x[3] / math.sqrt(np.mean(x[3] ** 2) + 1e-5), atol=1e-5)
+    np.testing.assert_allclose(rows[:, 5], y[3], atol=1e-5)
+
+
+def test_a_llama_trained_here(tmp_path, capsys):
+    from scratchllm import train as T
+
+    (tmp_path / "corpus.txt").write_text(TEXT * 40)
+    T.train(T.TrainConfig(data=str(tmp_path / "corpus.txt"), out=str(tmp_path / "run"), arch="llama", n_layer=2,
+                          n_head=2, n_embd=16, block_size=16, batch_size=4, max_iters=3, eval_iters=1,
+                          progress=False, sample_tokens=0, snapshots=0), echo=lambda *a: None)
+    model = sl.load(tmp_path / "run")
+    out = printed(capsys, tmp_path / "run", "--layer", "1", "--target", "m")
+    assert re.findall(r"^Step (\d+)\. (\S+)", out, flags=re.M)[:5] == [
+        ("1", "RMSNorm:"), ("2", "Rotary"), ("3", "Grouped-query"), ("4", "SwiGLU,"), ("5", "The")]
+    assert len(re.findall(r"^Step \d+\. ", out, flags=re.M)) == 10
+    ids = np.array(sl.checkpoint.load_tokenizer(tmp_path / "run").encode(PROMPT))
+    tr = sl.explain.trace(model, ids)
+    v = rope_view(tr, model, 1, 0, len(ids) - 1, 0)
+    assert v["model_score"] == pytest.approx(v["score"], abs=1e-5)
+    assert f"score = q·k / √{model.head_dim} = {v['score']:+.6f}" in out
+
+
 def test_show_picks_sections(pair, capsys):
     _, _, ckpt, _ = pair
     out = printed(capsys, ckpt, "--show", "swiglu,gqa")

@@ -19,7 +19,7 @@ from ..errors import ScratchError
 from . import charmlp as charmlp_cli
 from . import number
 from . import classify as classify_cli
-from ..explain.llama import SECTIONS
+from ..explain.llama import NORMS, SECTIONS
 
 DESCRIPTION = """\
 Print every number a small model computes for one input, in order, as you would
@@ -266,6 +266,9 @@ def _register_llama(sub):
                         "model's context (default: up to 100 forward, or back if there is no room)")
     g.add_argument("--show", default=",".join(SECTIONS), metavar="LIST",
                    help=f"the sections, comma-separated, from {', '.join(SECTIONS)} (default: all)")
+    g.add_argument("--norm", default="ln_1", choices=NORMS,
+                   help="the RMSNorm shown: ln_1 (the layer's input_layernorm), ln_2 (its post_attention_layernorm) "
+                        "or ln_f (the final norm) (default: ln_1)")
     g.add_argument("--full", action="store_true", help="every number of each vector and every pair, not the first 8")
     g.add_argument("--target", default=None, metavar="TEXT",
                    help="the token that should come after --position: adds the loss, the gradients and one SGD step")
@@ -479,7 +482,7 @@ def run_llama(args) -> int:
             print(f"note: --target is {len(target_ids)} tokens; the next token is its first, "
                   f"{tokenizer.decode([target])!r}", file=sys.stderr)
     print(explain_llama(model, tokenizer, ids, layer=layer, head=head, position=position, key_position=key,
-                        shift=shift, show=show, full=args.full, target=target, lr=lr, source=str(args.ckpt)))
+                        shift=shift, show=show, norm=args.norm, full=args.full, target=target, lr=lr, source=str(args.ckpt)))
     return 0
 
 

@@ -213,10 +213,10 @@ def _indices(n, full, shown=8):
 
 
 def explain_llama(model, tokenizer, ids, layer=0, head=0, position=None, key_position=None, shift=None,
-                  show=SECTIONS, full=False, target=None, lr=None, source="") -> str:
+                  show=SECTIONS, norm="ln_1", full=False, target=None, lr=None, source="") -> str:
     """The printout of ``scratchllm explain llama`` for token ``ids``: the sections in ``show`` (of
-    :data:`SECTIONS`), then, with ``target`` (the id that should follow ``position``), the backward pass and one
-    SGD step."""
+    :data:`SECTIONS`; ``norm`` of :data:`NORMS` picks the RMSNorm shown), then, with ``target`` (the id that
+    should follow ``position``), the backward pass and one SGD step."""
     ids = np.asarray(ids, dtype=np.int64)
     T, L, C = len(ids), model.n_layer, model.n_embd
     P = T - 1 if position is None else position
@@ -243,9 +243,11 @@ def explain_llama(model, tokenizer, ids, layer=0, head=0, position=None, key_pos
 
     if "rmsnorm" in show:
         step += 1
-        v = rmsnorm_view(tr, model, layer, P, "ln_1")
+        v = rmsnorm_view(tr, model, layer, P, norm)
+        which = {"ln_1": f"layer {layer}'s input_layernorm", "ln_2": f"layer {layer}'s post_attention_layernorm",
+                 "ln_f": "the final norm"}[norm]
         say("")
-        say(f"Step {step}. RMSNorm: layer {layer}'s input_layernorm ({v['name']}) at position {P} {names[P]}. "
+        say(f"Step {step}. RMSNorm: {which} ({v['name']}) at position {P} {names[P]} (--norm, --layer). "
             "A layer norm subtracts the mean and divides by the std; RMSNorm only divides by the root mean square, "
             "then multiplies by a learned scale (no shift)")
         say(f"    its input x is the residual stream ({v['input_name']}), {C} numbers: {vec(v['x'], full)}")
@@ -290,6 +292,10 @@ def explain_llama(model, tokenizer, ids, layer=0, head=0, position=None, key_pos
         say("    a pair (a, b) turned by angle φ: (a·cos φ − b·sin φ, b·cos φ + a·sin φ); the model's rotated q and k "
             f"differ from this by at most {max(np.abs(v['q'] - v['q_model']).max(), np.abs(v['k'] - v['k_model']).max()):.1e}")
         say(f"    score = q·k / √{D} = {v['score']:+.6f}   (the model's score {v['model_score']:+.6f})")
+        group = [h for h in range(model.n_head) if h * model.n_kv_head // model.n_head == v["kv_head"]]
+        if len(group) > 1:
+            say(f"    query heads {', '.join(map(str, group))} all score against this same key "
+                f"(key/value head {v['kv_head']}: grouped-query attention)")
         say(f"    Why only the distance counts: turning q by m·θᵢ and k by n·θᵢ changes each pair's share of q·k by "
             f"the difference (m − n)·θᵢ only. Each pair's share at positions ({P}, {K}) and shifted by {v['shift']}:")
         say(f"    {'pair':>5}{'(m − n)·θᵢ':>14}{'at ' + str((P, K)):>16}{'at ' + str((P + v['shift'], K + v['shift'])):>16}")
