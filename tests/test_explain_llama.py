@@ -368,6 +368,20 @@ def test_a_llama_trained_here(tmp_path, capsys):
     assert f"score = q·k / √{model.head_dim} = {v['score']:+.6f}" in out
 
 
+def test_views_as_json(pair):
+    import json
+
+    from scratchllm.explain.llama import plain
+
+    _, model, _, tok = pair
+    tr = sl.explain.trace(model, np.array(tok.encode(PROMPT)))
+    v = rope_view(tr, model, 0, 1, 5, 2, shift=3)
+    back = json.loads(json.dumps(plain(v)))
+    assert back["q"] == pytest.approx(list(v["q"])) and back["rows"][1]["q_pos"] == 8 and back["rows"][1]["k_pos"] == 5
+    for view in (rmsnorm_view(tr, model), gqa_view(model), swiglu_view(tr, model, 1, 4)):
+        json.dumps(plain(view))
+
+
 def test_show_picks_sections(pair, capsys):
     _, _, ckpt, _ = pair
     out = printed(capsys, ckpt, "--show", "swiglu,gqa")

@@ -198,6 +198,17 @@ def swiglu_view(tr, model, layer: int = 0, position: int = -1) -> dict:
     return view
 
 
+def plain(view):
+    """A view with its arrays as lists of floats (for JSON)."""
+    if isinstance(view, dict):
+        return {k: plain(v) for k, v in view.items()}
+    if isinstance(view, (list, tuple)):
+        return [plain(v) for v in view]
+    if isinstance(view, np.ndarray):
+        return view.astype(float).tolist()
+    return view.item() if isinstance(view, np.generic) else view
+
+
 # ---- the printout ----------------------------------------------------------------------
 def _bytes(n: int) -> str:
     """Exact bytes, and in KB / MB / GB (powers of 1000) when that many."""
