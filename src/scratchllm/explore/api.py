@@ -38,6 +38,34 @@ MAX_NEW_TOKENS = 500
 TOP = 20  # candidates shown in the next-token chart
 
 
+class _PassLock:
+    """The lock model passes take turns under, holding BLAS to one thread meanwhile: the page's
+    products are small ((T ≤ context) × width), and on a busy 2-core machine BLAS's second thread
+    waits for a core, so one pass took ~600 ms on 2 threads and ~10 ms on 1 (see PERFORMANCE.md)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._limit = None
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()  # numpy (and its BLAS) is loaded by now
+        except ImportError:
+            self._blas = None
+
+    def __enter__(self):
+        self._lock.acquire()
+        if self._blas is not None:
+            self._limit = self._blas.limit(limits=1, user_api="blas")
+        return self
+
+    def __exit__(self, *exc):
+        if self._limit is not None:
+            self._limit.restore_original_limits()
+            self._limit = None
+        self._lock.release()
+
+
 class BadRequest(ScratchError):
     """A request the page (or a person with curl) got wrong: answered with 400 and this message."""
 
@@ -100,7 +128,7 @@ class Explorer:
         self.tokenizer = checkpoint.load_tokenizer(self.ckpt_dir)
         self.kind = self.model.kind
         self.encoder_decoder = self.model.is_encoder_decoder  # the page shows translation, not the next token
-        self.lock = threading.Lock()  # one trace, forward or copy of the model at a time
+        self.lock = _PassLock()  # one trace, forward or copy of the model at a time
         self._traces: OrderedDict = OrderedDict()  # (step, inputs, targets) -> Trace, the last few
         self._models: OrderedDict = OrderedDict()  # step -> a copy of the model with that snapshot's weights
         self._memo: dict = {}  # answers over all snapshots (head scores, embedding maps), computed once

@@ -228,10 +228,11 @@ async function loadNext(current) {
   ], { barmode: "group", bargap: 0.25, height: 560, margin: { l: 110, r: 20, t: 36, b: 44 }, font: FONT,
        legend: { orientation: "h", x: 0, y: 1.06 }, xaxis: { title: { text: "probability" }, rangemode: "tozero" } }, PLOT);
   const after = r.tokens.slice(1);  // the loss of token t + 1, read after tokens 0..t
+  const ticks = after.map((_, t) => t + 1).filter((p) => after.length <= 24 || p % Math.ceil(after.length / 16) === 0);
   Plotly.react("token-loss", [{ type: "bar", x: after.map((_, t) => t + 1), y: r.token_loss, marker: { color: "#e8590c" },
     customdata: after.map((t) => show(t.piece)), hovertemplate: "position %{x} %{customdata}: loss %{y:.4f}<extra></extra>" }],
     { height: 190, margin: { l: 60, r: 10, t: 10, b: 50 }, font: FONT, yaxis: { title: { text: "nats" }, rangemode: "tozero" },
-      xaxis: { tickvals: after.map((_, t) => t + 1), ticktext: after.map((t) => show(t.piece)), tickangle: 0,
+      xaxis: { tickvals: ticks, ticktext: ticks.map((p) => show(after[p - 1].piece)), tickangle: 0,
                tickfont: { family: "ui-monospace, DejaVu Sans Mono, monospace", size: 11 } } }, PLOT);
   done("next");
 }
@@ -280,17 +281,25 @@ async function loadAttention(current) {
   state.attention = r;
   const labels = axisLabels(r.tokens);
   const box = $("attn-heads");
-  box.replaceChildren();
+  // the same heads again (another step, text or layer): their charts are updated in place, which
+  // costs plotly a fraction of drawing new ones
+  const existing = box.querySelectorAll(".head");
+  const reuse = existing.length === r.weights.length;
+  if (!reuse) box.replaceChildren();
   r.weights.forEach((w, h) => {
-    const div = el("div", { class: "plot", id: `attn-${h}` });
-    box.append(el("div", { class: "head" }, el("h4", { text: `layer ${layer} · head ${h}` }), div));
+    let div = reuse ? $(`attn-${h}`) : null;
+    if (div) existing[h].querySelector("h4").textContent = `layer ${layer} · head ${h}`;
+    else {
+      div = el("div", { class: "plot", id: `attn-${h}` });
+      box.append(el("div", { class: "head" }, el("h4", { text: `layer ${layer} · head ${h}` }), div));
+    }
     const z = w.map((row, i) => row.map((v, j) => (j > i && r.scores[h][i][j] === null ? null : v)));
     heatmap(div, z, labels, labels, {
       zmin: 0, zmax: 1, ytitle: "query", xtitle: "key",
       extra: (i, j) => (r.scores[h][i][j] === null ? "masked" : fmt(r.scores[h][i][j], 4)),
       hover: "query %{customdata[0]}<br>key %{customdata[1]}<br>weight %{z:.4f}<br>score q·k/√D %{customdata[2]}<extra></extra>",
     });
-    div.on("plotly_click", (ev) => {
+    if (!reuse) div.on("plotly_click", (ev) => {
       softmaxDetail(h, ev.points[0].y);
       $("attn-detail").scrollIntoView({ behavior: "smooth", block: "nearest" });
     });
