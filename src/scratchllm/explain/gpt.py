@@ -333,14 +333,13 @@ def _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, to
     lr = chosen_lr(curve) if picked else lr
     say(f"Step {first + 3}. The {top} weights with the largest gradients, and each one after an SGD step "
         f"(new = old − lr × gradient, lr {lr:g})")
-    say(f"    {'weight':<44}{'value':>12}{'gradient':>15}{'new value':>12}")
-    for _, name, j in entries[:top]:
-        p = params[name]
-        index = np.unravel_index(j, p.shape)
-        old = float(p.data.reshape(-1)[j])
+    labels = [f"{name}[{','.join(map(str, np.unravel_index(j, params[name].shape)))}]" for _, name, j in entries[:top]]
+    lw = max([44] + [len(s) + 2 for s in labels])  # a Llama's names run long: model.layers.29.post_attention_…
+    say(f"    {'weight':<{lw}}{'value':>12}{'gradient':>15}{'new value':>12}")
+    for label, (_, name, j) in zip(labels, entries[:top]):
+        old = float(params[name].data.reshape(-1)[j])
         g = float(tr.grad(name).reshape(-1)[j])
-        label = f"{name}[{','.join(map(str, index))}]"
-        say(f"    {label:<44}{old:>+12.6f}{g:>+15.6e}{old - lr * g:>+12.6f}")
+        say(f"    {label:<{lw}}{old:>+12.6f}{g:>+15.6e}{old - lr * g:>+12.6f}")
 
     say("")
     say(f"Step {first + 4}. How far to step: the loss after one step for each learning rate (each a real SGD step on a "
