@@ -458,3 +458,38 @@ def test_smollm2_gguf():
     for a, b in [("gate_computed", "gate"), ("silu", "silu_model"), ("prod", "prod_model"), ("out", "out_model")]:
         np.testing.assert_allclose(s[a], s[b], atol=1e-5 * np.abs(s[b]).max())  # float32 sums of 576 / 1536 terms
     np.testing.assert_allclose(s["silu"], s["gate"] / (1 + np.exp(-s["gate"])), rtol=1e-12)
+
+
+def test_qwen3_rotates_what_its_q_norm_gives(tmp_path):
+    """Qwen3 normalises each head's q and k before RoPE, and its head_dim (12) is not hidden / heads: the view
+    rotates q_pre (after q_norm) and lands on transformers' rotated query."""
+    cfg = transformers.Qwen3Config(vocab_size=20, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                                   max_position_embeddings=32, bos_token_id=None, eos_token_id=None,
+                                   pad_token_id=None)
+    torch.manual_seed(0)
+    ref = transformers.Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.3 * torch.randn(p.shape))
+    ref.save_pretrained(tmp_path)
+    model = sl.load(tmp_path)
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    got = {}
+    attn = ref.model.layers[0].self_attn
+    hooks = [attn.q_norm.register_forward_hook(lambda m, a, o: got.__setitem__("q", o[0].detach().double())),
+             attn.k_norm.register_forward_hook(lambda m, a, o: got.__setitem__("k", o[0].detach().double()))]
+    with torch.no_grad():
+        ref(torch.tensor([ids]))
+    for h in hooks:
+        h.remove()
+    q_pre, k_pre = got["q"].transpose(0, 1).numpy(), got["k"].transpose(0, 1).numpy()  # (H, T, 12), (Hkv, T, 12)
+    tr = sl.explain.trace(model, np.array(ids))
+    v = rope_view(tr, model, 0, 3, 7, 2, shift=5)
+    np.testing.assert_allclose(v["q_pre"], q_pre[3, 7], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v["k_pre"], k_pre[1, 2], rtol=1e-5, atol=1e-5)
+    q = rotated(ref, q_pre[3][None, [7]], [7])[0, 0]
+    k = rotated(ref, k_pre[1][None, [2]], [2])[0, 0]
+    np.testing.assert_allclose(v["q"], q, rtol=1e-5, atol=1e-5)
+    assert v["score"] == pytest.approx(float(q @ k) / math.sqrt(12), abs=1e-5)
+    assert v["model_score"] == pytest.approx(v["score"], abs=1e-5) and v["theta"].shape == (6,)
