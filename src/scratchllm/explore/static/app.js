@@ -58,10 +58,12 @@ function pieces(tokens) { return tokens.map((t) => show(t.piece)); }
 
 // one heatmap with numeric axes (tokens may repeat; a categorical axis would merge them)
 function heatmap(div, z, rows, cols, opts = {}) {
+  // gaps between cells make plotly draw each cell on its own (slow for a long text): only for short ones
+  const gap = opts.gap ?? (rows.length * cols.length <= 24 * 24 ? 1 : 0);
   const custom = z.map((row, i) => row.map((_, j) => [rows[i], cols[j], opts.extra ? opts.extra(i, j) : ""]));
   const trace = {
     type: "heatmap", z, customdata: custom, colorscale: opts.colorscale || WEIGHTS, zmin: opts.zmin, zmax: opts.zmax,
-    zmid: opts.zmid, showscale: opts.showscale !== false, xgap: opts.gap ?? 1, ygap: opts.gap ?? 1,
+    zmid: opts.zmid, showscale: opts.showscale !== false, xgap: gap, ygap: gap,
     colorbar: { thickness: 10, len: 0.9, outlinewidth: 0 },
     hovertemplate: opts.hover || "%{customdata[0]} → %{customdata[1]}<br>%{z:.4f}<extra></extra>",
   };
