@@ -4,6 +4,7 @@ The page is read as a person sees it — the token chips, the numbers in its tab
 heatmaps it drew — and compared with the library: the trace, the sampler's distribution, an SGD step
 taken here on a copy. Screenshots go to test-artifacts/explore/ (look at them to see the page).
 """
+import json
 import os
 import shutil
 import tempfile
@@ -324,7 +325,16 @@ def test_translation_cross_attention(page, transformer):
     rendered(page, "translate", n + 1)
     z = page.evaluate("document.getElementById('cross-1').data[0].z")
     np.testing.assert_allclose(z, tr["enc.0.self_attn.weights"][0, 1], atol=1e-6)
-    open_view(page, "run")  # a translation run's log: batch losses, epoch losses, validation
+    log = explorer.log_path()  # a validation BLEU in the log (this small run computes none) gets its chart
+    before = log.read_text()
+    last = max(json.loads(line)["step"] for line in before.splitlines())
+    log.write_text(before + json.dumps({"kind": "epoch", "step": last + 1, "val_loss": 1.0, "val_bleu": 12.5}) + "\n")
+    try:
+        open_view(page, "run")  # a translation run's log: batch losses, epoch losses, validation
+        bleu = page.evaluate("document.getElementById('run-bleu').data[0]")
+    finally:
+        log.write_text(before)
+    assert bleu["x"] == [last + 1] and bleu["y"] == [12.5]
     names = page.evaluate("document.getElementById('run-chart').data.map(d => d.name)")
     assert {"loss of recent batches", "validation loss"} <= set(names)
     lr = page.evaluate("document.getElementById('run-lr').data[0]")  # the schedule at every step, warmup whole

@@ -535,7 +535,8 @@ async function loadRun() {
   if (bleu.x.length) Plotly.react("run-bleu", [{ type: "scatter", mode: "lines+markers", name: "validation BLEU", ...bleu,
     line: { color: "#2b8a3e" } }], { height: 220, margin: { l: 70, r: 20, t: 30, b: 50 }, font: FONT,
     title: { text: "validation BLEU (greedy translations, 0–100)", font: { size: 13 }, x: 0.02 },
-    xaxis: { title: { text: "step" }, automargin: true }, yaxis: { title: { text: "BLEU" }, rangemode: "tozero", automargin: true } }, PLOT);
+    xaxis: { title: { text: "step" }, automargin: true, range: [0, Math.max(...r.records.map((x) => x.step || 0))] },
+    yaxis: { title: { text: "BLEU" }, rangemode: "tozero", automargin: true } }, PLOT);
   // the learning rate at every step, from the schedule function and the run's own settings
   const lr = r.schedule || series("lr", batches ? "train" : null);
   Plotly.react("run-lr", [{ type: "scatter", mode: "lines", name: "learning rate", x: lr.steps || lr.x, y: lr.lr || lr.y,
