@@ -207,7 +207,7 @@ class Explorer:
 
     def _step_field(self, body) -> int | None:
         """The request's ``step`` (a snapshot's), or None: the model as its checkpoint holds it."""
-        step = number_field(body, "step", int, 0, None, optional=True)
+        step = number_field(body, "step", int, optional=True)  # any whole number: the snapshots say which exist
         if step is not None and step not in self.snapshots:
             have = ", ".join(map(str, self.snapshots)) if self.snapshots else "none"
             raise BadRequest(f"this run has no snapshot of step {step} (its snapshots: {have})")
