@@ -29,6 +29,7 @@ from pathlib import Path
 from .errors import ScratchError
 from .files import read_safetensors, replace_dir, staged_dir, write_safetensors
 from .hf import load_hf
+from .nn import skip_init
 
 FORMAT_VERSION = 1
 _KINDS: dict = {}  # kind name -> class with from_config(dict) and config_dict()
@@ -156,7 +157,8 @@ def _load_ours(d: Path):
     if cls is None:
         raise ScratchError(f"{d} holds a model of unknown kind {kind!r} (known: {', '.join(sorted(_kinds()))})")
     try:
-        model = cls.from_config(config["config"])
+        with skip_init():  # every weight is read from model.safetensors below
+            model = cls.from_config(config["config"])
     except (TypeError, ValueError, KeyError) as e:
         raise ScratchError(f"{d / 'config.json'} has a bad model config ({e})") from None
     model.load_state_dict(_read_tensors(d / "model.safetensors"))

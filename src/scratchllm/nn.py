@@ -47,6 +47,24 @@ def dropout_generator(rng):
         _thread.dropout_rng = before
 
 
+@contextmanager
+def skip_init():
+    """Within the block, modules built by this thread start with zeros instead of
+    drawn weights, and models skip their own init: for weights that are read from
+    a file right after (drawing SmolLM2's 135M numbers twice was most of its load)."""
+    before = getattr(_thread, "skip_init", False)
+    _thread.skip_init = True
+    try:
+        yield
+    finally:
+        _thread.skip_init = before
+
+
+def init_enabled() -> bool:
+    """False inside :func:`skip_init`: a model's ``_init_weights`` then draws nothing."""
+    return not getattr(_thread, "skip_init", False)
+
+
 class Parameter(Tensor):
     """A Tensor that a Module owns and an optimizer updates."""
 
@@ -145,6 +163,8 @@ class Module:
 
 
 def _uniform(rng, shape, bound, dtype):
+    if not init_enabled():
+        return xp.zeros(shape, dtype=dtype)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
@@ -171,7 +191,8 @@ class Embedding(Module):
     def __init__(self, num_embeddings, embedding_dim, rng=None, dtype=DEFAULT_DTYPE):
         rng = rng or _default_rng
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = Parameter(rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype))
+        shape = (num_embeddings, embedding_dim)
+        self.weight = Parameter(rng.standard_normal(shape).astype(dtype) if init_enabled() else xp.zeros(shape, dtype))
 
     def forward(self, ids):
         return F.embedding(ids, self.weight)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ScratchError
+from ..nn import skip_init
 from .reader import GGUFFile
 from .to_hf import ROPE_FREQS, _shapes, hf_config, hf_name, hf_tensors
 
@@ -23,7 +24,8 @@ def load_model(path, progress=None):
     f = GGUFFile(path)
     config = hf_config(f.metadata, _shapes(f), f[ROPE_FREQS] if ROPE_FREQS in f.infos else None)
     cfg = llama_config_from_hf(config, where=f.path)
-    model = Llama(cfg)
+    with skip_init():  # every weight is read from the file below
+        model = Llama(cfg)
     params = dict(model.named_parameters())
     ours = {hf: name for name, hf, _ in rename_table(cfg)}  # every Llama-family name is Hugging Face's
     expected, found = set(ours), {hf_name(n) for n in f.infos if n != ROPE_FREQS}

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ScratchError
 from ..files import replace_dir, staged_dir, write_safetensors
+from ..nn import skip_init
 from .common import check_target, read_config, read_hf_tensors
 
 # ---- the rename table ---------------------------------------------------------------
@@ -185,7 +186,8 @@ def load_hf_gpt2(path):
     d = Path(path)
     cfg = gpt_config_from_hf(read_config(d), where=d / "config.json")
     state = from_hf_state_dict(read_hf_tensors(d), cfg, where=d)
-    model = GPT(cfg)
+    with skip_init():  # every weight is read from the directory
+        model = GPT(cfg)
     model.load_state_dict(state)
     return model.eval()
 

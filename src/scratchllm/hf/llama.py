@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ScratchError
 from ..files import replace_dir, staged_dir, write_safetensors
+from ..nn import skip_init
 from .common import check_target, read_config, read_hf_tensors
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
@@ -234,7 +235,8 @@ def load_hf_llama(path):
     d = Path(path)
     cfg = llama_config_from_hf(read_config(d), where=d / "config.json")
     tensors = read_hf_tensors(d)
-    model = Llama(cfg)
+    with skip_init():  # every weight is read from the directory
+        model = Llama(cfg)
     shapes = {name: p.shape for name, p in model.named_parameters()}
     model.load_state_dict(from_hf_state_dict(tensors, cfg, shapes, where=d))
     return model.eval()

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from .. import functional as F
 from ..backend import DEFAULT_DTYPE, xp
 from ..errors import ScratchError
-from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, sinusoidal_encoding
+from ..nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter, init_enabled,
+                  sinusoidal_encoding)
 from ..tensor import Tensor, record
 from .base import ATTN_PARTS, DROP_PARTS, LanguageModel
 
@@ -119,6 +120,8 @@ class GPT(LanguageModel):
     def _init_weights(self, rng):
         """GPT-2's init: N(0, 0.02) weights, zero biases, residual projections
         scaled by 1/√(2·n_layer) so the residual stream's variance does not grow with depth."""
+        if not init_enabled():  # the weights are about to be read from a file
+            return
         std_resid = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
             if name.endswith("bias"):

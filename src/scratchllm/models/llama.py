@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from .. import functional as F
 from ..backend import DEFAULT_DTYPE, xp
 from ..errors import ScratchError
-from ..nn import Embedding, Linear, Module, ModuleList, Parameter, RMSNorm, merge_heads
+from ..nn import Embedding, Linear, Module, ModuleList, Parameter, RMSNorm, init_enabled, merge_heads
 from ..tensor import Tensor, record, tape
 from .base import ATTN_PARTS, LanguageModel
 
@@ -181,6 +181,8 @@ class Llama(LanguageModel):
     def _init_weights(self, rng):
         """Hugging Face's init for this family: N(0, initializer_range) for every
         matrix and the embedding, zero biases, norms' scales 1."""
+        if not init_enabled():  # the weights are about to be read from a file
+            return
         for name, p in self.named_parameters():
             if name.endswith("bias"):
                 p.data[...] = 0

@@ -29,7 +29,7 @@ from .. import functional as F
 from ..backend import xp
 from ..errors import ScratchError
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, MultiHeadAttention, Parameter, \
-    merge_heads, sinusoidal_encoding, split_heads
+    init_enabled, merge_heads, sinusoidal_encoding, split_heads
 from ..tensor import Tensor, no_grad, record
 from .base import ATTN_PARTS, DROP_PARTS, LanguageModel
 
@@ -200,6 +200,8 @@ class Transformer(LanguageModel):
         """Xavier-uniform for the layers' matrices, as torch.nn.Transformer.
         Token embeddings N(0, 1/C): after the √C scale they have unit variance,
         like the positional encoding, and a tied output layer gives logits of order 1."""
+        if not init_enabled():  # the weights are about to be read from a file
+            return
         C = self.config.d_model
         for name, p in self.named_parameters():
             if name.startswith(("encoder.layers", "decoder.layers", "lm_head")) and p.ndim == 2:
