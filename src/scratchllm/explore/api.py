@@ -44,7 +44,8 @@ class _PassLock:
     waits for a core, so one pass took ~600 ms on 2 threads and ~10 ms on 1 (see PERFORMANCE.md)."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a pass over every snapshot holds it around passes that take it too
+        self._depth = 0
         self._limit = None
         try:
             from threadpoolctl import ThreadpoolController
@@ -55,12 +56,14 @@ class _PassLock:
 
     def __enter__(self):
         self._lock.acquire()
-        if self._blas is not None:
+        self._depth += 1
+        if self._depth == 1 and self._blas is not None:
             self._limit = self._blas.limit(limits=1, user_api="blas")
         return self
 
     def __exit__(self, *exc):
-        if self._limit is not None:
+        self._depth -= 1
+        if self._depth == 0 and self._limit is not None:
             self._limit.restore_original_limits()
             self._limit = None
         self._lock.release()
@@ -381,15 +384,17 @@ class Explorer:
         return np.asarray(self.model_at(step).token_embedding().data, dtype=np.float64)
 
     def _aligned_maps(self, limit: int) -> dict:
-        """Every snapshot's embeddings map, each turned onto the one before (dynamics' Procrustes)."""
+        """Every snapshot's embeddings map, each turned onto the one before (dynamics' Procrustes);
+        computed once, under the lock (so with BLAS on one thread)."""
         from ..explain.dynamics import embedding_maps
 
         key = ("maps", limit)
-        if key not in self._memo:
-            tables = {s: np.asarray(m.token_embedding().data[:limit], dtype=np.float64)
-                      for s, m in self._each_snapshot()}
-            maps = embedding_maps(tables)
-            self._memo[key] = {int(s): xy for s, xy in zip(maps["steps"], maps["xy"])}
+        with self.lock:
+            if key not in self._memo:
+                tables = {s: np.asarray(m.token_embedding().data[:limit], dtype=np.float64)
+                          for s, m in self._each_snapshot()}
+                maps = embedding_maps(tables)
+                self._memo[key] = {int(s): xy for s, xy in zip(maps["steps"], maps["xy"])}
         return self._memo[key]
 
     def embeddings(self, body: dict) -> dict:
@@ -659,9 +664,10 @@ class Explorer:
         from ..explain.dynamics import SCORES, head_scores
 
         self._need_snapshots()
-        if "heads" not in self._memo:
-            rows = [head_scores(m) for _, m in self._each_snapshot()]
-            self._memo["heads"] = {k: np.stack([r[k] for r in rows]) for k in SCORES}  # (S, L, H) each
+        with self.lock:  # once, with BLAS on one thread
+            if "heads" not in self._memo:
+                rows = [head_scores(m) for _, m in self._each_snapshot()]
+                self._memo["heads"] = {k: np.stack([r[k] for r in rows]) for k in SCORES}  # (S, L, H) each
         scores = self._memo["heads"]
         period = min(32, self.context // 2)
         return {"steps": self.snapshots, "scores": {k: rounded(v, 5) for k, v in scores.items()},
