@@ -442,12 +442,12 @@ def test_unsupported_architecture_and_missing_tensors(tmp_path, rng):
 
 
 @pytest.fixture(scope="module")
-def smollm2_hf():  # transformers reads the file in about 40 s on 2 cores (GGUFReader twice, then the model)
-    path = smollm2_path()
-    return path, hf_from_gguf(path)
+def smollm2_hf():  # transformers reads the file in about 40 s on 2 cores: once per session (smollm2_refs)
+    import smollm2_refs
+
+    return smollm2_refs.path(), smollm2_refs.hf_model()
 
 
-@pytest.mark.slow
 def test_smollm2_config_and_state_equal_transformers(smollm2_hf):
     path, model = smollm2_hf
     meta, lazy = read(path, lazy=True)
@@ -493,7 +493,10 @@ import json, resource, sys
 import numpy as np
 from scratchllm.gguf import read
 meta, tensors = read(sys.argv[1], progress=False)
-print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+peak = hwm[0] * 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM is this program's own peak; ru_maxrss keeps the peak of the process it was started from (exec keeps it)
+print(json.dumps({"peak": peak,
                   "sizes": sum(t.size for t in tensors.values()),
                   "float32": all(t.dtype == np.float32 for t in tensors.values()),
                   "emb": tensors["token_embd.weight"].shape, "down": tensors["blk.0.ffn_down.weight"].shape}))
@@ -513,10 +516,11 @@ def test_smollm2_read_whole_within_twice_its_float32_size():
     assert got["peak"] <= 2 * 4 * got["sizes"]  # the interpreter and NumPy included
 
 
-@pytest.mark.slow
 def test_smollm2_logits_match_transformers(smollm2_hf):
+    import smollm2_refs
+
     path, hf_model = smollm2_hf
-    model = sl.gguf.load_model(path, progress=False)
+    model, _ = smollm2_refs.ours()
     ids = sl.gguf.load_tokenizer(path).encode("The capital of France is Paris. Voilà: naïve café 東京 🙂\n"
                                               "def f(x):\n    return x * 2  # twice")
     assert len(ids) >= 30
