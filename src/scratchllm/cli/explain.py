@@ -339,7 +339,7 @@ def _load_checkpoint(ckpt: str, verb: str, encoder_decoder: bool, other_verb: st
     from .. import checkpoint
     from ..models.base import LanguageModel
 
-    if not Path(ckpt).exists():
+    if not checkpoint.exists(ckpt):
         raise ScratchError(f"checkpoint directory {ckpt!r} does not exist")
     model, _ = checkpoint.open_model(ckpt, tokenizer=False)
     if not isinstance(model, LanguageModel) or model.is_encoder_decoder != encoder_decoder:
@@ -522,7 +522,7 @@ def run_dropout(args) -> int:
     seed = number(args.seed, "--seed", int, 0)
     if not args.text or not args.text.strip():
         raise ScratchError("--text is empty: give some text, e.g. --text \"To be or not\"")
-    if not Path(args.ckpt).exists():
+    if not checkpoint.exists(args.ckpt):
         raise ScratchError(f"checkpoint directory {args.ckpt!r} does not exist")
     model, _ = checkpoint.open_model(args.ckpt, tokenizer=False)
     if not isinstance(model, LanguageModel) or not dropout_sites(model):

@@ -5,7 +5,6 @@ import argparse
 import codecs
 import sys
 import warnings
-from pathlib import Path
 
 from ..errors import ScratchError
 from . import number
@@ -96,8 +95,8 @@ def _load(ckpt: str):
     from .. import checkpoint
     from ..models.base import LanguageModel
 
-    path = Path(ckpt)
-    if not path.exists():
+    path = ckpt
+    if not checkpoint.exists(ckpt):
         raise ScratchError(f"checkpoint directory {ckpt!r} does not exist; train one with "
                            "`scratchllm train` or point --ckpt at a checkpoint directory")
     model, _ = checkpoint.open_model(path, tokenizer=False)
