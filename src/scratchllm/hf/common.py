@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ScratchError
 from ..files import read_safetensors
 
@@ -58,3 +60,28 @@ def check_target(target: Path, model_type: str, label: str):
     if not is_export:
         raise ScratchError(f"{target} is a folder that is not a {label} export; choose a new or empty folder "
                            "(it would be replaced)")
+
+
+def state_from_table(tensors: dict, rows, tied: bool, where, shapes=None) -> dict:
+    """Our state dict (float32: bf16/f16 widened) from a directory's ``tensors`` by a rename table
+    ``rows`` of (our name, HF name, transpose). Every HF name must be there and nothing else (a
+    tied head's copy of the embedding is ignored); ``shapes`` (our name -> shape), if given, must match."""
+    missing = [hf for _, hf, _ in rows if hf not in tensors]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ScratchError(f"{where} lacks weights of this config: {shown}")
+    used = {hf for _, hf, _ in rows} | ({"lm_head.weight"} if tied else set())
+    unexpected = sorted(set(tensors) - used)
+    if unexpected:
+        raise ScratchError(f"{where} has weights that this config does not use: {', '.join(unexpected[:5])}")
+    state = {}
+    for ours, hf, transpose in rows:
+        a = np.asarray(tensors[hf])
+        if a.dtype.kind != "f":
+            raise ScratchError(f"{where}: {hf} holds {a.dtype} values, not floating-point weights")
+        a = a.T if transpose else a
+        if shapes is not None and tuple(a.shape) != tuple(shapes[ours]):
+            raise ScratchError(f"{where}: {hf} has shape {tuple(a.shape)} but config.json says "
+                               f"{tuple(shapes[ours])}: the weights and the config do not match")
+        state[ours] = np.ascontiguousarray(a, dtype=np.float32)
+    return state

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ScratchError
 from ..files import replace_dir, staged_dir, write_safetensors
 from ..nn import skip_init
-from .common import check_target, read_config, read_hf_tensors
+from .common import check_target, read_config, read_hf_tensors, state_from_table
 
 # ---- the rename table ---------------------------------------------------------------
 # ours (GPT.named_parameters)              HF GPT2LMHeadModel (model.safetensors)   Conv1D: stored (in, out)
@@ -132,22 +132,7 @@ def from_hf_state_dict(tensors: dict, cfg, where="model.safetensors") -> dict:
     # GPT2LMHeadModel names start with "transformer."; a bare GPT2Model's do not.
     tensors = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v
                for k, v in tensors.items() if not k.endswith(_BUFFERS)}
-    rows = rename_table(cfg.n_layer, cfg.tie_weights)
-    missing = [hf for _, hf, _ in rows if hf not in tensors]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ScratchError(f"{where} lacks weights of this GPT-2 config: {shown}")
-    used = {hf for _, hf, _ in rows} | ({"lm_head.weight"} if cfg.tie_weights else set())  # a tied head copy is ignored
-    unexpected = sorted(set(tensors) - used)
-    if unexpected:
-        raise ScratchError(f"{where} has weights that do not belong to a GPT-2 of this config: {', '.join(unexpected[:5])}")
-    state = {}
-    for ours, hf, transpose in rows:
-        a = np.asarray(tensors[hf])
-        if a.dtype.kind != "f":
-            raise ScratchError(f"{where}: {hf} holds {a.dtype} values, not floating-point weights")
-        state[ours] = np.ascontiguousarray(a.T if transpose else a, dtype=np.float32)
-    return state
+    return state_from_table(tensors, rename_table(cfg.n_layer, cfg.tie_weights), cfg.tie_weights, where)
 
 
 def to_hf_state_dict(model) -> dict:

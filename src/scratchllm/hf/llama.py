@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ScratchError
 from ..files import replace_dir, staged_dir, write_safetensors
 from ..nn import skip_init
-from .common import check_target, read_config, read_hf_tensors
+from .common import check_target, read_config, read_hf_tensors, state_from_table
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM"}
@@ -198,26 +198,7 @@ def hf_config_from_llama(cfg, bos_token_id=None, eos_token_id=None) -> dict:
 def from_hf_state_dict(tensors: dict, cfg, shapes: dict, where="model.safetensors") -> dict:
     """Our state dict (float32) from the family's tensors; ``shapes`` are the config's (our name -> shape)."""
     tensors = {k: v for k, v in tensors.items() if not k.endswith(_BUFFERS)}
-    rows = rename_table(cfg)
-    missing = [hf for _, hf, _ in rows if hf not in tensors]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ScratchError(f"{where} lacks weights of this config: {shown}")
-    used = {hf for _, hf, _ in rows} | ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
-    unexpected = sorted(set(tensors) - used)
-    if unexpected:
-        raise ScratchError(f"{where} has weights that this config does not use: {', '.join(unexpected[:5])}")
-    state = {}
-    for ours, hf, transpose in rows:
-        a = np.asarray(tensors[hf])
-        if a.dtype.kind != "f":
-            raise ScratchError(f"{where}: {hf} holds {a.dtype} values, not floating-point weights")
-        a = a.T if transpose else a
-        if tuple(a.shape) != tuple(shapes[ours]):
-            raise ScratchError(f"{where}: {hf} has shape {tuple(a.shape)} but config.json says "
-                               f"{tuple(shapes[ours])}: the weights and the config do not match")
-        state[ours] = np.ascontiguousarray(a, dtype=np.float32)  # bf16/f16 widened
-    return state
+    return state_from_table(tensors, rename_table(cfg), cfg.tie_word_embeddings, where, shapes)
 
 
 def to_hf_state_dict(model) -> dict:
