@@ -253,6 +253,43 @@ def test_backward_and_one_step(page, gpt):
     shot(page, "4-one-step")
 
 
+def test_one_step_at_the_rate_the_page_picks_and_its_curve(page, gpt):
+    """The learning-rate box left empty: the server picks the rate from its curve, the step lowers the loss,
+    the curve is drawn point for point; a rate typed far too large is said to overshoot."""
+    explorer, url = gpt
+    open_with(page, url, TEXT)
+    open_view(page, "backward")
+    assert page.input_value("#lr") == "" and "picks" in page.get_attribute("#lr", "placeholder")
+    page.click("#step")
+    n = rendered(page, "step")
+    ids = explorer.tokenizer.encode(TEXT)
+    x, y = np.array([ids[:-1]]), np.array([ids[1:]])
+    before, after = float(page.text_content("#loss-before")), float(page.text_content("#loss-after"))
+    lr = float(page.get_attribute("#step-lr", "data-lr"))
+    assert page.get_attribute("#step-lr", "data-chosen") == "true"
+    assert before == pytest.approx(trace(explorer.model, x, targets=y).loss, abs=5e-5)
+    assert after == pytest.approx(loss_after_sgd_step(explorer.model, x, y, lr), abs=5e-5) and after < before
+    assert "lowers the loss" in page.text_content("#step-verdict")
+    points = explorer.step({"text": TEXT})["curve"]["points"]
+    curve = page.evaluate("document.getElementById('step-curve').data")
+    assert curve[0]["x"] == [p["lr"] for p in points] and len(points) > 5
+    np.testing.assert_allclose(curve[0]["y"], [p["loss"] for p in points], rtol=1e-12)
+    exact = float(page.get_attribute("#loss-before", "data-loss"))
+    assert curve[1]["x"] == [lr] and curve[2]["y"] == [exact, exact]  # the step taken; the loss before it
+    assert page.evaluate("document.getElementById('step-curve').layout.xaxis.type") == "log"
+    shot(page, "4-one-step-chosen")
+    page.fill("#lr", "10")
+    page.click("#step")
+    rendered(page, "step", n)
+    assert float(page.text_content("#loss-after")) == pytest.approx(loss_after_sgd_step(explorer.model, x, y, 10.0),
+                                                                    rel=1e-4)
+    assert float(page.text_content("#loss-after")) > before
+    assert "overshoots" in page.text_content("#step-verdict")
+    assert page.get_attribute("#step-lr", "data-chosen") == "false"
+    assert 10.0 in page.evaluate("document.getElementById('step-curve').data[0].x")  # the typed rate is on the curve
+    shot(page, "4-one-step-overshoots")
+
+
 def test_embeddings_and_the_run(page, gpt):
     explorer, url = gpt
     page.goto(url)

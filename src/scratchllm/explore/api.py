@@ -156,6 +156,7 @@ class Explorer:
             "layers": self.n_layers,
             "heads": self.model.n_head,
             "kv_heads": self.model.n_kv_head,
+            "llama": self.kind == "llama",  # RMSNorm, RoPE, GQA, SwiGLU: the page offers its "Llama parts" view
             "width": self.model.n_embd,
             "has_run": self.log_path() is not None,
             "snapshots": self.snapshots,  # the steps the slider offers; empty: no slider
@@ -612,12 +613,46 @@ class Explorer:
         p_before = np.asarray(before["probs"][0], dtype=np.float64)  # (T, V)
         p_after = probabilities(logits_after.data[0])  # (T, V)
         rows = [t for t, v in enumerate(targets) if v >= 0]
+        after = float(loss_after.data)
         return {"what": what, "lr": lr, "lr_chosen": chosen, "step": step, "loss_before": float(before.loss),
-                "loss_after": float(loss_after.data), "curve": curve.as_dict(),
+                "loss_after": after if math.isfinite(after) else None,  # a step far too long: not a number
+                "curve": curve.as_dict(),
                 "verdict": " ".join(line.strip() for line in verdict(curve, lr)).replace(", or leave --lr out", ""),
                 "targets": [{"position": t, "id": int(targets[t]), "piece": self.piece(targets[t]),
                              "p_before": round(float(p_before[t, targets[t]]), 8),
                              "p_after": round(float(p_after[t, targets[t]]), 8)} for t in rows]}
+
+    # ---- what a Llama adds to the GPT: RMSNorm, RoPE, GQA, SwiGLU ----------------------------------
+    def llama(self, body: dict) -> dict:
+        """The four changes of a Llama-family model, as :mod:`scratchllm.explain.llama`'s views give them
+        (the model's own numbers from the trace, the arithmetic redone beside them): one token's RMSNorm
+        (``norm`` of ``layer``), RoPE for query ``position`` and key ``key_position`` of ``head`` (and both
+        moved by ``shift``), which query heads share each key/value head, one token's SwiGLU."""
+        from ..explain.llama import NORMS, gqa_view, plain, rmsnorm_view, rope_view, swiglu_view
+
+        if self.kind != "llama":
+            raise BadRequest("this view needs a Llama-family checkpoint (Llama, Mistral, Qwen, SmolLM2); "
+                             f"this one is a {self.kind}")
+        ids = self.encode(text_field(body))
+        T = len(ids)
+        layer = self._layer_field(body)
+        head = number_field(body, "head", int, 0, self.model.n_head - 1, default=0)
+        position = number_field(body, "position", int, 0, T - 1, optional=True)
+        position = T - 1 if position is None else position
+        key = number_field(body, "key_position", int, 0, position, default=0)
+        shift = number_field(body, "shift", int, -self.context, self.context, optional=True)
+        norm = body.get("norm") or "ln_1"
+        if norm not in NORMS:
+            raise BadRequest(f"'norm' must be one of {', '.join(NORMS)}, not {norm!r}")
+        step = self._step_field(body)
+        model = self.model_at(step)
+        tr = self._trace(np.asarray([ids], dtype=np.int64), step=step)
+        return {"tokens": self.tokens_of(ids), "step": step, "layer": layer, "head": head, "position": position,
+                "key_position": key, "norm": norm, "heads": self.model.n_head,
+                "rmsnorm": plain(rmsnorm_view(tr, model, layer, position, norm)),
+                "rope": plain(rope_view(tr, model, layer, head, position, key, shift)),
+                "gqa": plain(gqa_view(model)),
+                "swiglu": plain(swiglu_view(tr, model, layer, position))}
 
     # ---- over training: the logit lens, heads, parameter changes -------------------------------
     def lens(self, body: dict) -> dict:

@@ -64,7 +64,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # JSON endpoints: name -> Explorer method; GET ones take their fields from nothing
     POST = {"tokens", "next", "attention", "block", "backward", "step", "neighbours", "translate", "embeddings",
-            "lens", "heads", "changes"}
+            "lens", "heads", "changes", "llama"}
     GET = {"info", "run", "embeddings", "heads", "changes"}
 
     def log_message(self, fmt, *args):

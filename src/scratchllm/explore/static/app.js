@@ -104,7 +104,8 @@ async function start() {
   $("model-info").textContent = i.decoder_only
     ? `${i.title} · ${i.layers} layers · ${i.heads} heads${kv} · width ${i.width} · ${i.vocab_size} tokens · context ${i.context} · ${i.parameters.toLocaleString()} parameters · ${i.checkpoint}`
     : `Transformer · ${c.n_encoder_layers}+${c.n_decoder_layers} layers · ${i.heads} heads · width ${c.d_model} · ${i.vocab_size} tokens · ${i.parameters.toLocaleString()} parameters · ${i.checkpoint}`;
-  for (const s of ["attn-layer", "block-layer", "bw-layer", "tr-layer"]) layerOptions($(s), i.layers);
+  for (const s of ["attn-layer", "block-layer", "bw-layer", "tr-layer", "llama-layer"]) layerOptions($(s), i.layers);
+  if (i.llama) { document.body.classList.add("llama"); layerOptions($("llama-head"), i.heads); }  // RMSNorm, RoPE, GQA, SwiGLU
   $("top-k").max = Math.min(i.vocab_size, 100);
   $("text").maxLength = i.max_chars;
   $("text").value = i.default_text;
@@ -138,7 +139,7 @@ function onText() {
 }
 async function refresh() {
   const seq = ++state.seq;
-  const load = { next: loadNext, attention: loadAttention, block: loadBlock, backward: loadBackward, lens: loadLens }[state.view];
+  const load = { next: loadNext, attention: loadAttention, block: loadBlock, backward: loadBackward, lens: loadLens, llama: loadLlama }[state.view];
   if (!load) return;
   try {
     await load(() => seq === state.seq);
@@ -158,12 +159,18 @@ function renderTokens(tokens, selected) {
     // in the attention view a token is a query: clicking it writes out its softmax
     if (state.view === "attention" && state.attention) chip.addEventListener("click", () => softmaxDetail(state.detailHead || 0, i));
     if (state.view === "block" && state.block) chip.addEventListener("click", () => blockTable(i));
+    if (state.view === "llama") chip.addEventListener("click", () => {
+      $("llama-pos").value = i;
+      if (Number($("llama-key").value) > i) $("llama-key").value = i;  // a key never comes after its query
+      refresh();
+    });
     box.append(chip);
   });
 }
 
 function wire() {
-  $("text").addEventListener("input", () => { staleStep(); onText(); });
+  // another text: the Llama view goes back to its last token and key 0 (the old positions may not exist)
+  $("text").addEventListener("input", () => { staleStep(); $("llama-pos").value = ""; $("llama-key").value = "0"; onText(); });
   for (const id of ["temperature", "top-k", "top-p"]) $(id).addEventListener("input", () => { sliderLabels(); refresh(); });
   sliderLabels();
   $("generate").addEventListener("click", generate);
@@ -173,6 +180,7 @@ function wire() {
   $("target").addEventListener("input", staleStep);
   $("target").addEventListener("change", refresh);
   $("step").addEventListener("click", takeStep);
+  for (const id of ["llama-layer", "llama-head", "llama-norm", "llama-pos", "llama-key", "llama-shift"]) $(id).addEventListener("change", refresh);
   $("translate").addEventListener("click", translate);
   $("tr-text").addEventListener("keydown", (e) => { if (e.key === "Enter") translate(); });
   $("tr-text").addEventListener("input", staleTranslation);
@@ -416,28 +424,151 @@ async function loadBackward(current) {
   done("backward");
 }
 
+// one SGD step on a copy; with the learning-rate box empty the server picks the rate from its curve
 async function takeStep() {
   const out = $("step-out");
   $("step").disabled = true;
   try {
-    const r = await api("step", { text: text(), lr: Number($("lr").value), target: $("target").value || null });
+    const typed = $("lr").value.trim();
+    const r = await api("step", { text: text(), lr: typed === "" ? null : Number(typed), target: $("target").value || null });
     out.dataset.for = JSON.stringify([text(), $("target").value, state.step]);
-    const change = r.loss_after - r.loss_before;
+    const after = r.loss_after;
     const rows = [el("tr", {}, el("th", { text: "position" }), el("th", { class: "piece", text: "should come next" }),
                      el("th", { text: "p before" }), el("th", { text: "p after" }))];
     for (const t of r.targets) rows.push(el("tr", {}, el("td", { text: t.position }), el("td", { class: "piece", text: show(t.piece) }),
       el("td", { text: fmt(t.p_before) }), el("td", { class: t.p_after >= t.p_before ? "up" : "down", text: fmt(t.p_after) })));
+    const how = r.lr_chosen ? "chosen from the curve below: the bottom of its first valley" : "as typed";
+    const verdict = el("p", { id: "step-verdict", text: r.verdict });
+    if (/overshoots/.test(r.verdict)) verdict.classList.add("overshoots");
+    const chart = el("div", { id: "step-curve", class: "chart" });
     out.replaceChildren(
-      el("div", { class: "big" }, "loss ", el("b", { text: fmt(r.loss_before, 4) }), " → ",
-         el("b", { id: "loss-after", "data-loss": r.loss_after, class: change <= 0 ? "up" : "down", text: fmt(r.loss_after, 4) }),
-         ` after one SGD step with learning rate ${r.lr} (w ← w − lr · grad, on a copy: the checkpoint is unchanged)`),
-      el("table", { class: "numbers" }, ...rows));
+      el("div", { class: "big" }, "loss ", el("b", { id: "loss-before", "data-loss": r.loss_before, text: fmt(r.loss_before, 4) }), " → ",
+         el("b", { id: "loss-after", "data-loss": after ?? "NaN", class: after !== null && after <= r.loss_before ? "up" : "down",
+                   text: after === null ? "not a number" : fmt(after, 4) }),
+         " after one SGD step with learning rate ", el("b", { id: "step-lr", "data-lr": r.lr, "data-chosen": r.lr_chosen, text: Number(r.lr).toPrecision(3) }),
+         ` (${how}; w ← w − lr · grad, on a copy: the checkpoint is unchanged)`),
+      verdict, chart, el("table", { class: "numbers" }, ...rows));
+    await plotlyReady;
+    stepCurve(chart, r);
   } catch (e) {
     out.replaceChildren(el("div", { class: "error", text: e.message }));
   } finally {
     $("step").disabled = false;
     done("step");
   }
+}
+
+// the loss after one step of each learning rate (log axis), the loss before it as a line, the step taken marked
+function stepCurve(div, r) {
+  const c = r.curve, pts = c.points;
+  const ok = pts.map((p) => p.loss).filter((v) => v !== null);
+  // the valley is shallow beside a wild point: the axis stops at 1.5 × the loss before (higher for the step
+  // taken, up to 10 ×), and points above it are marked as off the chart
+  const marked = r.loss_after !== null && r.loss_after <= 10 * c.loss_before ? r.loss_after : 0;
+  const top = Math.min(Math.max(...ok, c.loss_before) * 1.05, Math.max(1.5 * c.loss_before, marked * 1.05));
+  const low = Math.max(0, Math.min(...ok, c.loss_before) - 0.1 * c.loss_before);
+  const lrs = pts.map((p) => p.lr);
+  Plotly.react(div, [
+    { type: "scatter", mode: "lines+markers", name: "loss after one step", x: lrs, y: pts.map((p) => p.loss),
+      line: { color: "#3b5bdb" }, marker: { size: 6 }, hovertemplate: "lr %{x:.3g}: loss after %{y:.5f}<extra></extra>" },
+    { type: "scatter", mode: "markers", name: r.lr_chosen ? "the chosen rate" : "the rate typed", x: [r.lr], y: [r.loss_after],
+      marker: { size: 14, color: "#e03131", symbol: "diamond" }, hovertemplate: "this step: lr %{x:.3g}, loss %{y:.5f}<extra></extra>" },
+    { type: "scatter", mode: "lines", name: `loss before the step (${fmt(c.loss_before, 4)})`, x: [lrs[0], lrs[lrs.length - 1]],
+      y: [c.loss_before, c.loss_before], line: { color: "#868e96", dash: "dash" }, hoverinfo: "skip" },
+  ], { height: 320, margin: { l: 70, r: 20, t: 36, b: 50 }, font: FONT, legend: { orientation: "h", x: 0, y: 1.14 },
+       xaxis: { type: "log", title: { text: "learning rate (log scale)" }, exponentformat: "power" },
+       yaxis: { title: { text: "loss after the step" }, range: [low, top] },
+       annotations: ok.some((v) => v > top) || ok.length < pts.length ? [{ text: "points above the top (or not a number) flew off the chart",
+         xref: "paper", yref: "paper", x: 1, y: 1, xanchor: "right", showarrow: false, font: { size: 11, color: "#868e96" } }] : [] }, PLOT);
+}
+
+// ---- what a Llama adds: RMSNorm, RoPE, GQA, SwiGLU -----------------------------------------------------
+const FIRST = 8;  // numbers shown of each vector in the tables
+function numRow(cells, attrs = {}) { return el("tr", attrs, ...cells.map((c) => el("td", { text: c }))); }
+function headRow(names) { return el("tr", {}, ...names.map((n) => el("th", { text: n }))); }
+function signed(x, d = 5) { return x === null || x === undefined ? "" : (x >= 0 ? "+" : "") + Number(x).toFixed(d); }
+function bytes(n) { return n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(2)} MB` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} KB` : `${n} bytes`; }
+
+async function loadLlama(current) {
+  const pos = $("llama-pos").value, shift = $("llama-shift").value;
+  const r = await api("llama", { text: text(), layer: Number($("llama-layer").value), head: Number($("llama-head").value),
+    norm: $("llama-norm").value, position: pos === "" ? null : Number(pos), key_position: Number($("llama-key").value || 0),
+    shift: shift === "" ? null : Number(shift) });
+  await plotlyReady;
+  if (!current()) return;
+  renderTokens(r.tokens, r.position);
+  state.llama = r;
+  const tok = `"${show(r.tokens[r.position].piece)}" (position ${r.position})`;
+  // RMSNorm: x, its root mean square, x / rms, the learned scale, the output (and the model's)
+  const n = r.rmsnorm, C = n.x.length, k = Math.min(FIRST, C);
+  $("llama-norm-formula").textContent = `${n.name} of the token ${tok}: its input x is the residual stream (${n.input_name}), ${C} numbers. ` +
+    `rms = √(mean(x²) + eps) = √(${fmt(n.mean_square, 6)} + ${n.eps}) = ${fmt(n.rms, 6)}; out = x / rms × weight. ` +
+    `The mean ${signed(n.mean, 6)} is not subtracted (a layer norm would). Largest difference from the model: ${n.max_diff.toExponential(1)}.`;
+  const nrows = [headRow(["i", "x", "x²", "x / rms", "× weight", "= out", "model's out"])];
+  for (let i = 0; i < k; i++) nrows.push(numRow([i, signed(n.x[i]), fmt(n.x[i] ** 2, 5), signed(n.xhat[i]), signed(n.weight[i]),
+    signed(n.out[i]), signed(n.model_out[i])], { "data-i": i }));
+  if (C > k) nrows.push(el("tr", {}, el("td", { colspan: 7, class: "piece", text: `… ${C - k} more (the chart shows up to 32)` })));
+  $("llama-norm-table").replaceChildren(...nrows);
+  const m = Math.min(32, C), dims = Array.from({ length: m }, (_, i) => i);
+  Plotly.react("llama-norm-chart", [["x", n.x, "#a5b8f3"], ["x / rms", n.xhat, "#3b5bdb"], ["out = x / rms × weight", n.model_out, "#e8590c"]]
+    .map(([name, v, color]) => ({ type: "bar", name, x: dims, y: v.slice(0, m), marker: { color },
+                                  hovertemplate: `${name}[%{x}] = %{y:.5f}<extra></extra>` })),
+    { barmode: "group", height: 300, margin: { l: 50, r: 10, t: 36, b: 40 }, font: FONT, legend: { orientation: "h", x: 0, y: 1.15 },
+      xaxis: { title: { text: `dimension (first ${m} of ${C})` } } }, PLOT);
+  // RoPE: each pair's angle, q and k before and after their turn, the score at shifted positions
+  const p = r.rope, h = p.head_dim / 2, kp = Math.min(FIRST, h);
+  const pair = (v, i) => `(${signed(v[i], 3)}, ${signed(v[i + h], 3)})`;
+  $("llama-rope-formula").textContent = `Layer ${r.layer}, query head ${p.head} (reads key/value head ${p.kv_head}), query at position ${p.q_pos}, ` +
+    `key at position ${p.k_pos} "${show(r.tokens[p.k_pos].piece)}". Pair i is dimensions (i, i + ${h}), turned by the angle position × θᵢ, ` +
+    `θᵢ = ${p.rope_theta}^(−2i/${p.head_dim})${p.scaling ? " (then the config's rope_scaling)" : ""}: ` +
+    "(a, b) → (a·cos φ − b·sin φ, b·cos φ + a·sin φ).";
+  const rrows = [headRow(["pair", "θᵢ", "q angle", "k angle", "q before", "q after", "model's q", "k before", "k after", "model's k",
+                          "(m − n)·θᵢ", `q·k share at (${p.q_pos}, ${p.k_pos})`, `shifted by ${p.shift}`])];
+  for (let i = 0; i < kp; i++) rrows.push(numRow([i, Number(p.theta[i]).toPrecision(4), fmt(p.q_angle[i]), fmt(p.k_angle[i]),
+    pair(p.q_pre, i), pair(p.q, i), pair(p.q_model, i), pair(p.k_pre, i), pair(p.k, i), pair(p.k_model, i),
+    fmt(p.q_angle[i] - p.k_angle[i]), signed(p.pair_dot[i], 6), signed(p.pair_dot_shifted[i], 6)], { "data-pair": i }));
+  if (h > kp) rrows.push(el("tr", {}, el("td", { colspan: 13, class: "piece", text: `… ${h - kp} more pairs` })));
+  $("llama-rope-table").replaceChildren(...rrows);
+  $("llama-rope-note").textContent = `score = q·k / √${p.head_dim} = ${signed(p.score, 6)} (the model's score ${signed(p.model_score, 6)}). ` +
+    "Each pair's share of q·k depends on the difference of the angles, (m − n)·θᵢ, only: shift both positions and it stays.";
+  const srows = [headRow(["query position", "key position", "distance", "score q·k/√D", ""])];
+  for (const row of p.rows) srows.push(numRow([row.q_pos, row.k_pos, row.distance, signed(row.score, 6), row.what],
+                                               { "data-distance": row.distance, "data-score": row.score }));
+  $("llama-rope-scores").replaceChildren(...srows);
+  for (const tr of $("llama-rope-scores").querySelectorAll("tr")) if (tr.cells[4]) tr.cells[4].className = "piece";
+  // GQA: which query heads read each key/value head, and the key/value cache it saves
+  const g = r.gqa;
+  const grows = [headRow(["key/value head", "query heads that read it"])];
+  for (const x of g.groups) grows.push(numRow([x.kv_head, x.query_heads.join(", ")], { "data-kv": x.kv_head }));
+  $("llama-gqa").replaceChildren(
+    el("div", { class: "formula", text: `${g.n_head} query heads share ${g.n_kv_head} key/value heads, ${g.group_size} per group` +
+      (g.group_size === 1 ? " (every head its own: plain multi-head attention)." : ".") }),
+    el("table", { class: "numbers narrow", id: "llama-gqa-groups" }, ...grows),
+    el("table", { class: "numbers narrow", id: "llama-gqa-cache" },
+      headRow(["KV cache", "per token", `for the context (${g.context_length} tokens)`]),
+      numRow([`${g.n_kv_head} key/value heads: 2 × ${g.n_layer} layers × ${g.n_kv_head} × ${g.head_dim} × ${g.bytes_per_number} bytes`,
+              bytes(g.bytes_per_token), bytes(g.bytes_context)], { "data-bytes": g.bytes_per_token }),
+      numRow([`one per query head: 2 × ${g.n_layer} × ${g.n_head} × ${g.head_dim} × ${g.bytes_per_number} bytes`,
+              bytes(g.bytes_per_token_mha), bytes(g.bytes_context_mha)], { "data-bytes": g.bytes_per_token_mha }),
+      numRow(["saved", `${g.ratio}× smaller`, bytes(g.bytes_context_mha - g.bytes_context)])));
+  // SwiGLU: gate, silu(gate), up and their product for the token
+  const w = r.swiglu, I = w.gate.length, ks = Math.min(FIRST, I);
+  $("llama-swiglu-formula").textContent = `Layer ${r.layer}'s MLP at the token ${tok}: gate = x·W_gateᵀ, up = x·W_upᵀ (${w.x.length} → ${I} numbers each), ` +
+    `silu(g) = g·σ(g), σ(g) = 1 / (1 + e^−g); the product silu(gate) × up goes through down back to ${w.x.length}. ` +
+    `Largest differences from the model: silu ${w.max_diff.silu.toExponential(1)}, product ${w.max_diff.prod.toExponential(1)}.`;
+  const wrows = [headRow(["j", "gate", "σ(gate)", "silu(gate)", "model's silu", "up", "silu × up", "model's product"])];
+  for (let j = 0; j < ks; j++) wrows.push(numRow([j, signed(w.gate[j]), fmt(w.sigmoid[j], 5), signed(w.silu[j]), signed(w.silu_model[j]),
+    signed(w.up[j]), signed(w.prod[j]), signed(w.prod_model[j])], { "data-j": j }));
+  if (I > ks) wrows.push(el("tr", {}, el("td", { colspan: 8, class: "piece", text: `… ${I - ks} more (the chart shows up to 32)` })));
+  $("llama-swiglu-table").replaceChildren(...wrows);
+  const mi = Math.min(32, I), js = Array.from({ length: mi }, (_, j) => j);
+  Plotly.react("llama-swiglu-chart", [["gate", w.gate, "#c5cad3"], ["silu(gate)", w.silu_model, "#2b8a3e"], ["up", w.up, "#a5b8f3"],
+                                      ["silu(gate) × up", w.prod_model, "#e8590c"]]
+    .map(([name, v, color]) => ({ type: "bar", name, x: js, y: v.slice(0, mi), marker: { color },
+                                  hovertemplate: `${name}[%{x}] = %{y:.5f}<extra></extra>` })),
+    { barmode: "group", height: 300, margin: { l: 50, r: 10, t: 36, b: 40 }, font: FONT, legend: { orientation: "h", x: 0, y: 1.15 },
+      xaxis: { title: { text: `hidden unit (first ${mi} of ${I})` } } }, PLOT);
+  done("llama");
 }
 
 // ---- 5. embeddings -----------------------------------------------------------------------------------
