@@ -398,8 +398,6 @@ def _source_ids(tokenizer, cfg, text):
 
 
 def run_gpt(args) -> int:
-    import sys
-
     from ..explain.gpt import explain_gpt
     from ..generate import check_sampling_args
 
@@ -428,22 +426,27 @@ def run_gpt(args) -> int:
 
         print(explain_lens(model, tokenizer, ids, positions=None if position is None else [position]))
         return 0
-    target = None
-    if args.target is not None:
-        target_ids = _encode_text(tokenizer, args.target, "--target")
-        target = target_ids[0]
-        if len(target_ids) > 1:
-            print(f"note: --target is {len(target_ids)} tokens; the next token is its first, "
-                  f"{tokenizer.decode([target])!r}", file=sys.stderr)
+    target = _target_id(tokenizer, args.target)
     print(explain_gpt(model, tokenizer, ids, layer=layer, head=head, position=position, full=args.full,
                       target=target, lr=lr, temperature=temperature, top_k=top_k, top_p=top_p,
                       source=str(args.ckpt)))
     return 0
 
 
-def run_llama(args) -> int:
+def _target_id(tokenizer, text):
+    """--target's token (its first, with a note when it is several), or None without --target."""
     import sys
 
+    if text is None:
+        return None
+    target_ids = _encode_text(tokenizer, text, "--target")
+    if len(target_ids) > 1:
+        print(f"note: --target is {len(target_ids)} tokens; the next token is its first, "
+              f"{tokenizer.decode([target_ids[0]])!r}", file=sys.stderr)
+    return target_ids[0]
+
+
+def run_llama(args) -> int:
     from ..explain.llama import explain_llama
     from ..models.llama import Llama
 
@@ -474,15 +477,10 @@ def run_llama(args) -> int:
     if shift is not None and not (0 <= key + shift and position + shift < ctx):
         raise ScratchError(f"--shift {shift} moves positions {key} and {position} outside the model's context "
                            f"(0 … {ctx - 1})")
-    target = None
-    if args.target is not None:
-        target_ids = _encode_text(tokenizer, args.target, "--target")
-        target = target_ids[0]
-        if len(target_ids) > 1:
-            print(f"note: --target is {len(target_ids)} tokens; the next token is its first, "
-                  f"{tokenizer.decode([target])!r}", file=sys.stderr)
+    target = _target_id(tokenizer, args.target)
     print(explain_llama(model, tokenizer, ids, layer=layer, head=head, position=position, key_position=key,
-                        shift=shift, show=show, norm=args.norm, full=args.full, target=target, lr=lr, source=str(args.ckpt)))
+                        shift=shift, show=show, norm=args.norm, full=args.full, target=target, lr=lr,
+                        source=str(args.ckpt)))
     return 0
 
 
