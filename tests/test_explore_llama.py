@@ -2,6 +2,7 @@
 Llama-family checkpoint. Its numbers are explain.llama's (called here on a trace of the same model) and are
 checked again by hand: the norm, the rotation of each pair, the sharing of key/value heads, silu(gate) × up.
 A GPT checkpoint gets no such view."""
+import copy
 import math
 
 import numpy as np
@@ -118,6 +119,24 @@ def test_the_numbers_checked_by_hand(llama):
     np.testing.assert_allclose(r["swiglu"]["silu"], gate / (1 + np.exp(-gate)), rtol=1e-12)
     np.testing.assert_allclose(r["swiglu"]["prod"], gate / (1 + np.exp(-gate)) * up, rtol=1e-12)
     np.testing.assert_allclose(r["swiglu"]["prod_model"], tr["h.0.mlp.prod"][0, q_pos], atol=1e-6)
+
+
+def test_a_snapshots_numbers_at_its_step(llama):
+    """With the step slider on a snapshot, the view shows that snapshot's weights at work."""
+    from scratchllm.snapshots import read_snapshot
+
+    explorer, url = llama
+    step = explorer.snapshots[0]
+    assert step != explorer.snapshots[-1]
+    r = Client(url).post("llama", {"text": TEXT, "layer": 1, "head": 1, "key_position": 2, "step": step})
+    model = copy.deepcopy(explorer.model)
+    model.load_state_dict(read_snapshot(explorer.run_dir, step))
+    tr = trace(model, np.array([explorer.tokenizer.encode(TEXT)]))
+    T = len(TEXT)
+    np.testing.assert_allclose(r["rope"]["q_model"], tr["h.1.attn.q"][0, 1, T - 1], atol=1e-7)
+    np.testing.assert_allclose(r["swiglu"]["prod_model"], tr["h.1.mlp.prod"][0, T - 1], atol=1e-7)
+    latest = Client(url).post("llama", {"text": TEXT, "layer": 1, "head": 1, "key_position": 2})
+    assert np.abs(np.subtract(latest["swiglu"]["prod_model"], r["swiglu"]["prod_model"])).max() > 1e-4
 
 
 @pytest.mark.parametrize("body, message", [

@@ -502,7 +502,7 @@ async function loadLlama(current) {
   // RMSNorm: x, its root mean square, x / rms, the learned scale, the output (and the model's)
   const n = r.rmsnorm, C = n.x.length, k = Math.min(FIRST, C);
   $("llama-norm-formula").textContent = `${n.name} of the token ${tok}: its input x is the residual stream (${n.input_name}), ${C} numbers. ` +
-    `rms = √(mean(x²) + eps) = √(${fmt(n.mean_square, 6)} + ${n.eps}) = ${fmt(n.rms, 6)}; out = x / rms × weight. ` +
+    `rms = √(mean(x²) + eps) = √(${fmt(n.mean_square, 6)} + ${+n.eps.toPrecision(4)}) = ${fmt(n.rms, 6)}; out = x / rms × weight. ` +
     `The mean ${signed(n.mean, 6)} is not subtracted (a layer norm would). Largest difference from the model: ${n.max_diff.toExponential(1)}.`;
   const nrows = [headRow(["i", "x", "x²", "x / rms", "× weight", "= out", "model's out"])];
   for (let i = 0; i < k; i++) nrows.push(numRow([i, signed(n.x[i]), fmt(n.x[i] ** 2, 5), signed(n.xhat[i]), signed(n.weight[i]),
