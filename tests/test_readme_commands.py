@@ -49,8 +49,9 @@ CASES: dict[str, tuple[str, ...]] = {
     'scratchllm explain bpe --tokenizer tok.json "two cats"': (),
     "scratchllm explain positions": (),
     "scratchllm explain positions --ckpt out": (),
-    # FILE: Shakespeare (1 MB), which holds 8000 pieces (3000 Multi30k captions allow only ~2900)
-    "scratchllm tokenize train --kind unigram --data FILE --vocab-size 8000 --out uni.json": ("--no-progress",),
+    # Shakespeare (1 MB) holds 8000 pieces (3000 Multi30k captions allow only ~2900)
+    "scratchllm tokenize train --kind unigram --data tinyshakespeare --vocab-size 8000 --out uni.json":
+        ("--no-progress", "--data-dir", "../shared/data"),
     'scratchllm explain unigram --tokenizer uni.json "cats"': (),
     "scratchllm train": TINY,
     'scratchllm generate --ckpt out --prompt "The "': SHORT,
@@ -338,8 +339,8 @@ def test_explain_positions_of_a_checkpoint(gpt_dir):
 
 def test_unigram_tokenizer_and_explain(root):
     d = _folder(root, "unigram")
-    run(d, "scratchllm tokenize train --kind unigram --data FILE --vocab-size 8000 --out uni.json",
-        {"FILE": "../shared/data/tinyshakespeare/input.txt"}, timeout=180)
+    run(d, "scratchllm tokenize train --kind unigram --data tinyshakespeare --vocab-size 8000 --out uni.json",
+        timeout=180)
     out = run(d, 'scratchllm explain unigram --tokenizer uni.json "cats"')
     chosen = re.search(r"Back from the end along the chosen pieces: (.*) \(log P", out)
     assert chosen, out
