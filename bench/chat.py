@@ -145,8 +145,17 @@ def child(args):
         out = run_hf(ids, args.tokens, args.child_rounds, args.threads)
     else:
         out = run_llamacpp(ids, args.tokens, args.child_rounds, args.threads)
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(out))
+
+
+def peak_rss_mib() -> float:
+    """This program's own peak resident memory (VmHWM; ru_maxrss would keep the parent's across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bandwidth_gbs() -> float:
