@@ -105,9 +105,8 @@ def test_gguf_errors_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(sl.ScratchError, match="does not exist"):
         checkpoint.open_model(tmp_path / "missing.gguf")
     f = tmp_path / "x.gguf"
-    f.write_bytes(b"GGUF")
-    monkeypatch.setitem(sys.modules, "scratchllm.gguf", None)  # a scratchllm without the GGUF reader
-    with pytest.raises(sl.ScratchError, match="cannot read GGUF files") as e:
+    f.write_bytes(b"GGUF")  # the magic, then nothing
+    with pytest.raises(sl.ScratchError, match="x.gguf") as e:
         checkpoint.open_model(f)
     assert "\n" not in str(e.value)
 

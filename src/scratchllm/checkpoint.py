@@ -138,13 +138,9 @@ def locate(path) -> Path:
 
 
 def _gguf_module():
-    """scratchllm.gguf, which reads GGUF files: ``load_model(path)`` and ``load_tokenizer(path)``."""
-    try:
-        from . import gguf
-    except ImportError:
-        gguf = None
-    if gguf is None or not hasattr(gguf, "load_model"):
-        raise ScratchError("this version of scratchllm cannot read GGUF files yet")
+    """scratchllm.gguf (``load_model(path)``, ``load_tokenizer(path)``), imported only for a GGUF file."""
+    from . import gguf
+
     return gguf
 
 
