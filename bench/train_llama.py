@@ -46,6 +46,7 @@ from scratchllm.train import TrainConfig, llama_config  # noqa: E402
 
 LR, BETAS, WEIGHT_DECAY, CLIP, SEED = 1e-3, (0.9, 0.99), 0.1, 1.0, 1337
 QUALITY_STEPS = (0, 500, 1000, 1500, 2000)
+TORCH_THREADS = 2  # --torch-threads
 
 
 def shared_data_dir():
@@ -148,7 +149,7 @@ def check_agreement(ours, ref, batch, block, ids):
 
 
 def speed(name: str, rounds: int, steps: int):
-    torch = use_torch_threads(2)
+    torch = use_torch_threads(TORCH_THREADS)
     lcfg, batch, block, ids = shape(name)
     ours = Ours(lcfg, batch, block, ids, threads=2)
     ref = Reference(lcfg, batch, block, ids, ours.model)
@@ -198,7 +199,7 @@ def alone_child(which: str, name: str, steps: int):
     set-up and steps together) and the median ms of ``steps`` steps after one warm-up."""
     lcfg, batch, block, ids = shape(name)
     if which == "pytorch":
-        use_torch_threads(2)
+        use_torch_threads(TORCH_THREADS)
         runner = Reference(lcfg, batch, block, ids)
     else:
         runner = Ours(lcfg, batch, block, ids, threads=2)
@@ -217,7 +218,7 @@ def alone(name: str, steps: int):
     for which, label, env in (("ours", "scratchllm (--threads 2)", {}),
                               ("pytorch", "pytorch + transformers", {"SCRATCHLLM_MALLOC": "default"})):
         out = subprocess.run([sys.executable, __file__, "--alone-child", which, "--shapes", name,
-                              "--steps", str(steps)], capture_output=True, text=True,
+                              "--steps", str(steps), "--torch-threads", str(TORCH_THREADS)], capture_output=True, text=True,
                              env=dict(os.environ, **env), check=True).stdout
         res[label] = r = json.loads(out.strip().splitlines()[-1])
         rows.append((label, f"{r['ms']:.1f}", f"{r['setup_mib']:.0f}", f"{r['peak_mib']:.0f}"))
@@ -265,16 +266,17 @@ def main():
     ap.add_argument("--quality-out", default=None, help="run directories of --quality (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=2, help="--threads of the quality runs")
     ap.add_argument("--profile", action="store_true", help="also where a step of ours goes (last shape)")
+    ap.add_argument("--torch-threads", type=int, default=2,
+                    help="PyTorch's intra-op threads (2: both cores; its OpenMP threads suffer most from a busy machine)")
     ap.add_argument("--alone-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global TORCH_THREADS
+    TORCH_THREADS = args.torch_threads
     shapes = [s for s in args.shapes.split(",") if s]
     if args.alone_child:
         return alone_child(args.alone_child, shapes[0], args.steps or 3)
     if not args.quality_only:
-        import torch
-
-        torch.set_num_threads(2)
-        print(header(torch))
+        print(header(use_torch_threads(TORCH_THREADS)))
         for name in shapes:
             steps = args.steps or (10 if name == "small" else 1)
             speed(name, args.rounds, steps)
