@@ -8,23 +8,25 @@ from ..errors import ScratchError
 from . import check_output_dir
 
 DESCRIPTION = """\
-Write a GPT checkpoint (e.g. the out/ of `scratchllm train`) as a Hugging Face
-GPT-2 directory: config.json + model.safetensors, which
-transformers.GPT2LMHeadModel.from_pretrained(OUTDIR) loads, plus the
-tokenizer files (tokenizer.json, vocab.json, merges.txt) when the checkpoint's
-tokenizer is a BPETokenizer. A character-level tokenizer has no GPT-2 form:
-then only the model is written. Only GPTs with learned positions can be
-exported (GPT-2 has no fixed sinusoidal encoding)."""
+Write a checkpoint (e.g. the out/ of `scratchllm train`) as a Hugging Face
+directory that transformers loads with from_pretrained(OUTDIR):
+config.json + model.safetensors — a GPT as GPT-2 (GPT2LMHeadModel), a Llama
+as the Llama-family model that computes the same (LlamaForCausalLM, or
+Mistral / Qwen2 / Qwen3 where those features are used) — plus the tokenizer
+files when the checkpoint's tokenizer has a Hugging Face form (BPE; a
+character-level tokenizer has none: then only the model is written). Only
+GPTs with learned positions can be exported (GPT-2 has no fixed sinusoidal
+encoding); a Transformer (encoder–decoder) cannot be."""
 
 
 def register(subparsers):
-    p = subparsers.add_parser("export", help="write a GPT checkpoint as a Hugging Face GPT-2 directory",
+    p = subparsers.add_parser("export", help="write a GPT or Llama checkpoint as a Hugging Face directory",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", "--model", dest="ckpt", default="out", metavar="PATH",
                    help="checkpoint directory (or any model scratchllm reads); --model is another spelling "
                         "(default: out)")
     p.add_argument("--hf", required=True, metavar="OUTDIR",
-                   help="folder to write (new, empty, or an earlier GPT-2 export, which is replaced)")
+                   help="folder to write (new, empty, or an earlier export of the same kind, which is replaced)")
     p.add_argument("--no-tokenizer", action="store_true", help="write only the model, not the tokenizer")
     p.set_defaults(func=run)
 
