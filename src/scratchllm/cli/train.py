@@ -54,7 +54,7 @@ _SKIP = {"progress", "bias", "val_frac"}
 def register(sub):
     from ..train import PRESETS, TrainConfig
 
-    p = sub.add_parser("train", help="train a GPT (defaults: a small char-level GPT on the built-in corpus)",
+    p = sub.add_parser("train", help="train a GPT or a Llama (--arch llama); defaults: a small char-level GPT on the built-in corpus",
                        description="Train a GPT (or a Llama: --arch llama). With no arguments: 4 layers, width 128, char-level, on the "
                                    "built-in corpus (Python's own documentation text), a few minutes on 2 cores. "
                                    "Under 'mpirun -n N' the N ranks share each batch (README: several processes).")
