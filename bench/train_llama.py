@@ -217,9 +217,9 @@ def alone(name: str, steps: int):
     rows, res = [], {}
     for which, label, env in (("ours", "scratchllm (--threads 2)", {}),
                               ("pytorch", "pytorch + transformers", {"SCRATCHLLM_MALLOC": "default"})):
-        out = subprocess.run([sys.executable, __file__, "--alone-child", which, "--shapes", name,
-                              "--steps", str(steps), "--torch-threads", str(TORCH_THREADS)], capture_output=True, text=True,
-                             env=dict(os.environ, **env), check=True).stdout
+        argv = [sys.executable, __file__, "--alone-child", which, "--shapes", name, "--steps", str(steps),
+                "--torch-threads", str(TORCH_THREADS)]
+        out = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, **env), check=True).stdout
         res[label] = r = json.loads(out.strip().splitlines()[-1])
         rows.append((label, f"{r['ms']:.1f}", f"{r['setup_mib']:.0f}", f"{r['peak_mib']:.0f}"))
     print(f"\n{name}, each alone in a fresh process (median of {steps} steps after one; peak = VmHWM of the "
