@@ -103,7 +103,9 @@ class OtherLoad:
         (total0, idle0), t0 = self._start
         total1, idle1 = _cpu_jiffies()
         t1 = os.times()
-        ours = (t1.user - t0.user + t1.system - t0.system) * os.sysconf("SC_CLK_TCK")
+        # ours: this process and the children it has waited for (runners started as subprocesses)
+        ours = sum(getattr(t1, f) - getattr(t0, f) for f in ("user", "system", "children_user", "children_system"))
+        ours *= os.sysconf("SC_CLK_TCK")
         total = total1 - total0
         busy = total - (idle1 - idle0)
         self.fraction = max(0.0, busy - ours) / total if total else 0.0
