@@ -142,6 +142,17 @@ def norm_arithmetic(x, norm, out, full=False) -> list:
     return lines
 
 
+def traced_text(model, tokenizer, ids, position, target=None):
+    """The trace of ``ids`` (B = 1), its loss that of ``target`` after ``position`` alone (none without
+    one); the tokens as printed, and the width of a column that holds each."""
+    targets = None
+    if target is not None:
+        targets = np.full(len(ids), -100, dtype=np.int64)
+        targets[position] = target
+    names = [token_text(tokenizer, i) for i in ids]
+    return trace(model, ids, targets), names, max(6, max(len(s) for s in names) + 1)
+
+
 def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=False, target=None, lr=None,
                 temperature=1.0, top_k=None, top_p=None, top=10, source="") -> str:
     """The printout of ``scratchllm explain gpt`` for token ``ids`` (a list);
@@ -151,13 +162,7 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
     T, C, H, L, V = len(ids), model.n_embd, model.n_head, model.n_layer, model.vocab_size
     D, H_kv = model.head_dim, model.n_kv_head
     P = T - 1 if position is None else position
-    targets = None
-    if target is not None:
-        targets = np.full(T, -100, dtype=np.int64)
-        targets[P] = target
-    tr = trace(model, ids, targets)
-    names = [token_text(tokenizer, i) for i in ids]
-    w = max(6, max(len(s) for s in names) + 1)
+    tr, names, w = traced_text(model, tokenizer, ids, P, target)
     out = []
     say = out.append
     learned = getattr(getattr(model, "config", None), "positional", None) == "learned"
@@ -288,7 +293,7 @@ def explain_gpt(model, tokenizer, ids, layer=0, head=0, position=None, full=Fals
         say("    (with the defaults it samples from the softmax itself; try --temperature 0.5, --top-k 5, --top-p 0.9)")
 
     if target is not None:
-        out += _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, top, w)
+        out += _backward(model, tr, tokenizer, ids, tr.targets[0], names, P, target, lr, full, top, w)
     return "\n".join(out)
 
 

@@ -14,8 +14,7 @@ import numpy as np
 
 from .. import functional as F
 from ..errors import ScratchError
-from .gpt import _backward, _norm_module, token_text, vec
-from .trace import trace
+from .gpt import _backward, _norm_module, traced_text, vec
 
 SECTIONS = ("rmsnorm", "rope", "gqa", "swiglu")
 NORMS = ("ln_1", "ln_2", "ln_f")
@@ -232,13 +231,7 @@ def explain_llama(model, tokenizer, ids, layer=0, head=0, position=None, key_pos
     T, L, C = len(ids), model.n_layer, model.n_embd
     P = T - 1 if position is None else position
     K = 0 if key_position is None else key_position
-    targets = None
-    if target is not None:
-        targets = np.full(T, -100, dtype=np.int64)
-        targets[P] = target
-    tr = trace(model, ids, targets)
-    names = [token_text(tokenizer, i) for i in ids]
-    w = max(6, max(len(s) for s in names) + 1)
+    tr, names, w = traced_text(model, tokenizer, ids, P, target)
     out = []
     say = out.append
     cfg = model.config
@@ -367,5 +360,6 @@ def explain_llama(model, tokenizer, ids, layer=0, head=0, position=None, key_pos
             f"product {d['prod']:.1e}, out {d['out']:.1e}")
 
     if target is not None:
-        out += _backward(model, tr, tokenizer, ids, targets, names, P, target, lr, full, 10, w, first=step + 1)
+        out += _backward(model, tr, tokenizer, ids, tr.targets[0], names, P, target, lr, full, 10, w,
+                         first=step + 1)
     return "\n".join(out)
