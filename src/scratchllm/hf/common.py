@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ScratchError
-from ..files import read_safetensors
+from ..files import read_safetensors, replace_dir, staged_dir, write_safetensors
 
 
 def read_config(d: Path) -> dict:
@@ -85,3 +85,17 @@ def state_from_table(tensors: dict, rows, tied: bool, where, shapes=None) -> dic
                                f"{tuple(shapes[ours])}: the weights and the config do not match")
         state[ours] = np.ascontiguousarray(a, dtype=np.float32)
     return state
+
+
+def write_hf_dir(path, config: dict, tensors: dict, tokenizer, label: str) -> Path:
+    """Write config.json, model.safetensors (and the tokenizer's files) as one directory at ``path``,
+    replacing it only when complete; a folder that is not an earlier export of this kind is refused."""
+    target = Path(path)
+    check_target(target, config["model_type"], label)
+    with staged_dir(target) as staged:
+        (staged / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_safetensors(tensors, staged / "model.safetensors", metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_hf(staged)
+        replace_dir(staged, target)
+    return target

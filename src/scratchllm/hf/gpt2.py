@@ -12,15 +12,13 @@ ours are stored (out, in) as in PyTorch's ``Linear``, so those are transposed.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ScratchError
-from ..files import replace_dir, staged_dir, write_safetensors
 from ..nn import skip_init
-from .common import check_target, read_config, read_hf_tensors, state_from_table
+from .common import read_config, read_hf_tensors, state_from_table, write_hf_dir
 
 # ---- the rename table ---------------------------------------------------------------
 # ours (GPT.named_parameters)              HF GPT2LMHeadModel (model.safetensors)   Conv1D: stored (in, out)
@@ -192,12 +190,4 @@ def save_hf_gpt2(model, path, tokenizer=None) -> Path:
                            "(only a BPETokenizer can); export the model without it")
     eos = getattr(tokenizer, "special_tokens", {}).get("<|endoftext|>") if tokenizer is not None else None
     config = hf_config_from_gpt(model.config, eos_token_id=eos)
-    target = Path(path)
-    check_target(target, "gpt2", "GPT-2")
-    with staged_dir(target) as staged:
-        (staged / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        write_safetensors(to_hf_state_dict(model), staged / "model.safetensors", metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save_hf(staged)
-        replace_dir(staged, target)
-    return target
+    return write_hf_dir(path, config, to_hf_state_dict(model), tokenizer, "GPT-2")

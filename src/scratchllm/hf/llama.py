@@ -14,15 +14,13 @@ it is written out all the same, as the list of what a directory must hold.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ScratchError
-from ..files import replace_dir, staged_dir, write_safetensors
 from ..nn import skip_init
-from .common import check_target, read_config, read_hf_tensors, state_from_table
+from .common import read_config, read_hf_tensors, state_from_table, write_hf_dir
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM"}
@@ -237,12 +235,4 @@ def save_hf_llama(model, path, tokenizer=None) -> Path:
     eos = next((specials[t] for t in ("<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>") if t in specials), None)
     bos = next((specials[t] for t in ("<s>", "<|begin_of_text|>") if t in specials), None)
     config = hf_config_from_llama(model.config, bos_token_id=bos, eos_token_id=eos)
-    target = Path(path)
-    check_target(target, config["model_type"], config["architectures"][0])
-    with staged_dir(target) as staged:
-        (staged / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        write_safetensors(to_hf_state_dict(model), staged / "model.safetensors", metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save_hf(staged)
-        replace_dir(staged, target)
-    return target
+    return write_hf_dir(path, config, to_hf_state_dict(model), tokenizer, config["architectures"][0])
