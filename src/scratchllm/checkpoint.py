@@ -57,7 +57,8 @@ def _kinds() -> dict:
 def resolve_dir(path) -> Path:
     """The checkpoint directory for ``path``: itself, or ``path/ckpt`` for a training run."""
     path = Path(path)
-    for cand in (path, path / "ckpt", path.with_name(path.name + ".old"), path / "ckpt.old"):
+    # A translation run's model/ (the weights it chose for translating) before its ckpt/ (the last, to resume).
+    for cand in (path, path / "model", path / "ckpt", path.with_name(path.name + ".old"), path / "ckpt.old"):
         if (cand / "config.json").is_file():
             return cand
     if not path.exists():
@@ -159,6 +160,12 @@ def open_model(path, tokenizer: bool = True):
         return _open_gguf(p, tokenizer)
     model = load_hf(p) if where == "hf" else _load_ours(p)
     return model, (_directory_tokenizer(p, where) if tokenizer else None)
+
+
+def saved_config(path) -> dict:
+    """config.json of one of our checkpoints (what a run wrote beside the model's own config); {} for others."""
+    where, p = _locate(path)
+    return _read_json(p / "config.json") if where == "ours" else {}
 
 
 def load(path):

@@ -195,6 +195,7 @@ class TrainingLoop:
                     self.after_step(loss, tokens, dt)
             finally:
                 self.close_bar()
+        self.stopped = reason  # None: the run reached its end
         if reason is not None:
             if self.last_saved != self.step:
                 self.save()

@@ -132,3 +132,20 @@ def bleu_details(hypotheses, references) -> BleuDetails:
 def bleu(hypotheses, references) -> float:
     """Corpus BLEU, 0-100, one reference string per hypothesis string."""
     return bleu_details(hypotheses, references).score
+
+
+# sacreBLEU's defaults, which bleu() follows: one reference, cased, no "effective order",
+# its 13a tokenizer, exponential smoothing.
+SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp"
+
+
+def bleu_signature() -> str:
+    """sacreBLEU's signature line for what :func:`bleu` measures, so a score can be compared with
+    published ones: sacrebleu's own when it is installed, else the same fields with no version."""
+    try:
+        import sacrebleu
+    except ImportError:
+        return SIGNATURE + "|version:none (sacrebleu not installed; bleu() follows its defaults)"
+    metric = sacrebleu.BLEU()
+    metric.corpus_score(["a"], [["a"]])  # it knows the number of references once it has scored
+    return str(metric.get_signature())

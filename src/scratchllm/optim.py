@@ -190,3 +190,12 @@ def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
     It needs no total length, so a run stopped early or lengthened follows it unchanged."""
     s, w = step + 1, max(1, warmup)
     return lr * min(s / w, math.sqrt(w / s))
+
+
+def linear_decay_lr(step: int, progress: float, lr: float, warmup: int) -> float:
+    """Warmup over ``warmup`` steps, times a straight line from 1 down to 0 as the run's
+    ``progress`` (its share of steps or of minutes done) goes from 0 to 1:
+    lr·min(1, s/w)·(1 − progress) at s = step + 1. A run planned to end at a time or a
+    step ends at learning rate 0, its weights settled, instead of being cut mid-descent."""
+    s, w = step + 1, max(1, warmup)
+    return lr * min(1.0, s / w) * min(1.0, max(0.0, 1.0 - progress))

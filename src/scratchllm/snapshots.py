@@ -55,34 +55,35 @@ def check_count(n: int):
         raise ScratchError(f"--snapshots must be 0 (none) or at least 2 (the first and the last step), not {n}")
 
 
-def snapshot_path(run, step: int) -> Path:
-    return Path(run) / DIR / f"step-{step:06d}.safetensors"
+def snapshot_path(run, step: int, folder: str = DIR) -> Path:
+    return Path(run) / folder / f"step-{step:06d}.safetensors"
 
 
-def list_snapshots(run) -> dict[int, Path]:
+def list_snapshots(run, folder: str = DIR) -> dict[int, Path]:
     """step -> file of the snapshots in run directory ``run``, by step (empty when there are none)."""
-    d = Path(run) / DIR
+    d = Path(run) / folder
     if not d.is_dir():
         return {}
     found = {int(m.group(1)): p for p in d.iterdir() if (m := _NAME.match(p.name))}
     return dict(sorted(found.items()))
 
 
-def write_snapshot(run, step: int, model) -> Path:
-    """The model's weights now, as snapshot ``step`` of run directory ``run`` (whole or not at all)."""
+def write_snapshot(run, step: int, model, folder: str = DIR) -> Path:
+    """The model's weights now, as snapshot ``step`` of run directory ``run`` (whole or not at all);
+    ``folder``: another set of a run's weights by step (a translation run's last epochs)."""
     from safetensors.numpy import save
 
     from .backend import to_numpy
 
     arrays = {k: np.ascontiguousarray(to_numpy(v)) for k, v in model.state_dict().items()}
-    return write_atomic(snapshot_path(run, step), save(arrays, metadata={"step": str(step)}))
+    return write_atomic(snapshot_path(run, step, folder), save(arrays, metadata={"step": str(step)}))
 
 
-def read_snapshot(run, step: int) -> dict:
+def read_snapshot(run, step: int, folder: str = DIR) -> dict:
     """name -> array of snapshot ``step`` of run directory ``run``."""
-    path = snapshot_path(run, step)
+    path = snapshot_path(run, step, folder)
     if not path.is_file():
-        have = list(list_snapshots(run))
+        have = list(list_snapshots(run, folder))
         raise ScratchError(f"{run} has no snapshot of step {step}" +
                            (f" (it has steps {', '.join(map(str, have))})" if have else " (it has none)"))
     return read_safetensors(path)
@@ -97,9 +98,9 @@ def load_snapshot(run, step: int):
     return model
 
 
-def trim_snapshots(run, step: int | None):
+def trim_snapshots(run, step: int | None, folder: str = DIR):
     """Drop the snapshots past ``step`` (a resume redoes those steps); None: drop them all (a fresh run)."""
-    for s, path in list_snapshots(run).items():
+    for s, path in list_snapshots(run, folder).items():
         if step is None or s > step:
             path.unlink(missing_ok=True)
 

@@ -23,14 +23,25 @@ largest single matrix, stays a quarter of the model.
 ``max_tokens`` padded tokens on either side. The batches of epoch e come from
 a generator seeded by (seed, e), so the data position is just (epoch, batch).
 
-**Schedule.** The paper's: Adam (β₂ 0.98, ε 1e-9), a linear warmup to ``lr``
-over ``warmup_steps``, then lr·√(warmup/step). It needs no total length, so
-a run stopped by the clock or lengthened on resume follows the same schedule
-up to where it stops. Label smoothing 0.1, gradient clipping at norm 1.
-The defaults (2048-token batches, peak 2e-3 after 400 steps) were chosen for
-a two-hour run on a 2-core CPU: against 4096-token batches, a peak of 1e-3
-or 800 warmup steps they gave the lowest loss and the best val BLEU after one
-to two epochs, at the same tokens per second (bench/RESULTS.md).
+**Schedule.** Adam (β₂ 0.98, ε 1e-9), a linear warmup to ``lr`` over
+``warmup_steps``, then a straight line down to 0 at the run's end
+(``schedule="linear"``): the end is ``--minutes`` of wall-clock time when
+given (the run's clock, evaluations included, is kept in the checkpoint), or
+its epochs' steps. So a two-hour run is a finished schedule, not a cut one.
+``schedule="inverse-sqrt"`` is the paper's lr·√(warmup/step), which needs no
+end. Label smoothing 0.1, gradient clipping at norm 1. The defaults
+(2048-token batches, peak 2e-3 after 400 steps) were chosen for a two-hour
+run on a 2-core CPU: against 4096-token batches, a peak of 1e-3 or 800
+warmup steps they gave the lowest loss and the best val BLEU after one to two
+epochs, at the same tokens per second (bench/RESULTS.md).
+
+**The weights kept.** After each epoch the weights go to ``epochs/`` (the
+last ``average`` of them). When the run ends, their mean is compared on the
+validation BLEU sentences with the last weights, and the better one is
+written to ``model/`` with the beam size and length penalty that scored best
+there (``tune_decoding``): ``scratchllm translate`` reads ``model/`` (its
+config.json says which weights and which decoding). The rest of the
+validation set is never looked at for a choice.
 
 **Resume.** Weights, Adam moments, step, position and the dropout generator
 come back from the checkpoint, so a resumed run is bit-identical to one that
@@ -52,7 +63,7 @@ from .data import length_grouped_batches, load_parallel, multi30k, pad_batch
 from .errors import ScratchError
 from .loop import TrainingLoop
 from .models.transformer import Transformer, TransformerConfig
-from .optim import AdamW, adamw_for, inverse_sqrt_lr
+from .optim import AdamW, adamw_for, inverse_sqrt_lr, linear_decay_lr
 from .tensor import no_grad
 from .translate import SPECIAL_TOKENS, encode_source, special_ids, translate_texts
 
@@ -76,13 +87,14 @@ class TranslationConfig:
     n_head: int = 4
     n_layers: int = 3  # encoder layers, and as many decoder layers
     d_ff: int = 1024
-    dropout: float = 0.1
+    dropout: float = 0.3  # Multi30k's 29k pairs overfit a 7.6M model at 0.1 after ~8 epochs
     max_len: int = 128
     # optimisation
-    epochs: int = 30
+    epochs: int = 0  # 0: 30, or with --minutes as many as fit
     max_tokens: int = 2048  # ≈ 130 Multi30k pairs: 240 steps an epoch
     lr: float = 2e-3
     warmup_steps: int = 400
+    schedule: str = "linear"  # "linear": warmup, then down to 0 at the run's end; "inverse-sqrt": the paper's
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-9
@@ -98,12 +110,19 @@ class TranslationConfig:
     save_minutes: float = 10.0  # also save mid-epoch this often
     seed: int = 0
     snapshots: int = 20  # steps whose weights are kept in out/snapshots (0, the last, log-spaced between); 0: none
+    average: int = 5  # the last this many epochs' weights averaged into out/model at the end (1: the last alone)
+    tune_decoding: bool = True  # choose beam size and length penalty on the validation BLEU sentences at the end
     progress: bool = True
 
 
 # What a resumed run may change: its length and bookkeeping, never the model or the data.
 RESUMABLE = ("epochs", "bleu_sentences", "log_interval", "max_steps", "minutes", "save_minutes", "snapshots",
-             "progress", "data_dir", "out")
+             "progress", "data_dir", "out", "average", "tune_decoding")
+DEFAULT_EPOCHS = 30  # without --minutes or --epochs
+SCHEDULES = ("linear", "inverse-sqrt")
+EPOCHS_DIR = "epochs"  # the last epochs' weights, for averaging
+MODEL_DIR = "model"  # the weights translate uses, with their decoding settings
+DECODING_GRID = ((4, 0.6), (4, 1.0), (4, 1.4))  # (beam, length penalty) tried on validation; then beam 8 at the best
 
 
 # ---- data -----------------------------------------------------------------------------
@@ -146,10 +165,10 @@ def train_tokenizer(src_lines, tgt_lines, vocab_size: int, kind: str = "bpe"):
 
 def check_config(cfg: TranslationConfig) -> None:
     """Every value of a TranslationConfig checked before any data is read or any file written."""
-    for name in ("threads", "epochs", "max_tokens", "d_model", "n_head", "n_layers", "d_ff", "max_len", "log_interval"):
+    for name in ("threads", "max_tokens", "d_model", "n_head", "n_layers", "d_ff", "max_len", "log_interval", "average"):
         if getattr(cfg, name) < 1:
             raise ScratchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("warmup_steps", "weight_decay", "grad_clip", "bleu_sentences", "max_steps", "minutes",
+    for name in ("epochs", "warmup_steps", "weight_decay", "grad_clip", "bleu_sentences", "max_steps", "minutes",
                  "save_minutes", "label_smoothing"):
         if getattr(cfg, name) < 0:
             raise ScratchError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(cfg, name)}")
@@ -162,6 +181,8 @@ def check_config(cfg: TranslationConfig) -> None:
     snap.check_count(cfg.snapshots)
     if cfg.d_model % cfg.n_head:
         raise ScratchError(f"--d-model ({cfg.d_model}) must be divisible by --n-head ({cfg.n_head})")
+    if cfg.schedule not in SCHEDULES:
+        raise ScratchError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {cfg.schedule!r}")
     if cfg.tokenizer not in ("bpe", "unigram"):
         raise ScratchError(f"--tokenizer must be 'bpe' or 'unigram', not {cfg.tokenizer!r}")
     if cfg.vocab_size < 260:
@@ -279,7 +300,8 @@ class TranslationTrainer(TrainingLoop):
     config_class = TranslationConfig
     resumable = RESUMABLE
 
-    def __init__(self, cfg: TranslationConfig, resume: bool = False, echo=print, world=None):
+    def __init__(self, cfg: TranslationConfig, resume: bool = False, echo=print, world=None, clock=time.perf_counter):
+        self.clock = clock  # seconds; the --minutes budget and the schedule read it (a test may drive it)
         cfg, state = self.open_run(cfg, resume, world, echo)
         self.cfg = cfg
         check_config(cfg)
@@ -297,6 +319,10 @@ class TranslationTrainer(TrainingLoop):
         self.epoch_loss = [0.0, 0]  # Σ loss·tokens, target tokens this epoch
         self.train_tokens, self.train_seconds = 0, 0.0  # source + target tokens, time in steps
         self.window = [0.0, 0, 0, 0.0]  # Σ loss, steps, tokens, seconds since the last "train" log line
+        self.clock_before = 0.0  # seconds this run spent before this process took it up (a resume)
+        self.eval_seconds = 0.0  # how long the last epoch's evaluation took: the end's work is planned by it
+        self._total_steps = None
+        self.fit_steps, self.fit_start, self.final = 0, None, None
         if state is not None:
             self.restore()
         self.start_log(self.step if resume else None)
@@ -308,19 +334,64 @@ class TranslationTrainer(TrainingLoop):
     # ---- what the checkpoint holds besides the loop's own ----------------------------------
     def extra_state(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "epoch_loss": self.epoch_loss,
-                "train_tokens": self.train_tokens, "train_seconds": self.train_seconds}
+                "train_tokens": self.train_tokens, "train_seconds": self.train_seconds,
+                "run_seconds": self.run_seconds(), "eval_seconds": self.eval_seconds}
 
     def load_extra_state(self, state: dict):
         self.epoch, self.batch = state["epoch"], state["batch"]
         self.epoch_loss = list(state["epoch_loss"])
         self.train_tokens, self.train_seconds = state["train_tokens"], state["train_seconds"]
+        self.clock_before = state.get("run_seconds", 0.0)
+        self.eval_seconds = state.get("eval_seconds", 0.0)
 
     # ---- one step ------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         return self.train_data.batches(self.cfg.max_tokens, np.random.default_rng([self.cfg.seed, epoch]))
 
+    # ---- the schedule: where the run ends, and how far it has come -------------------------
+    def epoch_limit(self) -> int | None:
+        """The epochs the run may take: --epochs, else 30, or no limit when --minutes sets the end."""
+        return self.cfg.epochs or (None if self.cfg.minutes else DEFAULT_EPOCHS)
+
+    def total_steps(self) -> int | None:
+        """The steps of the epochs to run (their batch counts, each epoch's own), capped by --max-steps."""
+        if self._total_steps is None:
+            limit = self.epoch_limit()
+            epochs = sum(len(self.epoch_batches(e)) for e in range(limit)) if limit else None
+            caps = [n for n in (epochs, self.cfg.max_steps or None) if n]
+            self._total_steps = (min(caps),) if caps else (None,)
+        return self._total_steps[0]
+
+    def run_seconds(self) -> float:
+        """Wall-clock seconds the run has taken, evaluations included, across resumes."""
+        started = getattr(self, "fit_start", None)
+        return self.clock_before + (self.clock() - started if started is not None else 0.0)
+
+    def end_seconds(self) -> float:
+        """The clock time at which training must stop for the run to end at --minutes: what
+        the end's averaging and decoding choice will take (planned from the last evaluation) is kept back."""
+        return max(60 * self.cfg.minutes - self.reserve_seconds(), 0.0)
+
+    def reserve_seconds(self) -> float:
+        if not self.cfg.bleu_sentences:
+            return 0.0
+        runs = (1 if self.cfg.average > 1 else 0) + (2.5 * (len(DECODING_GRID) + 1) if self.cfg.tune_decoding else 0)
+        return min(runs * self.eval_seconds, 6 * self.cfg.minutes)  # at most a tenth of the budget
+
+    def progress(self, step: int) -> float:
+        """How much of the run is done, 0 to 1: its share of steps or of minutes, whichever is further."""
+        shares = []
+        total = self.total_steps()
+        if total:
+            shares.append(step / total)
+        if self.cfg.minutes:
+            shares.append(self.run_seconds() / max(self.end_seconds(), 1e-9))
+        return max(shares, default=0.0)
+
     def lr_at(self, step: int) -> float:
-        return inverse_sqrt_lr(step, self.cfg.lr, self.cfg.warmup_steps)
+        if self.cfg.schedule == "inverse-sqrt":
+            return inverse_sqrt_lr(step, self.cfg.lr, self.cfg.warmup_steps)
+        return linear_decay_lr(step, self.progress(step), self.cfg.lr, self.cfg.warmup_steps)
 
     def train_step(self, rows) -> tuple[float, int]:
         """One Adam step on the pairs ``rows``; returns (loss, source + target tokens)."""
@@ -340,7 +411,8 @@ class TranslationTrainer(TrainingLoop):
         cfg = self.cfg
         self.fit_steps += 1
         if self.fit_steps == ESTIMATE_AFTER:
-            self._say(self.time_estimate(time.perf_counter() - self.fit_start))
+            self._say(self.time_estimate(self.clock() - self.fit_start))
+            self.snapshot_plan = None  # planned again, now that the run's length is known
         self.train_tokens += tokens
         self.train_seconds += seconds
         w = self.window
@@ -348,19 +420,26 @@ class TranslationTrainer(TrainingLoop):
         if self.step % cfg.log_interval == 0:
             w = self.window
             self.log({"kind": "train", "epoch": self.epoch + 1, "step": self.step, "loss": w[0] / w[1],
-                      "lr": self.lr_at(self.step - 1), "tokens_per_s": w[2] / w[3]})
+                      "lr": self.opt.lr, "tokens_per_s": w[2] / w[3]})
             self.window = [0.0, 0, 0, 0.0]
         if cfg.save_minutes and time.perf_counter() - self.last_save_time > 60 * cfg.save_minutes:
             self.save()
 
     def finished(self) -> bool:
-        return self.epoch >= self.cfg.epochs
+        limit = self.epoch_limit()
+        return limit is not None and self.epoch >= limit
 
     def planned_steps(self) -> int:
-        """This epoch's batches and as many in each epoch to come (their count varies little), or --max-steps."""
-        left = len(self.batches) - self.batch + len(self.batches) * (self.cfg.epochs - self.epoch - 1) \
-            if self.batches is not None else 0
-        return min(self.step + left, self.cfg.max_steps or self.step + left)
+        """The run's steps: its epochs' (or --max-steps), or under --minutes as many as the time left
+        allows at the speed of the steps so far (the first epoch's count until that is measured)."""
+        total = self.total_steps()
+        if self.cfg.minutes and self.fit_steps:
+            per_step = (self.clock() - self.fit_start) / self.fit_steps
+            in_time = self.step + int(max(self.end_seconds() - self.run_seconds(), 0.0) / per_step)
+            return min(total, in_time) if total else in_time
+        if total:
+            return total
+        return self.step + len(self.batches) if self.batches is not None else self.step
 
     def where(self) -> str:
         return f"epoch {self.epoch + 1}, batch {self.batch} (step {self.step})"
@@ -371,8 +450,8 @@ class TranslationTrainer(TrainingLoop):
             return "interrupted"
         if cfg.max_steps and self.step >= cfg.max_steps:
             return f"stopped at --max-steps {cfg.max_steps}"
-        if cfg.minutes and time.perf_counter() - start > 60 * cfg.minutes:
-            return f"stopped after --minutes {cfg.minutes:g}"
+        if cfg.minutes and self.run_seconds() >= self.end_seconds():
+            return f"stopped at the end of --minutes {cfg.minutes:g}"
         return None
 
     # ---- epochs and evaluation -------------------------------------------------------------
@@ -381,31 +460,43 @@ class TranslationTrainer(TrainingLoop):
         while not self.finished():
             if self.batches is None:
                 self.batches = self.epoch_batches(self.epoch)
+                limit = self.epoch_limit()
                 self.open_bar(total=len(self.batches), initial=self.batch, unit="batch",
-                              desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False)
+                              desc=f"epoch {self.epoch + 1}" + (f"/{limit}" if limit else ""), leave=False)
             if self.batch < len(self.batches):
                 return
             self.close_bar()
-            self.record = self.end_epoch(time.perf_counter() - self.fit_start)
+            self.record = self.end_epoch(self.run_seconds())
             if self.world.is_root:  # the only rank that evaluated
                 self.log(self.record)
                 self.echo(self._epoch_line(self.record))
             self.save()
+            self.keep_epoch_weights()
             self.batches = None
 
     def time_estimate(self, elapsed: float) -> str:
-        """How long the run will take at the speed of its first steps, and how to make it shorter."""
+        """The run's plan at the speed of its first steps: how many steps, how long, and how to make it shorter."""
+        cfg = self.cfg
         per_step = elapsed / max(self.fit_steps, 1)
-        left = max(self.planned_steps() - self.step, 0)
-        seconds = per_step * left
-        capped = ""
-        if self.cfg.minutes and seconds > 60 * self.cfg.minutes - elapsed:
-            seconds, capped = max(60 * self.cfg.minutes - elapsed, 0.0), f", stopped by --minutes {self.cfg.minutes:g}"
-        evals = f", plus a validation pass{' and BLEU' if self.cfg.bleu_sentences else ''} after each epoch" \
-            if not capped else ""
-        return (f"estimate: {per_step:.2f} s a step on this machine, {left:,} steps to go: about "
-                f"{_duration(seconds)}{capped}{evals}. Shorter: --minutes M (stops and saves; --resume goes on), "
-                f"--epochs N, or a smaller model (e.g. --d-model 128 --d-ff 512 --n-layers 2).")
+        total = self.planned_steps()
+        left = max(total - self.step, 0)
+        per_epoch = len(self.batches) if self.batches else 1
+        if cfg.minutes and (not self.total_steps() or total < self.total_steps()):
+            length = (f"--minutes {cfg.minutes:g}: about {total:,} steps (≈{total / per_epoch:.1f} epochs), "
+                      f"the last at {_duration(self.end_seconds())}")
+        else:
+            length = f"{left:,} steps to go: about {_duration(per_step * left)}"
+        lr = ("warms up over {w} steps, then falls in a straight line to 0 at the last step".format(w=cfg.warmup_steps)
+              if cfg.schedule == "linear" else f"warms up over {cfg.warmup_steps} steps, then falls as 1/√step")
+        end = []
+        if cfg.average > 1:
+            end.append(f"the last {cfg.average} epochs' weights averaged")
+        if cfg.tune_decoding and cfg.bleu_sentences:
+            end.append("beam size and length penalty chosen on validation")
+        return (f"plan: {per_step:.2f} s a step on this machine; {length}. The learning rate {lr}. Val loss"
+                f"{' and BLEU' if cfg.bleu_sentences else ''} after each epoch"
+                + (f"; at the end {' and '.join(end)} ({MODEL_DIR}/)" if end else "") +
+                ". Shorter: --minutes M, --epochs N, or a smaller model (e.g. --d-model 128 --d-ff 512 --n-layers 2).")
 
     def _say(self, line: str):
         """A line between the progress bar's updates (the bar is redrawn under it)."""
@@ -414,30 +505,127 @@ class TranslationTrainer(TrainingLoop):
         else:
             self.echo(line)
 
+    def open_snapshots(self):
+        if self.world.is_root:  # the epochs' weights past a resumed step are redone; a fresh run has none
+            snap.trim_snapshots(self.run, self.step if self.resuming else None, folder=EPOCHS_DIR)
+        super().open_snapshots()
+
     def fit(self, echo=None) -> dict:
-        """Train to ``epochs`` (or until a stop); return the last epoch's record."""
-        self.fit_start = time.perf_counter()
+        """Train to the run's end (or until a stop); return the last epoch's record. At the end
+        (not at Ctrl-C) the weights translate uses are chosen and written to ``model/``."""
+        self.fit_start = self.clock()
         self.fit_steps = 0
         self.window = [0.0, 0, 0, 0.0]
-        return super().fit(echo)
+        record = super().fit(echo)
+        if self.stopped != "interrupted" and self.world.is_root:
+            self.choose_final()
+        return record
 
     def evaluate(self) -> dict:
         """Val loss over all validation pairs; val BLEU of greedy translations of the first ``bleu_sentences``."""
         from .metrics import bleu
 
         record = {"val_loss": validation_loss(self.model, self.val_data, self.cfg.max_tokens)}
-        n = min(self.cfg.bleu_sentences, len(self.val_src))
-        if n > 0:
-            hyps = translate_texts(self.model, self.tokenizer, self.val_src[:n], beam_size=1, batch_size=100)
-            record["val_bleu"] = bleu(hyps, self.val_tgt[:n])
+        if self.tune_sentences():
+            record["val_bleu"] = self.val_bleu(self.model)
         return record
+
+    def tune_sentences(self) -> int:
+        """The validation sentences that BLEU is measured on, and every choice made by (the first ones)."""
+        return min(self.cfg.bleu_sentences, len(self.val_src))
+
+    def val_bleu(self, model, beam_size: int = 1, length_penalty: float | None = None) -> float:
+        from .metrics import bleu
+
+        n = self.tune_sentences()
+        hyps = translate_texts(model, self.tokenizer, self.val_src[:n], beam_size=beam_size,
+                               length_penalty=length_penalty, batch_size=100)
+        return bleu(hyps, self.val_tgt[:n])
+
+    # ---- the weights translate uses --------------------------------------------------------
+    def keep_epoch_weights(self):
+        """This epoch's end weights into epochs/, the last ``average`` of them kept."""
+        if self.cfg.average < 2 or not self.world.is_root:
+            return
+        snap.write_snapshot(self.run, self.step, self.model, folder=EPOCHS_DIR)
+        kept = list(snap.list_snapshots(self.run, EPOCHS_DIR).items())
+        for _, path in kept[:-self.cfg.average]:
+            path.unlink(missing_ok=True)
+
+    def averaged_weights(self) -> tuple[dict, list[int]]:
+        """The mean of the last ``average`` epochs' weights (this step's own if it ended mid-epoch), and their steps."""
+        kept = snap.list_snapshots(self.run, EPOCHS_DIR)
+        steps = [s for s in kept if s <= self.step]
+        current = {k: np.array(v) for k, v in self.model.state_dict().items()}
+        if self.step not in steps:
+            steps.append(self.step)
+        steps = steps[-self.cfg.average:]
+        total = {k: np.zeros(v.shape, np.float64) for k, v in current.items()}
+        for s in steps:
+            weights = current if s == self.step else snap.read_snapshot(self.run, s, folder=EPOCHS_DIR)
+            for k in total:
+                total[k] += weights[k]
+        return {k: (v / len(steps)).astype(current[k].dtype) for k, v in total.items()}, steps
+
+    def choose_final(self) -> dict:
+        """model/: the better on the validation BLEU sentences of the last weights and the average of the
+        last epochs', with the (beam, length penalty) that scores best there; logged as a "final" line."""
+        import copy
+
+        cfg, t0 = self.cfg, self.clock()
+        n = self.tune_sentences()
+        final = {"kind": "final", "step": self.step, "weights": "last", "steps_averaged": [self.step]}
+        model = self.model
+        if n:
+            last = self.record.get("val_bleu") if self.record.get("step") == self.step else None
+            final["val_bleu_last"] = last if last is not None else self.val_bleu(self.model)
+        if cfg.average > 1:
+            weights, steps = self.averaged_weights()
+            if len(steps) > 1:
+                averaged = copy.deepcopy(self.model)
+                averaged.load_state_dict(weights)
+                if n:
+                    final["val_bleu_average"] = self.val_bleu(averaged)
+                if not n or final["val_bleu_average"] >= final["val_bleu_last"]:
+                    model, final["weights"], final["steps_averaged"] = averaged, "average", steps
+        decoding = {"beam": 4, "length_penalty": 0.6}
+        if n and cfg.tune_decoding:
+            scores = {(b, a): self.val_bleu(model, b, a) for b, a in DECODING_GRID}
+            best_alpha = max(scores, key=scores.get)[1]
+            scores[(8, best_alpha)] = self.val_bleu(model, 8, best_alpha)
+            (beam, alpha) = max(scores, key=scores.get)
+            decoding = {"beam": beam, "length_penalty": alpha}
+            final["decoding_val_bleu"] = {f"beam {b}, alpha {a:g}": round(v, 2) for (b, a), v in scores.items()}
+        final |= {"decoding": decoding, "val_sentences": n, "seconds": round(self.clock() - t0, 1),
+                  "run_seconds": round(self.run_seconds(), 1)}
+        checkpoint.save(model, self.run / MODEL_DIR, tokenizer=self.tokenizer,
+                        extra_config={"chosen": {k: final[k] for k in ("weights", "steps_averaged", "step")},
+                                      "decoding": decoding})
+        self.log(final)
+        self.echo(self._final_line(final))
+        self.final = final
+        return final
+
+    def _final_line(self, f: dict) -> str:
+        what = (f"the mean of the weights at steps {', '.join(map(str, f['steps_averaged']))}"
+                if f["weights"] == "average" else f"the last weights (step {f['step']})")
+        scores = ""
+        if "val_bleu_last" in f:
+            scores = f" (val BLEU, greedy, {f['val_sentences']} sentences: last {f['val_bleu_last']:.2f}" + \
+                     (f", average {f['val_bleu_average']:.2f}" if "val_bleu_average" in f else "") + ")"
+        d = f["decoding"]
+        return (f"{self.run / MODEL_DIR}: {what}{scores}; decoding: beam {d['beam']}, length penalty "
+                f"{d['length_penalty']:g}" + (" (chosen on validation)" if "decoding_val_bleu" in f else "") +
+                f"; {f['seconds']:.0f} s, run {_duration(f['run_seconds'])}")
 
     def end_epoch(self, elapsed: float) -> dict:
         total, count = self.epoch_loss
         record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step, "train_loss": total / max(count, 1)}
         if self.world.is_root:  # the others need not wait for it: nothing in training depends on it
+            t0 = self.clock()
             record |= self.evaluate()
-        record |= {"lr": self.lr_at(self.step), "tokens_per_s": self.train_tokens / max(self.train_seconds, 1e-9),
+            self.eval_seconds = self.clock() - t0
+        record |= {"lr": self.opt.lr, "tokens_per_s": self.train_tokens / max(self.train_seconds, 1e-9),
                    "elapsed_s": round(elapsed, 1)}
         self.epoch, self.batch, self.epoch_loss = self.epoch + 1, 0, [0.0, 0]
         return record

@@ -32,9 +32,14 @@ _HELP = {
     "n_layers": "encoder layers, and as many decoder layers",
     "d_ff": "feed-forward hidden width",
     "max_len": "longest sentence in tokens (longer training pairs are dropped)",
-    "epochs": "passes over the training pairs (a resumed run continues to this many)",
+    "epochs": "passes over the training pairs, a resumed run continuing to this many (default: 0 = 30, or as "
+              "many as --minutes allows)",
     "max_tokens": "batch size: padded tokens per batch on either side",
-    "lr": "peak learning rate, reached after the warmup, then decaying as 1/sqrt(step)",
+    "lr": "peak learning rate, reached after the warmup, then decaying as --schedule says",
+    "schedule": "'linear': after the warmup a straight line down to 0 at the run's end (--minutes, else the last "
+                "epoch); 'inverse-sqrt': the paper's lr*sqrt(warmup/step), open-ended",
+    "average": "at the end, average the last this many epochs' weights into OUT/model if that scores better on "
+               "validation than the last weights (1: the last weights)",
     "warmup_steps": "steps of linear learning-rate warmup",
     "eps": "Adam epsilon",
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
@@ -43,12 +48,13 @@ _HELP = {
     "bleu_sentences": "validation sentences translated (greedy) for BLEU after each epoch (0: none)",
     "log_interval": "write a training line to log.jsonl every this many steps",
     "max_steps": "stop, saving a checkpoint, at this step (0: no limit)",
-    "minutes": "stop, saving a checkpoint, after this many minutes (0: no limit)",
+    "minutes": "plan the run to end in this many minutes of wall-clock time: the schedule ends there, and the "
+               "end's averaging and decoding choice fit in (0: no limit); a resumed run counts the time already spent",
     "save_minutes": "also save a checkpoint this often within an epoch (0: only after epochs)",
     "snapshots": "keep the weights of this many steps in OUT/snapshots, to watch the model learn: step 0, the last, "
                  "and more early than late (0: none)",
 }
-_SKIP = {"progress"}
+_SKIP = {"progress", "tune_decoding"}
 
 
 def register(sub):
@@ -69,6 +75,8 @@ def _register_train(sub):
                                    "Ctrl-C saves a checkpoint that --resume continues exactly.")
     add_config_options(p, TranslationConfig, _HELP, _SKIP)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-tune-decoding", action="store_true",
+                   help="keep beam 4 and length penalty 0.6 instead of choosing them on validation at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
@@ -85,6 +93,7 @@ def _train_config(args):
     if cfg.src or cfg.tgt:
         cfg.data = ""  # files given: no dataset
     cfg.progress = not args.no_progress
+    cfg.tune_decoding = not args.no_tune_decoding
     if args.threads is None and launched()[1] > 1:
         cfg.threads = 1  # under mpirun the ranks share the cores: N ranks × 1 thread = N threads in one process
     check_config(cfg)  # every value, before any data is read or file written
@@ -99,8 +108,9 @@ def run_train(args):
 
 
 def _run_train(args):
+    from .. import checkpoint
     from ..translate import translate_texts
-    from ..translation_train import TranslationTrainer
+    from ..translation_train import MODEL_DIR, TranslationTrainer
 
     cfg = _train_config(args)
     check_output_dir(cfg.out)  # before the data and the tokenizer, not after them
@@ -117,9 +127,15 @@ def _run_train(args):
           f"{trainer.tokenizer.vocab_size}, {len(data):,} training pairs{dropped}, "
           f"{len(trainer.val_src):,} validation pairs; run directory {cfg.out}{ranks}")
     trainer.fit()
-    print(f"checkpoint: {trainer.ckpt_dir}")
+    print(f"checkpoint (to resume): {trainer.ckpt_dir}")
+    if trainer.final is None:  # interrupted: the run has not chosen its weights yet
+        return 0
+    model, tokenizer = checkpoint.open_model(trainer.run / MODEL_DIR)
+    decoding = trainer.final["decoding"]
     examples = trainer.val_src[:3]
-    for src, ref, hyp in zip(examples, trainer.val_tgt, translate_texts(trainer.model, trainer.tokenizer, examples)):
+    hyps = translate_texts(model, tokenizer, examples, beam_size=decoding["beam"],
+                           length_penalty=decoding["length_penalty"])
+    for src, ref, hyp in zip(examples, trainer.val_tgt, hyps):
         print(f"  source:    {src}\n  reference: {ref}\n  model:     {hyp}")
     return 0
 
@@ -129,9 +145,11 @@ def _add_decoding(p):
     p.add_argument("--ckpt", "--model", dest="ckpt", default=DEFAULT_OUT, metavar="DIR",
                    help=f"checkpoint directory, or a run directory holding ckpt/; --model is another spelling "
                         f"(default: {DEFAULT_OUT})")
-    p.add_argument("--beam", type=int, default=4, metavar="N", help="beam size; 1 = greedy (default: 4)")
-    p.add_argument("--length-penalty", type=float, default=0.6, metavar="A",
-                   help="GNMT length penalty alpha for beam search; 0 = raw log-probabilities (default: 0.6)")
+    p.add_argument("--beam", type=int, default=None, metavar="N",
+                   help="beam size; 1 = greedy (default: the one the run chose on validation, else 4)")
+    p.add_argument("--length-penalty", type=float, default=None, metavar="A",
+                   help="GNMT length penalty alpha for beam search; 0 = raw log-probabilities (default: the one "
+                        "the run chose on validation, else 0.6)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="sentences decoded together (default: 32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -142,9 +160,9 @@ def _load(args):
     from ..models.base import LanguageModel
     from ..translate import special_ids
 
-    if args.beam < 1:
+    if args.beam is not None and args.beam < 1:
         raise ScratchError(f"--beam must be at least 1, got {args.beam}")
-    if args.length_penalty < 0:
+    if args.length_penalty is not None and args.length_penalty < 0:
         raise ScratchError(f"--length-penalty must be ≥ 0, got {args.length_penalty}")
     if args.batch_size < 1:
         raise ScratchError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -154,6 +172,12 @@ def _load(args):
                            "translation model: train one with 'scratchllm translate-train'")
     tokenizer = checkpoint.load_tokenizer(args.ckpt)
     special_ids(tokenizer)
+    chosen = checkpoint.saved_config(args.ckpt).get("decoding") or {}
+    args.chosen = args.beam is None and args.length_penalty is None and bool(chosen)
+    if args.beam is None:
+        args.beam = int(chosen.get("beam", 4))
+    if args.length_penalty is None:
+        args.length_penalty = float(chosen.get("length_penalty", 0.6))
     return model, tokenizer
 
 
@@ -238,7 +262,7 @@ def _register_eval(sub):
 
 def run_eval(args):
     from ..data import load_parallel, multi30k
-    from ..metrics import bleu_details
+    from ..metrics import bleu_details, bleu_signature
 
     if (args.src is None) != (args.ref is None):
         raise ScratchError("give both --src and --ref (line-aligned files)")
@@ -256,6 +280,8 @@ def run_eval(args):
     hyps = _translate(model, tokenizer, src, args, progress=not args.no_progress)
     if args.output:
         write_atomic(args.output, "".join(h + "\n" for h in hyps))
-    print(f"{name}: {len(src)} sentences, beam {args.beam}")
+    chosen = " (chosen on validation by translate-train)" if args.chosen else ""
+    print(f"{name}: {len(src)} sentences, beam {args.beam}, length penalty {args.length_penalty:g}{chosen}")
     print(bleu_details(hyps, refs))
+    print(f"signature: {bleu_signature()}")
     return 0
