@@ -222,6 +222,21 @@ def test_the_runs_learning_rate_is_the_schedule_at_every_step(gpt, transformer):
     assert int(np.argmax(s["lr"])) == cfg["warmup_iters"] - 1  # the peak where the warmup ends
     _, client, run = transformer
     s = client.get("run")["schedule"]
-    cfg = checkpoint.read_train_state(run / "ckpt")["train_config"]
-    np.testing.assert_allclose(s["lr"], [inverse_sqrt_lr(k, cfg["lr"], cfg["warmup_steps"]) for k in s["steps"]], rtol=1e-12)
-    assert s["steps"][:cfg["warmup_steps"] + 1] == list(range(cfg["warmup_steps"] + 1))
+    state = checkpoint.read_train_state(run / "ckpt")
+    cfg, total = state["train_config"], state["step"]  # a finished run: its epochs' steps
+    assert cfg["schedule"] == "linear" and s["steps"] == list(range(cfg["log_interval"] - 1, total, cfg["log_interval"]))
+    want = [cfg["lr"] * min(1, (k + 1) / cfg["warmup_steps"]) * (1 - k / total) for k in s["steps"]]
+    np.testing.assert_allclose(s["lr"], want, rtol=1e-12)
+
+
+def test_the_papers_schedule_is_drawn_from_its_formula(tmp_path):
+    """A translation run on the paper's 1/√step schedule: every step's rate, from the schedule function."""
+    from scratchllm import translation_train as TT
+    from scratchllm.explore.api import Explorer
+    from test_explore_http import translation_config
+
+    cfg = translation_config(tmp_path, epochs=2, bleu_sentences=0, schedule="inverse-sqrt", snapshots=0, average=1)
+    TT.train_translation(cfg, echo=lambda *a: None)
+    s = Explorer(tmp_path / "run").run({})["schedule"]
+    np.testing.assert_allclose(s["lr"], [inverse_sqrt_lr(k, cfg.lr, cfg.warmup_steps) for k in s["steps"]], rtol=1e-12)
+    assert s["steps"][:cfg.warmup_steps + 1] == list(range(cfg.warmup_steps + 1))

@@ -155,10 +155,11 @@ def test_log_and_checkpoint(tmp_path):
     tr = TT.train_translation(tiny_config(tmp_path, epochs=2), echo=quiet)
     run = tmp_path / "run"
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert {r["kind"] for r in log} == {"train", "epoch"}
+    assert [r["kind"] for r in log][-1] == "final" and {r["kind"] for r in log} == {"train", "epoch", "final"}
     assert all(0 <= r["val_bleu"] <= 100 for r in log if r["kind"] == "epoch")
-    model, tok = sl.load(run), sl.checkpoint.load_tokenizer(run)
+    model, tok = sl.load(run / "ckpt"), sl.checkpoint.load_tokenizer(run)  # the last weights, to resume from
     assert translate_texts(model, tok, ["ka ri"]) == translate_texts(tr.model, tr.tokenizer, ["ka ri"])
+    assert sl.checkpoint.locate(run) == run / "model"  # what translate reads: the weights the run chose
     saved = json.loads((run / "ckpt" / "train_state.json").read_text())
     assert (saved["epoch"], saved["batch"], saved["step"]) == (2, 0, tr.step)
 

@@ -354,12 +354,11 @@ class TranslationTrainer(TrainingLoop):
         return self.cfg.epochs or (None if self.cfg.minutes else DEFAULT_EPOCHS)
 
     def total_steps(self) -> int | None:
-        """The steps of the epochs to run (their batch counts, each epoch's own), capped by --max-steps."""
+        """The steps of the epochs to run (their batch counts, each epoch's own); None: --minutes alone ends
+        the run. (--max-steps is a stop, as Ctrl-C is: a run stopped by it resumes on the same schedule.)"""
         if self._total_steps is None:
             limit = self.epoch_limit()
-            epochs = sum(len(self.epoch_batches(e)) for e in range(limit)) if limit else None
-            caps = [n for n in (epochs, self.cfg.max_steps or None) if n]
-            self._total_steps = (min(caps),) if caps else (None,)
+            self._total_steps = (sum(len(self.epoch_batches(e)) for e in range(limit)) if limit else None,)
         return self._total_steps[0]
 
     def run_seconds(self) -> float:
@@ -432,14 +431,12 @@ class TranslationTrainer(TrainingLoop):
     def planned_steps(self) -> int:
         """The run's steps: its epochs' (or --max-steps), or under --minutes as many as the time left
         allows at the speed of the steps so far (the first epoch's count until that is measured)."""
-        total = self.total_steps()
+        total = self.total_steps() or (self.step + len(self.batches) if self.batches is not None else self.step)
         if self.cfg.minutes and self.fit_steps:
             per_step = (self.clock() - self.fit_start) / self.fit_steps
             in_time = self.step + int(max(self.end_seconds() - self.run_seconds(), 0.0) / per_step)
-            return min(total, in_time) if total else in_time
-        if total:
-            return total
-        return self.step + len(self.batches) if self.batches is not None else self.step
+            total = min(self.total_steps() or in_time, in_time)
+        return min(total, self.cfg.max_steps or total)
 
     def where(self) -> str:
         return f"epoch {self.epoch + 1}, batch {self.batch} (step {self.step})"

@@ -127,7 +127,7 @@ def _run_train(args):
           f"{trainer.tokenizer.vocab_size}, {len(data):,} training pairs{dropped}, "
           f"{len(trainer.val_src):,} validation pairs; run directory {cfg.out}{ranks}")
     trainer.fit()
-    print(f"checkpoint (to resume): {trainer.ckpt_dir}")
+    print(f"checkpoint: {trainer.ckpt_dir} (to resume from)")
     if trainer.final is None:  # interrupted: the run has not chosen its weights yet
         return 0
     model, tokenizer = checkpoint.open_model(trainer.run / MODEL_DIR)

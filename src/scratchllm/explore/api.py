@@ -455,8 +455,12 @@ class Explorer:
         settings in its train_state.json (not sampled at evaluations, so a warmup of 100 steps is 100)."""
         from ..optim import cosine_with_warmup, inverse_sqrt_lr
 
-        state = self.ckpt_dir / "train_state.json"
-        if not self.ckpt_dir.is_dir() or not state.is_file():
+        if not self.ckpt_dir.is_dir():
+            return None
+        # beside the weights, or (a translation run's model/) in the run's ckpt/
+        state = next((d / "train_state.json" for d in (self.ckpt_dir, self.ckpt_dir.parent / "ckpt")
+                      if (d / "train_state.json").is_file()), None)
+        if state is None:
             return None
         try:
             cfg = json.loads(state.read_text()).get("train_config") or {}
@@ -468,6 +472,15 @@ class Explorer:
             decay = int(cfg.get("lr_decay_iters") or total)
             lr_at = lambda s: cosine_with_warmup(s, cfg["lr"], cfg["min_lr"], cfg["warmup_iters"], decay)  # noqa: E731
             name = f"linear warmup over {cfg['warmup_iters']} steps, then cosine to {cfg['min_lr']:g} at step {decay}"
+        elif cfg.get("schedule", "inverse-sqrt") != "inverse-sqrt" and "warmup_steps" in cfg:
+            # a translation run planned to its end (its minutes, or its epochs): the rates it logged
+            logged = sorted((r["step"] - 1, r["lr"]) for r in records
+                            if r.get("kind") == "train" and isinstance(r.get("step"), int) and "lr" in r)
+            if not logged:
+                return None
+            return {"steps": [s for s, _ in logged], "lr": [lr for _, lr in logged],
+                    "what": f"linear warmup over {cfg['warmup_steps']} steps, then a straight line down to 0 at the "
+                            f"run's end (the rates the run logged, every {cfg.get('log_interval', 1)} steps)"}
         elif "warmup_steps" in cfg:  # a translation run: warmup then 1/√step, no total length
             total = max(last, int(cfg.get("max_steps") or 0))
             lr_at = lambda s: inverse_sqrt_lr(s, cfg["lr"], cfg["warmup_steps"])  # noqa: E731
