@@ -1,20 +1,26 @@
 """German → English translation on Multi30k: the default `scratchllm translate-train`
-configuration trained under a wall-clock limit, its test2016 BLEU, and its
-training speed against the same model in PyTorch.
+run planned to 30, 60 and 120 minutes, two seeds each, scored on test2016 and on
+validation sentences no choice was made on; and its training speed against the
+same model in PyTorch.
 
 1. Speed: the first batches of epoch 1, each trained by a fresh scratchllm
    model and by torch.nn.Transformer (same sizes, pre-norm, shared embedding
-   tied to the output, sinusoidal positions, dropout 0.1, label smoothing
-   0.1, Adam, clipping — written here), interleaved batch by batch.
-   Tokens/s counts source + target tokens, padding excluded.
-2. Quality: the default configuration trained on Multi30k train until the
-   clock runs out (--minutes, default 120), val loss and greedy val BLEU after
-   every epoch, then beam search (4, α 0.6) on test2016, scored by
-   scratchllm.metrics.bleu and by sacrebleu on the same detokenised, cased
-   output.
+   tied to the output, sinusoidal positions, the default dropout and label
+   smoothing, Adam, clipping — written here), interleaved batch by batch.
+   Tokens/s counts source + target tokens, padding excluded. Where the
+   environment sets OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE, the speed is measured
+   again in a child process without them (what a user's machine runs).
+2. Quality: for each --minutes M and --seeds S, `scratchllm translate-train
+   --minutes M --seed S` (the README's command) in its own process, then the
+   weights and decoding it chose (OUT/model) translate test2016 and the
+   validation sentences after the first --bleu-sentences (the "unseen" set:
+   neither the epoch BLEU, the averaging choice nor the decoding choice read
+   them), scored by scratchllm.metrics.bleu and by sacrebleu on the same
+   detokenised, cased output. --score RUN_DIR scores runs already made.
 
-    python bench/translate.py                   # the full run: about 2 h 10 min
-    python bench/translate.py --minutes 10      # a smoke run
+    python bench/translate.py                              # 2 × (30 + 60 + 120) min: about 7 h
+    python bench/translate.py --minutes 10 --seeds 0       # a smoke run
+    python bench/translate.py --score out/run-a out/run-b  # runs made by translate-train
 """
 from __future__ import annotations
 
@@ -33,12 +39,12 @@ sys.path.insert(0, str(HERE))
 from common import header, table, use_torch_threads  # noqa: E402
 
 from scratchllm.data import multi30k  # noqa: E402
-from scratchllm.metrics import bleu_details  # noqa: E402
+from scratchllm.metrics import bleu_details, bleu_signature  # noqa: E402
 from scratchllm.nn import sinusoidal_encoding  # noqa: E402
 from scratchllm.optim import clip_grad_norm  # noqa: E402
 from scratchllm.translate import translate_texts  # noqa: E402
 from scratchllm.translation_train import (TranslationConfig, TranslationTrainer, build_model,  # noqa: E402
-                                          build_optimizer, inverse_sqrt_lr)
+                                          build_optimizer, linear_decay_lr)
 
 
 def shared_data_dir() -> str:
@@ -98,7 +104,7 @@ def speed(trainer: TranslationTrainer, n_batches: int, threads: int, warmup: int
     ref_opt = torch.optim.Adam(ref.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
     def step_ours(i, batch):
-        opt.lr = inverse_sqrt_lr(i, cfg.lr, cfg.warmup_steps)
+        opt.lr = linear_decay_lr(i, i / 6000, cfg.lr, cfg.warmup_steps)
         ours.zero_grad()
         loss = ours.loss(*batch, label_smoothing=cfg.label_smoothing)
         loss.backward()
@@ -107,7 +113,7 @@ def speed(trainer: TranslationTrainer, n_batches: int, threads: int, warmup: int
 
     def step_ref(i, batch):
         for g in ref_opt.param_groups:
-            g["lr"] = inverse_sqrt_lr(i, cfg.lr, cfg.warmup_steps)
+            g["lr"] = linear_decay_lr(i, i / 6000, cfg.lr, cfg.warmup_steps)
         ref_opt.zero_grad(set_to_none=True)
         loss = ref.loss(*(torch.from_numpy(a) for a in batch))
         loss.backward()
@@ -135,65 +141,135 @@ def speed(trainer: TranslationTrainer, n_batches: int, threads: int, warmup: int
 
 
 # ---- quality -------------------------------------------------------------------------------
-def curve_table(log_path: Path) -> str:
-    lines = log_path.read_text().splitlines() if log_path.exists() else []
-    epochs = [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
-    rows = [(r["epoch"], r["step"], f"{r['elapsed_s'] / 60:.1f}", f"{r['train_loss']:.3f}", f"{r['val_loss']:.3f}",
-             f"{r.get('val_bleu', float('nan')):.2f}", f"{r['tokens_per_s']:,.0f}") for r in epochs]
-    return table(rows, ["epoch", "step", "minutes", "train loss (smoothed)", "val loss", "val BLEU (greedy)",
-                        "tokens/s"])
+def read_log(run: Path) -> list[dict]:
+    path = run / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def quality(trainer: TranslationTrainer, data_dir: str, beam: int, out: Path) -> dict:
+def curve_table(run: Path) -> str:
+    epochs = [r for r in read_log(run) if r["kind"] == "epoch"]
+    rows = [(r["epoch"], r["step"], f"{r['elapsed_s'] / 60:.1f}", f"{r['lr']:.2e}", f"{r['train_loss']:.3f}",
+             f"{r['val_loss']:.3f}", f"{r.get('val_bleu', float('nan')):.2f}", f"{r['tokens_per_s']:,.0f}")
+            for r in epochs]
+    return table(rows, ["epoch", "step", "minutes", "lr", "train loss", "val loss", "val BLEU (greedy)", "tokens/s"])
+
+
+def train_run(minutes: float, seed: int, data_dir: str, out: Path) -> float:
+    """The README's command in its own process; returns its wall-clock seconds."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "scratchllm", "translate-train", "--minutes", f"{minutes:g}", "--seed", str(seed),
+           "--data-dir", data_dir, "--out", str(out), "--no-progress"]
+    print("$ " + " ".join(cmd[2:]), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def score_run(run: Path, data_dir: str) -> dict:
+    """test2016 and the unseen validation sentences, translated with the run's chosen weights and decoding."""
     import sacrebleu
 
-    trainer.fit()
-    t0 = time.perf_counter()
-    de, en = multi30k("test2016", data_dir)
-    hyps = translate_texts(trainer.model, trainer.tokenizer, de, beam_size=beam, length_penalty=0.6, batch_size=32)
-    decode_s = time.perf_counter() - t0
-    (out / "test2016.hyp.en").write_text("".join(h + "\n" for h in hyps))
-    ours, ref = bleu_details(hyps, en), sacrebleu.corpus_bleu(hyps, [en])
-    tps = trainer.train_tokens / max(trainer.train_seconds, 1e-9)
-    print(f"\nTraining curve (val BLEU: greedy, first {trainer.cfg.bleu_sentences} val sentences)\n")
-    print(curve_table(trainer.log_path))
-    print(f"\n{trainer.epoch} epochs + {trainer.batch} batches, {trainer.step} steps; training {tps:,.0f} tokens/s "
-          f"(source + target, excluding evaluation)")
-    print(f"test2016, beam {beam}, α 0.6 ({decode_s:.0f} s to translate {len(de)} sentences):")
-    print(f"  scratchllm.metrics.bleu: {ours}")
-    print(f"  sacrebleu:               {ref}")
-    return {"bleu": ours.score, "sacrebleu": ref.score, "precisions": ours.precisions, "train_tokens_per_s": tps,
-            "epochs": trainer.epoch, "batches": trainer.batch, "steps": trainer.step, "decode_s": decode_s}
+    from scratchllm import checkpoint
+
+    model, tokenizer = checkpoint.open_model(run / "model")
+    decoding = checkpoint.saved_config(run / "model")["decoding"]
+    cfg = checkpoint.read_train_state(run / "ckpt")["train_config"]
+    tuned = cfg["bleu_sentences"]
+    val_de, val_en = multi30k("val", data_dir)
+    sets = {"test2016": multi30k("test2016", data_dir), f"val[{tuned}:] (unseen)": (val_de[tuned:], val_en[tuned:])}
+    result = {"decoding": decoding, "final": next((r for r in reversed(read_log(run)) if r["kind"] == "final"), {})}
+    for name, (de, en) in sets.items():
+        t0 = time.perf_counter()
+        hyps = translate_texts(model, tokenizer, de, beam_size=decoding["beam"],
+                               length_penalty=decoding["length_penalty"], batch_size=32)
+        seconds = time.perf_counter() - t0
+        (run / f"{name.split()[0]}.hyp.en").write_text("".join(h + "\n" for h in hyps))
+        ours, ref = bleu_details(hyps, en), sacrebleu.corpus_bleu(hyps, [en])
+        result[name] = {"bleu": ours.score, "sacrebleu": ref.score, "details": str(ours), "sentences": len(de),
+                        "seconds": seconds}
+        print(f"{run} {name}, beam {decoding['beam']}, length penalty {decoding['length_penalty']:g} "
+              f"({seconds:.0f} s for {len(de)} sentences):\n  scratchllm.metrics.bleu: {ours}\n"
+              f"  sacrebleu:               {ref}", flush=True)
+    print(f"signature: {bleu_signature()}")
+    return result
+
+
+def quality(runs: list[tuple[float | None, int | None, Path]], data_dir: str) -> list[dict]:
+    rows, results = [], []
+    for minutes, seed, run in runs:
+        r = score_run(run, data_dir) | {"run": str(run), "minutes": minutes, "seed": seed}
+        final, log = r["final"], read_log(run)
+        epochs = [x for x in log if x["kind"] == "epoch"]
+        print(f"\n{run}: training curve\n\n{curve_table(run)}\n", flush=True)
+        test, unseen = r["test2016"]["bleu"], next(v["bleu"] for k, v in r.items() if k.startswith("val["))
+        rows.append((f"{minutes:g}" if minutes else "?", seed if seed is not None else "?", final.get("step", "?"),
+                     len(epochs), f"{final.get('run_seconds', 0) / 60:.1f}", final.get("weights", "?"),
+                     f"{r['decoding']['beam']} / {r['decoding']['length_penalty']:g}",
+                     f"{max((x.get('val_bleu', 0) for x in epochs), default=0):.2f}", f"{test:.2f}", f"{unseen:.2f}",
+                     f"{unseen - test:+.2f}"))
+        results.append(r)
+    print(table(rows, ["minutes", "seed", "steps", "epochs", "run (min)", "weights", "beam / α",
+                       "best epoch val BLEU (greedy)", "test2016 BLEU", "unseen val BLEU", "unseen − test"]))
+    return results
+
+
+def speed_without_openblas_settings(args) -> dict | None:
+    """The speed again in a child without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when this environment sets them."""
+    import subprocess
+
+    if not {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"} & set(os.environ):
+        print("OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are not set: the speed above is what a user's machine runs")
+        return None
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    out = Path(args.out) / "speed-unset.json"
+    subprocess.run([sys.executable, __file__, "--speed-only", "--speed-json", str(out), "--threads", str(args.threads),
+                    "--data-dir", args.data_dir, "--out", args.out, "--speed-batches", str(args.speed_batches)],
+                   env=env, check=True)
+    return json.loads(out.read_text())
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=120.0, help="wall-clock limit for training (default: 120)")
+    ap.add_argument("--minutes", type=float, nargs="+", default=[30.0, 60.0, 120.0],
+                    help="budgets of the default run (default: 30 60 120)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of each budget (default: 0 1)")
+    ap.add_argument("--score", nargs="+", type=Path, metavar="RUN", help="score these run directories instead of training")
     ap.add_argument("--data-dir", default=shared_data_dir(), help="folder holding multi30k/ (default: ../shared/data)")
-    ap.add_argument("--out", default="out/bench-translate", help="run directory (default: out/bench-translate)")
-    ap.add_argument("--speed-batches", type=int, default=20, help="batches timed for the speed comparison")
-    ap.add_argument("--beam", type=int, default=4)
+    ap.add_argument("--out", default="out/bench-translate", help="folder of the runs (default: out/bench-translate)")
+    ap.add_argument("--speed-batches", type=int, default=20, help="batches timed for the speed comparison (0: none)")
+    ap.add_argument("--speed-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--speed-json", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2,
-                    help="threads for NumPy's BLAS and for PyTorch alike (default: 2, the machine's cores; "
-                         "1 on a machine shared with other jobs, where spinning threads distort both)")
-    ap.add_argument("--progress", action="store_true", help="show the training progress bar")
+                    help="threads for NumPy's BLAS and for PyTorch alike in the speed comparison (default: 2)")
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(args.threads, user_api="blas")  # NumPy's BLAS; PyTorch's threads are set in speed()
-    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # a BLAS loaded later (by another library)
-
-    # the default configuration; the clock, not the epoch count, ends the run
-    cfg = TranslationConfig(data_dir=args.data_dir, out=args.out, epochs=10_000, minutes=args.minutes,
-                            progress=args.progress)
     out = Path(args.out)
-    trainer = TranslationTrainer(cfg, echo=lambda line: print(line, flush=True))
-    print(f"config: {json.dumps({k: v for k, v in asdict(cfg).items() if k not in ('data_dir', 'out')})}\n")
-    result = {"speed": speed(trainer, args.speed_batches, args.threads) if args.speed_batches else None}
-    result["quality"] = quality(trainer, args.data_dir, args.beam, out)
-    result["minutes"], result["threads"] = args.minutes, args.threads
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    if result["speed"]:
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"threads": args.threads}
+    if args.speed_batches:
+        threadpool_limits(args.threads, user_api="blas")  # NumPy's BLAS; PyTorch's threads are set in speed()
+        cfg = TranslationConfig(data_dir=args.data_dir, out=str(out / "speed"), progress=False, threads=args.threads)
+        trainer = TranslationTrainer(cfg, echo=lambda line: None)
+        print(f"config: {json.dumps({k: v for k, v in asdict(cfg).items() if k not in ('data_dir', 'out')})}\n")
+        result["speed"] = speed(trainer, args.speed_batches, args.threads)
+        if args.speed_only:
+            Path(args.speed_json).write_text(json.dumps(result["speed"]))
+            return
+        result["speed_openblas_unset"] = speed_without_openblas_settings(args)
+    if args.score:
+        runs = [(None, None, run) for run in args.score]
+    else:
+        runs = []
+        for minutes in args.minutes:
+            for seed in args.seeds:
+                run = out / f"m{minutes:g}-s{seed}"
+                train_run(minutes, seed, args.data_dir, run)
+                runs.append((minutes, seed, run))
+    result["quality"] = quality(runs, args.data_dir)
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    if result.get("speed"):
         print(f"\nspeed ratio scratchllm / pytorch (tokens/s): {result['speed']['ratio']:.2f}")
 
 

@@ -50,9 +50,9 @@ def test_train_help_words_every_option(capsys):
 def test_translate_train_estimates_its_length(tmp_path):
     lines = []
     TT.train_translation(translation_config(tmp_path, epochs=3, bleu_sentences=0), echo=lines.append)
-    estimate = [s for s in lines if s.startswith("estimate:")]
+    estimate = [s for s in lines if s.startswith("plan:")]
     assert len(estimate) == 1, lines
-    assert re.search(r"[0-9.]+ s a step on this machine, [0-9,]+ steps to go: about \d", estimate[0])
+    assert re.search(r"[0-9.]+ s a step on this machine; [0-9,]+ steps to go: about \d", estimate[0])
     assert "--minutes" in estimate[0] and "--d-model" in estimate[0]
     assert TT.TranslationConfig().threads == TrainConfig().threads
 

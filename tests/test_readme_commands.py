@@ -25,7 +25,8 @@ from conftest import REPO, shared_data_dir
 
 README = REPO / "README.md"
 # sections whose ```bash blocks are run (the quick start is the text before the first "## " heading)
-SECTIONS = ("Training a GPT", "The path in numbers", "A modern LLM", "A real model", "See it work", "Watch a model learn")
+SECTIONS = ("Training a GPT", "The path in numbers", "A modern LLM", "A real model", "See it work", "Watch a model learn",
+            "Translating German")
 TABLE = "The path, step by step"
 
 # small and fast: appended after the README's own options (argparse keeps the last value given)
@@ -85,6 +86,14 @@ CASES: dict[str, tuple[str, ...]] = {
     # A real model
     'scratchllm chat --model smollm2 --prompt "What is the capital of France?" --temperature 0': SMOL,
     'scratchllm explain gpt --model smollm2 --text "The capital of France is" --lens': (),
+    # Translating German → English
+    "scratchllm translate-train --minutes 120 --out out-translate":
+        ("--src", "de.txt", "--tgt", "en.txt", "--vocab-size", "300", "--d-model", "32", "--n-head", "2",
+         "--n-layers", "1", "--d-ff", "64", "--minutes", "0.05", "--max-tokens", "256", "--bleu-sentences", "8",
+         "--threads", "1", "--no-progress", "--out", "out-minutes"),
+    'scratchllm translate --ckpt out-translate --text "Zwei Hunde spielen im Schnee."': ("--ckpt", "out-minutes"),
+    "scratchllm translate-eval --ckpt out-translate":
+        ("--ckpt", "out-minutes", "--src", "de.txt", "--ref", "en.txt", "--no-progress"),
     # See it work
     "scratchllm explore --ckpt out": ("--port", "0"),
     "scratchllm explore --ckpt out-translate --open": ("--port", "0"),
@@ -391,6 +400,19 @@ def test_translate_and_explain_transformer(translate_dir):
     out = run(translate_dir, 'scratchllm explain transformer --ckpt DIR --text "Ein Hund rennt." --head 0 --position 1',
               sub)
     assert "head 0" in out
+
+
+def test_translation_section(translate_dir):
+    """The section's three commands, in order: a run planned by --minutes chooses its weights and decoding,
+    translate reads them, translate-eval prints the score and sacreBLEU's signature."""
+    out = run(translate_dir, "scratchllm translate-train --minutes 120 --out out-translate", timeout=180)
+    assert "plan: " in out and "stopped at the end of --minutes 0.05" in out
+    assert (translate_dir / "out-minutes" / "model" / "config.json").is_file()
+    out = run(translate_dir, 'scratchllm translate --ckpt out-translate --text "Zwei Hunde spielen im Schnee."')
+    assert out.strip(), out
+    out = run(translate_dir, "scratchllm translate-eval --ckpt out-translate")
+    assert "BLEU = " in out and "(chosen on validation by translate-train)" in out
+    assert re.search(r"signature: nrefs:1\|case:mixed\|eff:no\|tok:13a\|smooth:exp\|version:", out), out
 
 
 # ---------------------------------------------------------------- Training a GPT

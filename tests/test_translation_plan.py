@@ -46,11 +46,13 @@ def test_time_budget_schedule_reaches_its_final_rate_at_the_budget(tmp_path):
     a straight line from 1 to 0 over the 60 s (worked out here from the clock), and 0 at the budget."""
     cfg = tiny_config(tmp_path, epochs=0, minutes=1, bleu_sentences=0, log_interval=1, warmup_steps=4, lr=1e-2,
                       average=1, snapshots=0)
-    clock = StepClock(1.5)
-    tr = TT.TranslationTrainer(cfg, echo=quiet, clock=clock)
+    clock, said = StepClock(1.5), []
+    tr = TT.TranslationTrainer(cfg, echo=said.append, clock=clock)
     clock.drive(tr)
     tr.fit()
     assert tr.step == 40 and tr.stopped == "stopped at the end of --minutes 1"
+    plan = [line for line in said if line.startswith("plan:")]  # said after 20 steps: 30 s spent, 30 s left
+    assert len(plan) == 1 and "1.50 s a step on this machine; --minutes 1: about 40 steps" in plan[0], said
     lrs = {r["step"]: r["lr"] for r in read_log(tmp_path / "run") if r["kind"] == "train"}
     assert sorted(lrs) == list(range(1, 41))
     for step, lr in lrs.items():  # step k ran at clock time 1.5·(k − 1) into the run

@@ -303,6 +303,8 @@ class TranslationTrainer(TrainingLoop):
     def __init__(self, cfg: TranslationConfig, resume: bool = False, echo=print, world=None, clock=time.perf_counter):
         self.clock = clock  # seconds; the --minutes budget and the schedule read it (a test may drive it)
         cfg, state = self.open_run(cfg, resume, world, echo)
+        if state is not None and "schedule" not in state["train_config"]:
+            cfg.schedule = "inverse-sqrt"  # a run from before the setting: it goes on as it began
         self.cfg = cfg
         check_config(cfg)
         train_src, train_tgt, self.val_src, self.val_tgt = load_pairs(cfg)
