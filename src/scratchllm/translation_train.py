@@ -6,7 +6,12 @@ A run directory (``--out``, default ``out-translate/``) holds::
     ckpt/            the checkpoint: config, weights, tokenizer, optimizer moments,
                      dropout generator, epoch and batch position
     log.jsonl        a "train" line every ``log_interval`` steps, an "epoch" line
-                     (val loss, val BLEU) after each epoch
+                     (val loss, val BLEU) after each epoch, a "final" line (which
+                     weights and decoding were chosen, and their val BLEU)
+    epochs/          the weights the last ``average`` epochs ended with
+    model/           what ``scratchllm translate`` reads: the chosen weights, the
+                     tokenizer, and in config.json the beam size and length penalty
+    snapshots/       the weights at ``snapshots`` steps, to watch the run learn
 
 **Data.** Sentence pairs from Multi30k (German → English) or from two
 line-aligned files. One byte-level BPE tokenizer is learned on the source and
