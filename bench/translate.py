@@ -21,6 +21,7 @@ same model in PyTorch.
     python bench/translate.py                              # 2 × (30 + 60 + 120) min: about 7 h
     python bench/translate.py --minutes 10 --seeds 0       # a smoke run
     python bench/translate.py --score out/run-a out/run-b  # runs made by translate-train
+    python bench/translate.py --shapes                     # tokens/s of other model shapes
 """
 from __future__ import annotations
 
@@ -140,6 +141,42 @@ def speed(trainer: TranslationTrainer, n_batches: int, threads: int, warmup: int
     return result
 
 
+# ---- shapes ---------------------------------------------------------------------------------
+SHAPES = [  # (d_model, layers a side, d_ff, vocabulary); the first is the default
+    (256, 3, 1024, 8000), (256, 3, 1024, 6000), (256, 2, 1024, 8000), (256, 4, 1024, 8000),
+    (192, 3, 768, 8000), (384, 3, 1536, 8000),
+]
+
+
+def shape_speed(data_dir: str, out: Path, n_batches: int, warmup: int = 3) -> list[dict]:
+    """Tokens/s of translate-train's own step (its threads, its sharding) for each shape, on the first
+    batches of epoch 1 (the same sentence pairs for each shape of one vocabulary)."""
+    rows, results = [], []
+    for d_model, layers, d_ff, vocab in SHAPES:
+        cfg = TranslationConfig(data_dir=data_dir, out=str(out / "shape"), progress=False, d_model=d_model,
+                                n_layers=layers, d_ff=d_ff, vocab_size=vocab, snapshots=0)
+        trainer = TranslationTrainer(cfg, echo=lambda line: None)
+        batches = trainer.epoch_batches(0)[:warmup + n_batches]
+        seconds, tokens = 0.0, 0
+        for i, rows_i in enumerate(batches):
+            t0 = time.perf_counter()
+            _, n = trainer.train_step(rows_i)
+            if i >= warmup:
+                seconds += time.perf_counter() - t0
+                tokens += n
+        r = {"d_model": d_model, "layers": layers, "d_ff": d_ff, "vocab": vocab,
+             "parameters": trainer.model.num_parameters(), "tokens_per_s": tokens / seconds,
+             "tokens_per_pair": tokens / sum(len(b) for b in batches[warmup:])}
+        results.append(r)
+        rows.append((f"{d_model} / {layers}+{layers} / {d_ff} / {vocab}", f"{r['parameters'] / 1e6:.2f} M",
+                     f"{r['tokens_per_pair']:.1f}", f"{r['tokens_per_s']:,.0f}",
+                     f"{r['tokens_per_s'] / r['tokens_per_pair']:.1f}"))
+        print(f"  {rows[-1]}", flush=True)
+    print(table(rows, ["d_model / layers / d_ff / vocab", "parameters", "tokens per pair", "tokens/s",
+                       "pairs/s"]))
+    return results
+
+
 # ---- quality -------------------------------------------------------------------------------
 def read_log(run: Path) -> list[dict]:
     path = run / "log.jsonl"
@@ -238,6 +275,8 @@ def main():
     ap.add_argument("--data-dir", default=shared_data_dir(), help="folder holding multi30k/ (default: ../shared/data)")
     ap.add_argument("--out", default="out/bench-translate", help="folder of the runs (default: out/bench-translate)")
     ap.add_argument("--speed-batches", type=int, default=20, help="batches timed for the speed comparison (0: none)")
+    ap.add_argument("--shapes", action="store_true",
+                    help="only the tokens/s of translate-train's step for several model shapes and vocabularies")
     ap.add_argument("--speed-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--speed-json", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2,
@@ -248,6 +287,10 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"threads": args.threads}
+    if args.shapes:
+        result["shapes"] = shape_speed(args.data_dir, out, args.speed_batches or 20)
+        (out / "shapes.json").write_text(json.dumps(result, indent=1))
+        return
     if args.speed_batches:
         threadpool_limits(args.threads, user_api="blas")  # NumPy's BLAS; PyTorch's threads are set in speed()
         cfg = TranslationConfig(data_dir=args.data_dir, out=str(out / "speed"), progress=False, threads=args.threads)

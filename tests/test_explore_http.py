@@ -49,7 +49,8 @@ def build_gpt_run(d):
 def build_translation_run(d):
     """A small Transformer that has learned some of the made-up language of test_translation_train."""
     if "transformer" not in _RUNS:
-        TT.train_translation(translation_config(d, epochs=12, bleu_sentences=0), echo=lambda *a: None)
+        # average=1: model/ holds the last weights, the same as the last snapshot the page's slider starts on
+        TT.train_translation(translation_config(d, epochs=12, bleu_sentences=0, average=1), echo=lambda *a: None)
         _RUNS["transformer"] = d / "run"
     return _RUNS["transformer"]
 

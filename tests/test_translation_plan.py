@@ -58,6 +58,10 @@ def test_time_budget_schedule_reaches_its_final_rate_at_the_budget(tmp_path):
     for step, lr in lrs.items():  # step k ran at clock time 1.5·(k − 1) into the run
         assert lr == pytest.approx(1e-2 * min(1, step / 4) * (1 - 1.5 * (step - 1) / 60), abs=1e-12), step
     assert lrs[40] == pytest.approx(1e-2 / 40)
+    from scratchllm.explore.api import Explorer  # the page draws what the run took, step by step
+
+    drawn = Explorer(tmp_path / "run").run({})["schedule"]
+    assert drawn["steps"] == list(range(40)) and drawn["lr"] == [lrs[k + 1] for k in range(40)]
     assert tr.lr_at(tr.step) == 0.0  # the budget is spent: the schedule has ended
     assert tr.run_seconds() == 60.0 and json.loads((tmp_path / "run" / "ckpt" / "train_state.json").read_text()
                                                    )["run_seconds"] == 60.0
@@ -106,6 +110,7 @@ def test_averaged_weights_are_the_mean_of_the_last_epochs(tmp_path):
     config = json.loads((run / "model" / "config.json").read_text())
     steps = [int(re.search(r"(\d+)", f.name).group(1)) for f in files]
     assert config["chosen"]["weights"] == "average" and config["chosen"]["steps_averaged"] == steps
+    assert read_log(run)[-1]["average_of"] == steps
     assert steps[-1] == tr.step
 
 

@@ -342,7 +342,8 @@ class TranslationTrainer(TrainingLoop):
     def extra_state(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "epoch_loss": self.epoch_loss,
                 "train_tokens": self.train_tokens, "train_seconds": self.train_seconds,
-                "run_seconds": self.run_seconds(), "eval_seconds": self.eval_seconds}
+                "run_seconds": self.run_seconds(), "eval_seconds": self.eval_seconds,
+                "schedule_steps": None if self.cfg.minutes else self.total_steps()}  # for drawing the schedule
 
     def load_extra_state(self, state: dict):
         self.epoch, self.batch = state["epoch"], state["batch"]
@@ -586,6 +587,7 @@ class TranslationTrainer(TrainingLoop):
         if cfg.average > 1:
             weights, steps = self.averaged_weights()
             if len(steps) > 1:
+                final["average_of"] = steps
                 averaged = copy.deepcopy(self.model)
                 averaged.load_state_dict(weights)
                 if n:

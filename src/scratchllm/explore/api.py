@@ -453,7 +453,7 @@ class Explorer:
     def schedule(self, records=()) -> dict | None:
         """The learning rate at every step of the run, from the schedule function itself and the
         settings in its train_state.json (not sampled at evaluations, so a warmup of 100 steps is 100)."""
-        from ..optim import cosine_with_warmup, inverse_sqrt_lr
+        from ..optim import cosine_with_warmup, inverse_sqrt_lr, linear_decay_lr
 
         if not self.ckpt_dir.is_dir():
             return None
@@ -463,7 +463,8 @@ class Explorer:
         if state is None:
             return None
         try:
-            cfg = json.loads(state.read_text()).get("train_config") or {}
+            saved = json.loads(state.read_text())
+            cfg = saved.get("train_config") or {}
         except (json.JSONDecodeError, OSError):
             return None
         last = max([r["step"] for r in records if isinstance(r.get("step"), int)], default=0)
@@ -472,8 +473,13 @@ class Explorer:
             decay = int(cfg.get("lr_decay_iters") or total)
             lr_at = lambda s: cosine_with_warmup(s, cfg["lr"], cfg["min_lr"], cfg["warmup_iters"], decay)  # noqa: E731
             name = f"linear warmup over {cfg['warmup_iters']} steps, then cosine to {cfg['min_lr']:g} at step {decay}"
+        elif cfg.get("schedule") == "linear" and saved.get("schedule_steps"):
+            # a translation run planned to the end of its epochs: every step's rate, from the schedule
+            total = int(saved["schedule_steps"])
+            lr_at = lambda s: linear_decay_lr(s, s / total, cfg["lr"], cfg["warmup_steps"])  # noqa: E731
+            name = f"linear warmup over {cfg['warmup_steps']} steps, then a straight line down to 0 at step {total}"
         elif cfg.get("schedule", "inverse-sqrt") != "inverse-sqrt" and "warmup_steps" in cfg:
-            # a translation run planned to its end (its minutes, or its epochs): the rates it logged
+            # a translation run planned to its --minutes: the rates it logged (they follow its clock)
             logged = sorted((r["step"] - 1, r["lr"]) for r in records
                             if r.get("kind") == "train" and isinstance(r.get("step"), int) and "lr" in r)
             if not logged:
