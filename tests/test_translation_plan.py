@@ -67,6 +67,45 @@ def test_time_budget_schedule_reaches_its_final_rate_at_the_budget(tmp_path):
                                                    )["run_seconds"] == 60.0
 
 
+def test_plan_leaves_out_the_start_and_is_redone_after_the_first_epoch(tmp_path):
+    """Five slow first steps (11.5 s: start-up work), then 1.5 s a step, and 9 s of evaluation after each
+    22-step epoch, on the test's clock, --minutes 3. The plan after 20 steps times steps 6–20 alone; the
+    one after epoch 1 includes the evaluation, and comes closer to the steps the run takes."""
+    cfg = tiny_config(tmp_path, epochs=0, minutes=3, bleu_sentences=0, log_interval=1, average=1, snapshots=0)
+    clock, said = StepClock(1.5), []
+    tr = TT.TranslationTrainer(cfg, echo=said.append, clock=clock)
+    advance, evaluate = tr.advance, tr.evaluate
+
+    def advance_slow_at_first():
+        out = advance()
+        clock.now += 11.5 if tr.step <= 5 else 1.5
+        return out
+
+    def evaluate_slowly():
+        clock.now += 9.0
+        return evaluate()
+    tr.advance, tr.evaluate = advance_slow_at_first, evaluate_slowly
+    tr.fit()
+    # the run worked out here: step k ends at t(k); an evaluation after steps 22, 44, 66; stop once t ≥ 180
+    t, ends = 0.0, {}
+    for k in range(1, 1000):
+        t += 11.5 if k <= 5 else 1.5
+        t += 9.0 if k % 22 == 0 else 0.0
+        ends[k] = t
+        if t >= 180:
+            break
+    steps = k
+    assert tr.step == steps == 69
+    first = 20 + int((180 - ends[20]) / 1.5)  # 86: the pace of steps 6–20, no evaluation in it
+    again = 22 + int((180 - ends[22]) / ((ends[22] - ends[5]) / 17))  # 65: steps 6–22 and the first evaluation
+    plan = [line for line in said if line.startswith("plan")]
+    assert len(plan) == 2, said
+    assert plan[0].startswith("plan: 1.50 s a step on this machine; --minutes 3: about 86 steps"), plan[0]
+    assert plan[1].startswith(f"plan after epoch 1: {(ends[22] - ends[5]) / 17:.2f} s a step with the evaluations; "
+                              f"--minutes 3: about {again} steps"), plan[1]
+    assert abs(again - steps) < abs(first - steps)
+
+
 def test_time_budget_is_kept_across_a_resume(tmp_path):
     """Stopped after 20 of the budget's 40 steps, then resumed: the clock goes on from 30 s, not from 0."""
     cfg = tiny_config(tmp_path, epochs=0, minutes=1, bleu_sentences=0, log_interval=1, warmup_steps=4,

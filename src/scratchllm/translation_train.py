@@ -287,7 +287,8 @@ def validation_loss(model: Transformer, data: PairData, max_tokens: int) -> floa
 
 
 # ---- the run ----------------------------------------------------------------------------
-ESTIMATE_AFTER = 20  # steps timed before the run's length is estimated
+ESTIMATE_AFTER = 20  # steps after which the run's length is estimated
+SETTLE_STEPS = 5  # the first steps, slowed by one-off start-up work, are left out of a step's time
 
 
 def _duration(seconds: float) -> str:
@@ -329,7 +330,7 @@ class TranslationTrainer(TrainingLoop):
         self.clock_before = 0.0  # seconds this run spent before this process took it up (a resume)
         self.eval_seconds = 0.0  # how long the last epoch's evaluation took: the end's work is planned by it
         self._total_steps = None
-        self.fit_steps, self.fit_start, self.final = 0, None, None
+        self.fit_steps, self.fit_start, self.timed_from, self.replanned, self.final = 0, None, None, False, None
         if state is not None:
             self.restore()
         self.start_log(self.step if resume else None)
@@ -417,8 +418,10 @@ class TranslationTrainer(TrainingLoop):
     def after_step(self, loss: float, tokens: int, seconds: float):
         cfg = self.cfg
         self.fit_steps += 1
+        if self.fit_steps == SETTLE_STEPS:
+            self.timed_from = (self.clock(), self.fit_steps)
         if self.fit_steps == ESTIMATE_AFTER:
-            self._say(self.time_estimate(self.clock() - self.fit_start))
+            self._say(self.time_estimate())
             self.snapshot_plan = None  # planned again, now that the run's length is known
         self.train_tokens += tokens
         self.train_seconds += seconds
@@ -441,10 +444,15 @@ class TranslationTrainer(TrainingLoop):
         allows at the speed of the steps so far (the first epoch's count until that is measured)."""
         total = self.total_steps() or (self.step + len(self.batches) if self.batches is not None else self.step)
         if self.cfg.minutes and self.fit_steps:
-            per_step = (self.clock() - self.fit_start) / self.fit_steps
-            in_time = self.step + int(max(self.end_seconds() - self.run_seconds(), 0.0) / per_step)
+            in_time = self.step + int(max(self.end_seconds() - self.run_seconds(), 0.0) / self.step_seconds())
             total = min(self.total_steps() or in_time, in_time)
         return min(total, self.cfg.max_steps or total)
+
+    def step_seconds(self) -> float:
+        """Wall-clock seconds a step takes in this process, evaluations and saves included once there have
+        been some; after the first SETTLE_STEPS, timed from there (the start's one-off work left out)."""
+        t0, n0 = self.timed_from if self.timed_from and self.fit_steps > self.timed_from[1] else (self.fit_start, 0)
+        return max(self.clock() - t0, 1e-9) / max(self.fit_steps - n0, 1)
 
     def where(self) -> str:
         return f"epoch {self.epoch + 1}, batch {self.batch} (step {self.step})"
@@ -475,14 +483,16 @@ class TranslationTrainer(TrainingLoop):
             if self.world.is_root:  # the only rank that evaluated
                 self.log(self.record)
                 self.echo(self._epoch_line(self.record))
+                if self.cfg.minutes and not self.replanned and self.fit_steps > ESTIMATE_AFTER:
+                    self.echo(self.replan_line())
             self.save()
             self.keep_epoch_weights()
             self.batches = None
 
-    def time_estimate(self, elapsed: float) -> str:
+    def time_estimate(self) -> str:
         """The run's plan at the speed of its first steps: how many steps, how long, and how to make it shorter."""
         cfg = self.cfg
-        per_step = elapsed / max(self.fit_steps, 1)
+        per_step = self.step_seconds()
         total = self.planned_steps()
         left = max(total - self.step, 0)
         per_epoch = len(self.batches) if self.batches else 1
@@ -503,6 +513,14 @@ class TranslationTrainer(TrainingLoop):
                 + (f"; at the end {' and '.join(end)} ({MODEL_DIR}/)" if end else "") +
                 ". Shorter: --minutes M, --epochs N, or a smaller model (e.g. --d-model 128 --d-ff 512 --n-layers 2).")
 
+    def replan_line(self) -> str:
+        """After this process's first whole epoch, the --minutes plan again at the pace of that epoch,
+        its evaluation included (the first steps' estimate knows nothing of evaluations)."""
+        self.replanned, self.snapshot_plan = True, None
+        total, per_epoch = self.planned_steps(), max(len(self.batches), 1)
+        return (f"plan after epoch {self.epoch}: {self.step_seconds():.2f} s a step with the evaluations; "
+                f"--minutes {self.cfg.minutes:g}: about {total:,} steps (≈{total / per_epoch:.1f} epochs)")
+
     def _say(self, line: str):
         """A line between the progress bar's updates (the bar is redrawn under it)."""
         if self.bar is not None and not self.bar.disable:
@@ -518,7 +536,7 @@ class TranslationTrainer(TrainingLoop):
     def fit(self, echo=None) -> dict:
         """Train to the run's end (or until a stop); return the last epoch's record. At the end
         (not at Ctrl-C) the weights translate uses are chosen and written to ``model/``."""
-        self.fit_start = self.clock()
+        self.fit_start, self.timed_from, self.replanned = self.clock(), None, False
         self.fit_steps = 0
         self.window = [0.0, 0, 0, 0.0]
         record = super().fit(echo)
@@ -528,8 +546,6 @@ class TranslationTrainer(TrainingLoop):
 
     def evaluate(self) -> dict:
         """Val loss over all validation pairs; val BLEU of greedy translations of the first ``bleu_sentences``."""
-        from .metrics import bleu
-
         record = {"val_loss": validation_loss(self.model, self.val_data, self.cfg.max_tokens)}
         if self.tune_sentences():
             record["val_bleu"] = self.val_bleu(self.model)

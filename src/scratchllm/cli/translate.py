@@ -71,7 +71,7 @@ def _register_train(sub):
                        description="Train the encoder-decoder Transformer of 'Attention is all you need' on sentence "
                                    "pairs: Multi30k German -> English by default, or --src/--tgt files. A joint BPE "
                                    "tokenizer is learned first; after 20 steps it says how long the run will take "
-                                   "on this machine; val loss and val BLEU are printed after each epoch; "
+                                   "on this machine (with --minutes, again after the first epoch); val loss and val BLEU are printed after each epoch; "
                                    "Ctrl-C saves a checkpoint that --resume continues exactly.")
     add_config_options(p, TranslationConfig, _HELP, _SKIP)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
