@@ -22,6 +22,7 @@ same model in PyTorch.
     python bench/translate.py --minutes 10 --seeds 0       # a smoke run
     python bench/translate.py --score out/run-a out/run-b  # runs made by translate-train
     python bench/translate.py --shapes                     # tokens/s of other model shapes
+    python bench/translate.py --minutes 30 --set tokenizer=unigram --set vocab-size=6000   # a lever changed
 """
 from __future__ import annotations
 
@@ -191,12 +192,16 @@ def curve_table(run: Path) -> str:
     return table(rows, ["epoch", "step", "minutes", "lr", "train loss", "val loss", "val BLEU (greedy)", "tokens/s"])
 
 
-def train_run(minutes: float, seed: int, data_dir: str, out: Path) -> float:
-    """The README's command in its own process; returns its wall-clock seconds."""
+def train_run(minutes: float, seed: int, data_dir: str, out: Path, settings: list[str] = ()) -> float:
+    """The README's command in its own process (with ``settings``, NAME=VALUE, as --NAME VALUE);
+    returns its wall-clock seconds."""
     import subprocess
 
     cmd = [sys.executable, "-m", "scratchllm", "translate-train", "--minutes", f"{minutes:g}", "--seed", str(seed),
            "--data-dir", data_dir, "--out", str(out), "--no-progress"]
+    for setting in settings:
+        name, value = setting.split("=", 1)
+        cmd += [f"--{name}", value]
     print("$ " + " ".join(cmd[2:]), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -232,21 +237,34 @@ def score_run(run: Path, data_dir: str) -> dict:
     return result
 
 
-def quality(runs: list[tuple[float | None, int | None, Path]], data_dir: str) -> list[dict]:
+def run_settings(run: Path) -> tuple[float, int, str]:
+    """(minutes, seed, the settings that differ from translate-train's defaults) of a run, from its checkpoint."""
+    from scratchllm import checkpoint
+
+    cfg = checkpoint.read_train_state(run / "ckpt")["train_config"]
+    defaults = asdict(TranslationConfig())
+    own = ("minutes", "seed", "data_dir", "out", "progress", "max_steps")
+    changed = [f"{k.replace('_', '-')}={v}" for k, v in cfg.items() if k in defaults and k not in own
+               and v != defaults[k]]
+    return cfg.get("minutes", 0.0), cfg.get("seed", 0), ", ".join(changed) or "default"
+
+
+def quality(runs: list[Path], data_dir: str) -> list[dict]:
     rows, results = [], []
-    for minutes, seed, run in runs:
-        r = score_run(run, data_dir) | {"run": str(run), "minutes": minutes, "seed": seed}
+    for run in runs:
+        minutes, seed, settings = run_settings(run)
+        r = score_run(run, data_dir) | {"run": str(run), "minutes": minutes, "seed": seed, "settings": settings}
         final, log = r["final"], read_log(run)
         epochs = [x for x in log if x["kind"] == "epoch"]
         print(f"\n{run}: training curve\n\n{curve_table(run)}\n", flush=True)
         test, unseen = r["test2016"]["bleu"], next(v["bleu"] for k, v in r.items() if k.startswith("val["))
-        rows.append((f"{minutes:g}" if minutes else "?", seed if seed is not None else "?", final.get("step", "?"),
+        rows.append((settings, f"{minutes:g}" if minutes else "-", seed, final.get("step", "?"),
                      len(epochs), f"{final.get('run_seconds', 0) / 60:.1f}", final.get("weights", "?"),
                      f"{r['decoding']['beam']} / {r['decoding']['length_penalty']:g}",
                      f"{max((x.get('val_bleu', 0) for x in epochs), default=0):.2f}", f"{test:.2f}", f"{unseen:.2f}",
                      f"{unseen - test:+.2f}"))
         results.append(r)
-    print(table(rows, ["minutes", "seed", "steps", "epochs", "run (min)", "weights", "beam / α",
+    print(table(rows, ["settings", "minutes", "seed", "steps", "epochs", "run (min)", "weights", "beam / α",
                        "best epoch val BLEU (greedy)", "test2016 BLEU", "unseen val BLEU", "unseen − test"]))
     return results
 
@@ -271,6 +289,9 @@ def main():
     ap.add_argument("--minutes", type=float, nargs="+", default=[30.0, 60.0, 120.0],
                     help="budgets of the default run (default: 30 60 120)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of each budget (default: 0 1)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                    help="a translate-train setting changed from its default for these runs (repeatable), "
+                         "e.g. --set tokenizer=unigram; the run's folder is named after it")
     ap.add_argument("--score", nargs="+", type=Path, metavar="RUN", help="score these run directories instead of training")
     ap.add_argument("--data-dir", default=shared_data_dir(), help="folder holding multi30k/ (default: ../shared/data)")
     ap.add_argument("--out", default="out/bench-translate", help="folder of the runs (default: out/bench-translate)")
@@ -301,15 +322,20 @@ def main():
             Path(args.speed_json).write_text(json.dumps(result["speed"]))
             return
         result["speed_openblas_unset"] = speed_without_openblas_settings(args)
+    for setting in args.settings:
+        name = setting.split("=", 1)[0].replace("-", "_")
+        if "=" not in setting or name not in TranslationConfig.__dataclass_fields__:
+            ap.error(f"--set {setting}: give NAME=VALUE with NAME a translate-train option (e.g. tokenizer=unigram)")
     if args.score:
-        runs = [(None, None, run) for run in args.score]
+        runs = args.score
     else:
         runs = []
+        suffix = "".join(f"-{s.replace('=', '-')}" for s in args.settings)
         for minutes in args.minutes:
             for seed in args.seeds:
-                run = out / f"m{minutes:g}-s{seed}"
-                train_run(minutes, seed, args.data_dir, run)
-                runs.append((minutes, seed, run))
+                run = out / f"m{minutes:g}-s{seed}{suffix}"
+                train_run(minutes, seed, args.data_dir, run, args.settings)
+                runs.append(run)
     result["quality"] = quality(runs, args.data_dir)
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     if result.get("speed"):
