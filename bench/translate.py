@@ -21,6 +21,7 @@ same model in PyTorch.
     python bench/translate.py                              # 2 × (30 + 60 + 120) min: about 7 h
     python bench/translate.py --minutes 10 --seeds 0       # a smoke run
     python bench/translate.py --score out/run-a out/run-b  # runs made by translate-train
+    python bench/translate.py --score out/run-a --windows  # averaging the last 1 … 5 epochs
     python bench/translate.py --shapes                     # tokens/s of other model shapes
     python bench/translate.py --minutes 30 --set tokenizer=unigram --set vocab-size=6000   # a lever changed
 """
@@ -269,6 +270,38 @@ def quality(runs: list[Path], data_dir: str) -> list[dict]:
     return results
 
 
+def averaging_windows(runs: list[Path], data_dir: str, most: int = 5) -> list[dict]:
+    """Val BLEU (greedy, the validation sentences the run tuned on) of the mean of the last k epochs'
+    weights, k = 1 (the last weights alone) … ``most``: what `--average k` would have given each run."""
+    import numpy as np
+
+    from scratchllm import checkpoint
+    from scratchllm import snapshots as snap
+    from scratchllm.metrics import bleu
+
+    rows, results = [], []
+    for run in runs:
+        model, tokenizer = checkpoint.open_model(run / "ckpt")
+        tuned = checkpoint.read_train_state(run / "ckpt")["train_config"]["bleu_sentences"]
+        last = {k: np.array(v) for k, v in model.state_dict().items()}
+        step = next(r["step"] for r in reversed(read_log(run)) if r["kind"] == "final")
+        steps = [s for s in snap.list_snapshots(run, "epochs") if s < step][::-1][:most - 1]
+        weights = [last] + [snap.read_snapshot(run, s, folder="epochs") for s in steps]
+        de, en = (lines[:tuned] for lines in multi30k("val", data_dir))
+        scores = {}
+        for k in range(1, len(weights) + 1):
+            model.load_state_dict({n: (sum(w[n].astype(np.float64) for w in weights[:k]) / k).astype(v.dtype)
+                                   for n, v in last.items()})
+            hyps = translate_texts(model, tokenizer, de, beam_size=1, length_penalty=None, batch_size=100)
+            scores[k] = bleu(hyps, en)
+            print(f"  {run}: the last {k} ({', '.join(map(str, ([step] + steps)[:k]))}): {scores[k]:.2f}", flush=True)
+        results.append({"run": str(run), "steps": [step] + steps, "val_bleu": scores})
+        rows.append((str(run), *(f"{scores[k]:.2f}" if k in scores else "-" for k in range(1, most + 1))))
+    print(f"\nval BLEU (greedy) of the mean of the last k epochs' weights (k = 1: the last weights)\n")
+    print(table(rows, ["run", *(f"k = {k}" for k in range(1, most + 1))]))
+    return results
+
+
 def speed_without_openblas_settings(args) -> dict | None:
     """The speed again in a child without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, when this environment sets them."""
     import subprocess
@@ -293,6 +326,8 @@ def main():
                     help="a translate-train setting changed from its default for these runs (repeatable), "
                          "e.g. --set tokenizer=unigram; the run's folder is named after it")
     ap.add_argument("--score", nargs="+", type=Path, metavar="RUN", help="score these run directories instead of training")
+    ap.add_argument("--windows", action="store_true",
+                    help="with --score: the val BLEU of the mean of the last 1 … 5 epochs' weights of each run")
     ap.add_argument("--data-dir", default=shared_data_dir(), help="folder holding multi30k/ (default: ../shared/data)")
     ap.add_argument("--out", default="out/bench-translate", help="folder of the runs (default: out/bench-translate)")
     ap.add_argument("--speed-batches", type=int, default=20, help="batches timed for the speed comparison (0: none)")
@@ -326,6 +361,12 @@ def main():
         name = setting.split("=", 1)[0].replace("-", "_")
         if "=" not in setting or name not in TranslationConfig.__dataclass_fields__:
             ap.error(f"--set {setting}: give NAME=VALUE with NAME a translate-train option (e.g. tokenizer=unigram)")
+    if args.windows:
+        if not args.score:
+            ap.error("--windows reads runs already made: give them with --score RUN …")
+        result["windows"] = averaging_windows(args.score, args.data_dir)
+        (out / "windows.json").write_text(json.dumps(result, indent=1))
+        return
     if args.score:
         runs = args.score
     else:
