@@ -46,8 +46,8 @@ from scratchllm.metrics import bleu_details, bleu_signature  # noqa: E402
 from scratchllm.nn import sinusoidal_encoding  # noqa: E402
 from scratchllm.optim import clip_grad_norm  # noqa: E402
 from scratchllm.translate import translate_texts  # noqa: E402
-from scratchllm.translation_train import (TranslationConfig, TranslationTrainer, build_model,  # noqa: E402
-                                          build_optimizer, linear_decay_lr)
+from scratchllm.translation_train import (EPOCHS_DIR, TranslationConfig, TranslationTrainer,  # noqa: E402
+                                          build_model, build_optimizer, linear_decay_lr, mean_weights)
 
 
 def shared_data_dir() -> str:
@@ -279,25 +279,25 @@ def averaging_windows(runs: list[Path], data_dir: str, most: int = 5) -> list[di
     from scratchllm import snapshots as snap
     from scratchllm.metrics import bleu
 
+    val_de, val_en = multi30k("val", data_dir)
     rows, results = [], []
     for run in runs:
         model, tokenizer = checkpoint.open_model(run / "ckpt")
         tuned = checkpoint.read_train_state(run / "ckpt")["train_config"]["bleu_sentences"]
-        last = {k: np.array(v) for k, v in model.state_dict().items()}
         step = next(r["step"] for r in reversed(read_log(run)) if r["kind"] == "final")
-        steps = [s for s in snap.list_snapshots(run, "epochs") if s < step][::-1][:most - 1]
-        weights = [last] + [snap.read_snapshot(run, s, folder="epochs") for s in steps]
-        de, en = (lines[:tuned] for lines in multi30k("val", data_dir))
+        steps = [step] + [s for s in snap.list_snapshots(run, EPOCHS_DIR) if s < step][::-1][:most - 1]
+        weights = [{k: np.array(v) for k, v in model.state_dict().items()}]  # the last weights, then older
+        weights += [snap.read_snapshot(run, s, folder=EPOCHS_DIR) for s in steps[1:]]
         scores = {}
         for k in range(1, len(weights) + 1):
-            model.load_state_dict({n: (sum(w[n].astype(np.float64) for w in weights[:k]) / k).astype(v.dtype)
-                                   for n, v in last.items()})
-            hyps = translate_texts(model, tokenizer, de, beam_size=1, length_penalty=None, batch_size=100)
-            scores[k] = bleu(hyps, en)
-            print(f"  {run}: the last {k} ({', '.join(map(str, ([step] + steps)[:k]))}): {scores[k]:.2f}", flush=True)
-        results.append({"run": str(run), "steps": [step] + steps, "val_bleu": scores})
+            model.load_state_dict(mean_weights(reversed(weights[:k])))  # oldest first, as translate-train sums
+            hyps = translate_texts(model, tokenizer, val_de[:tuned], beam_size=1, length_penalty=None,
+                                   batch_size=100)
+            scores[k] = bleu(hyps, val_en[:tuned])
+            print(f"  {run}: the last {k} ({', '.join(map(str, steps[:k]))}): {scores[k]:.2f}", flush=True)
+        results.append({"run": str(run), "steps": steps, "val_bleu": scores})
         rows.append((str(run), *(f"{scores[k]:.2f}" if k in scores else "-" for k in range(1, most + 1))))
-    print(f"\nval BLEU (greedy) of the mean of the last k epochs' weights (k = 1: the last weights)\n")
+    print("\nval BLEU (greedy) of the mean of the last k epochs' weights (k = 1: the last weights)\n")
     print(table(rows, ["run", *(f"k = {k}" for k in range(1, most + 1))]))
     return results
 
@@ -343,6 +343,12 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"threads": args.threads}
+    if args.windows:
+        if not args.score:
+            ap.error("--windows reads runs already made: give them with --score RUN …")
+        result["windows"] = averaging_windows(args.score, args.data_dir)
+        (out / "windows.json").write_text(json.dumps(result, indent=1))
+        return
     if args.shapes:
         result["shapes"] = shape_speed(args.data_dir, out, args.speed_batches or 20)
         (out / "shapes.json").write_text(json.dumps(result, indent=1))
@@ -361,12 +367,6 @@ def main():
         name = setting.split("=", 1)[0].replace("-", "_")
         if "=" not in setting or name not in TranslationConfig.__dataclass_fields__:
             ap.error(f"--set {setting}: give NAME=VALUE with NAME a translate-train option (e.g. tokenizer=unigram)")
-    if args.windows:
-        if not args.score:
-            ap.error("--windows reads runs already made: give them with --score RUN …")
-        result["windows"] = averaging_windows(args.score, args.data_dir)
-        (out / "windows.json").write_text(json.dumps(result, indent=1))
-        return
     if args.score:
         runs = args.score
     else:

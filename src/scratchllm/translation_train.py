@@ -271,6 +271,19 @@ def build_optimizer(model: Transformer, cfg: TranslationConfig) -> AdamW:
     return adamw_for(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay, cfg.eps)
 
 
+def mean_weights(weights) -> dict:
+    """The elementwise mean of state dicts (an iterable, read one at a time), summed in float64 and
+    given back in the first one's dtypes."""
+    total, dtypes, n = {}, {}, 0
+    for w in weights:
+        for k, v in w.items():
+            if k not in total:
+                total[k], dtypes[k] = np.zeros(np.shape(v), np.float64), v.dtype
+            total[k] += v
+        n += 1
+    return {k: (v / n).astype(dtypes[k]) for k, v in total.items()}
+
+
 def validation_loss(model: Transformer, data: PairData, max_tokens: int) -> float:
     """Cross-entropy per target token over all pairs (no label smoothing, no dropout)."""
     total, count = 0.0, 0
@@ -581,12 +594,8 @@ class TranslationTrainer(TrainingLoop):
         if self.step not in steps:
             steps.append(self.step)
         steps = steps[-self.cfg.average:]
-        total = {k: np.zeros(v.shape, np.float64) for k, v in current.items()}
-        for s in steps:
-            weights = current if s == self.step else snap.read_snapshot(self.run, s, folder=EPOCHS_DIR)
-            for k in total:
-                total[k] += weights[k]
-        return {k: (v / len(steps)).astype(current[k].dtype) for k, v in total.items()}, steps
+        weights = (current if s == self.step else snap.read_snapshot(self.run, s, folder=EPOCHS_DIR) for s in steps)
+        return mean_weights(weights), steps
 
     def choose_final(self) -> dict:
         """model/: the better on the validation BLEU sentences of the last weights and the average of the
