@@ -202,7 +202,7 @@ def train_run(minutes: float, seed: int, data_dir: str, out: Path, settings: lis
            "--data-dir", data_dir, "--out", str(out), "--no-progress"]
     for setting in settings:
         name, value = setting.split("=", 1)
-        cmd += [f"--{name}", value]
+        cmd += [f"--{name.replace('_', '-')}", value]  # label_smoothing=0 or label-smoothing=0 alike
     print("$ " + " ".join(cmd[2:]), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
