@@ -202,7 +202,7 @@ def train_run(minutes: float, seed: int, data_dir: str, out: Path, settings: lis
            "--data-dir", data_dir, "--out", str(out), "--no-progress"]
     for setting in settings:
         name, value = setting.split("=", 1)
-        cmd += [f"--{name.replace('_', '-')}", value]  # label_smoothing=0 or label-smoothing=0 alike
+        cmd += [f"--{name}", value]
     print("$ " + " ".join(cmd[2:]), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -367,6 +367,8 @@ def main():
         name = setting.split("=", 1)[0].replace("-", "_")
         if "=" not in setting or name not in TranslationConfig.__dataclass_fields__:
             ap.error(f"--set {setting}: give NAME=VALUE with NAME a translate-train option (e.g. tokenizer=unigram)")
+    # one spelling from here on (label_smoothing=0 as label-smoothing=0): translate-train's flags and the folder name
+    args.settings = [f"{name.replace('_', '-')}={value}" for name, value in (s.split("=", 1) for s in args.settings)]
     if args.score:
         runs = args.score
     else:
