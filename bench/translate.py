@@ -338,6 +338,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2,
                     help="threads for NumPy's BLAS and for PyTorch alike in the speed comparison (default: 2)")
     args = ap.parse_args()
+    settings = []
+    for setting in args.settings:  # checked before any speed run or training, not minutes into the command
+        name, sep, value = setting.partition("=")
+        if not sep or name.replace("-", "_") not in TranslationConfig.__dataclass_fields__:
+            ap.error(f"--set {setting}: give NAME=VALUE with NAME a translate-train option (e.g. tokenizer=unigram)")
+        settings.append(f"{name.replace('_', '-')}={value}")  # one spelling: translate-train's flag and the folder
+    args.settings = settings
     from threadpoolctl import threadpool_limits
 
     out = Path(args.out)
@@ -363,12 +370,6 @@ def main():
             Path(args.speed_json).write_text(json.dumps(result["speed"]))
             return
         result["speed_openblas_unset"] = speed_without_openblas_settings(args)
-    for setting in args.settings:
-        name = setting.split("=", 1)[0].replace("-", "_")
-        if "=" not in setting or name not in TranslationConfig.__dataclass_fields__:
-            ap.error(f"--set {setting}: give NAME=VALUE with NAME a translate-train option (e.g. tokenizer=unigram)")
-    # one spelling from here on (label_smoothing=0 as label-smoothing=0): translate-train's flags and the folder name
-    args.settings = [f"{name.replace('_', '-')}={value}" for name, value in (s.split("=", 1) for s in args.settings)]
     if args.score:
         runs = args.score
     else:
