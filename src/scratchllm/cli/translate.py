@@ -32,7 +32,7 @@ _HELP = {
     "n_layers": "encoder layers, and as many decoder layers",
     "d_ff": "feed-forward hidden width",
     "dropout": "share of activations zeroed in training; 0.3 is planned for the two-hour run, and 0.2 scored "
-               "higher in 30-minute runs (bench/RESULTS.md)",
+               "higher in 30-minute runs, lower over the two-hour run's steps (bench/RESULTS.md)",
     "max_len": "longest sentence in tokens (longer training pairs are dropped)",
     "epochs": "passes over the training pairs, a resumed run continuing to this many (default: 0 = 30, or as "
               "many as --minutes allows)",
